@@ -1,0 +1,327 @@
+"""The ``medattn`` command line: one thin function per subcommand over the library API.
+
+Heavy imports (torch, monai) happen inside the command functions so ``medattn --help`` is instant. Options that
+several commands share are defined once in the ``_add_*`` helpers. Every command accepts ``--config FILE.yaml``
+whose keys are option names (``data_root``, ``out``, ...); flags given on the command line override the file.
+
+Exit codes: 0 success; 1 the command ran but found problems (validation failures, failed cases); 2 usage or
+configuration error; 3 data error that stopped the command (unreadable manifest, missing file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_USAGE = 2
+EXIT_DATA = 3
+
+log = logging.getLogger("medattn")
+
+Handler = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, tuple[Handler, Callable[[argparse.ArgumentParser], None], str]] = {}
+
+
+def command(name: str, help: str) -> Callable[[Handler], Handler]:
+    """Register ``fn`` as subcommand ``name``; the parser is configured by ``fn.configure`` (set below it)."""
+
+    def deco(fn: Handler) -> Handler:
+        _COMMANDS[name] = (fn, lambda p: None, help)
+        return fn
+
+    return deco
+
+
+def arguments(name: str) -> Callable[[Callable[[argparse.ArgumentParser], None]], Any]:
+    def deco(conf: Callable[[argparse.ArgumentParser], None]) -> Any:
+        fn, _, help_ = _COMMANDS[name]
+        _COMMANDS[name] = (fn, conf, help_)
+        return conf
+
+    return deco
+
+
+# ---- shared options --------------------------------------------------------------------------------------------
+
+
+def _add_data(p: argparse.ArgumentParser, name: str = "data", help_extra: str = "") -> None:
+    p.add_argument(
+        name,
+        help="a manifest JSON, an MSD folder (dataset.json), an nnU-Net v2 folder, a BIDS folder or a root with one "
+        "sub-folder per domain; append :DOMAIN to select domains (comma-separated)" + help_extra,
+    )
+    p.add_argument("--data-root", help="folder that the manifest's relative paths start from (overrides its 'root')")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file of option values (keys are option names); flags override it")
+    p.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+
+
+def _add_seed(p: argparse.ArgumentParser, default: int = 0) -> None:
+    p.add_argument("--seed", type=int, default=default, help=f"random seed (default {default})")
+
+
+def _add_workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0: in-process)")
+
+
+def _add_import_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("importing a folder (ignored for a manifest JSON)")
+    g.add_argument("--domain-from", help="BIDS: sidecar key (e.g. Manufacturer) or entity (suffix, ses, acq) naming domains")
+    g.add_argument("--channels", help="folder layout: comma-separated channel file stems in order, e.g. FLAIR,T1")
+    g.add_argument("--label-name", help="folder layout: stem of the label file in each case folder, e.g. GT_W")
+    g.add_argument("--modality", help="modality of every channel when the layout does not say (MR, CT, ...)")
+
+
+# ---- helpers used by several commands --------------------------------------------------------------------------
+
+
+def _load_data(args: argparse.Namespace) -> Any:
+    from medattn.data.importers import load_dataset
+
+    return load_dataset(
+        args.data,
+        domain_from=getattr(args, "domain_from", None),
+        channels=getattr(args, "channels", None),
+        label_name=getattr(args, "label_name", None),
+        modality=getattr(args, "modality", None),
+    )
+
+
+def _write_json(path: str | Path, doc: Any) -> Path:
+    from medattn.data.io import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(doc, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ---- commands --------------------------------------------------------------------------------------------------
+
+
+@command("validate", "check every case of a dataset; table of problems; exit 1 if any")
+def cmd_validate(args: argparse.Namespace) -> int:
+    from medattn.data.validate import format_report, validate_manifest
+
+    manifest = _load_data(args)
+    report = validate_manifest(manifest, data_root=args.data_root, progress=not args.quiet)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        _write_json(out, report.to_dict())
+    print(format_report(report, max_rows=args.max_rows))
+    if out is not None:
+        print(f"report written to {out}")
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+@arguments("validate")
+def _args_validate(p: argparse.ArgumentParser) -> None:
+    _add_data(p)
+    _add_import_options(p)
+    p.add_argument("-o", "--out", help="write the report as JSON here (default: validation.json in the current folder)",
+                   default="validation.json")
+    p.add_argument("--max-rows", type=int, default=50, help="rows of the problem table to print")
+
+
+@command("manifest", "build a manifest JSON from a dataset folder")
+def cmd_manifest(args: argparse.Namespace) -> int:
+    manifest = _load_data(args)
+    path = manifest.save(args.out)
+    counts = ", ".join(f"{d.name}: {len(d.cases)}" for d in manifest.domains)
+    print(f"{manifest.name}: {manifest.num_cases} cases in {len(manifest.domains)} domains ({counts})")
+    print(f"manifest written to {path}")
+    return EXIT_OK
+
+
+@arguments("manifest")
+def _args_manifest(p: argparse.ArgumentParser) -> None:
+    _add_data(p)
+    _add_import_options(p)
+    p.add_argument("-o", "--out", required=True, help="manifest JSON to write")
+
+
+@command("plan", "fingerprint a dataset and derive a preprocessing plan")
+def cmd_plan(args: argparse.Namespace) -> int:
+    from medattn.data.plan import format_plan, make_plan
+
+    manifest = _load_data(args)
+    plan = make_plan(
+        manifest,
+        data_root=args.data_root,
+        memory_budget_mb=args.memory_mb,
+        max_cases=args.max_cases,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    plan.save(args.out)
+    print(format_plan(plan))
+    print(f"plan written to {args.out}")
+    return EXIT_OK
+
+
+@arguments("plan")
+def _args_plan(p: argparse.ArgumentParser) -> None:
+    _add_data(p)
+    _add_import_options(p)
+    _add_seed(p)
+    p.add_argument("-o", "--out", default="plan.json", help="plan JSON to write (default plan.json)")
+    p.add_argument("--memory-mb", type=float, default=2048.0,
+                   help="activation-memory budget for one training patch (batch 2), in MiB (default 2048)")
+    p.add_argument("--max-cases", type=int, default=None, help="fingerprint at most this many cases per domain")
+
+
+@command("synth", "write a multi-scanner phantom dataset, or simulated scanner domains of a real one (--from)")
+def cmd_synth(args: argparse.Namespace) -> int:
+    from medattn.data.synth import synth_command
+
+    return synth_command(args)
+
+
+@arguments("synth")
+def _args_synth(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", help="output folder (created; must not contain an existing dataset)")
+    p.add_argument("--from", dest="source", help="derive scanner domains from this dataset instead of phantoms")
+    p.add_argument("--data-root", help="data root for --from's manifest")
+    _add_seed(p)
+    p.add_argument("--cases", type=int, default=None, help="cases per domain (phantom default 8)")
+    p.add_argument("--size", type=int, default=None, help="phantom volume edge in voxels (default 48)")
+    p.add_argument("--scanners", default=None,
+                   help="comma-separated scanner profiles to write (see `medattn synth --list-profiles`)")
+    p.add_argument("--list-profiles", action="store_true", help="print the scanner profiles and exit")
+    _add_import_options(p)
+
+
+@command("models", "list model presets with parameters and FLOPs per voxel")
+def cmd_models(args: argparse.Namespace) -> int:
+    from medattn.models.registry import models_table
+
+    print(models_table(measure=args.measure, in_channels=args.in_channels, out_channels=args.out_channels,
+                       window=args.window))
+    return EXIT_OK
+
+
+@arguments("models")
+def _args_models(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--measure", action="store_true", help="also time the forward pass on this machine")
+    p.add_argument("--in-channels", type=int, default=1)
+    p.add_argument("--out-channels", type=int, default=3)
+    p.add_argument("--window", type=int, default=64, help="cubic window edge for --measure (default 64)")
+
+
+@command("demo", "the whole story end to end on the embedded phantom dataset (or --data)")
+def cmd_demo(args: argparse.Namespace) -> int:
+    from medattn.demo import run_demo
+
+    return run_demo(args)
+
+
+@arguments("demo")
+def _args_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="dataset to run on instead of the embedded phantom")
+    p.add_argument("--data-root", help="data root for --data's manifest")
+    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    _add_seed(p)
+
+
+# ---- entry point -----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medattn",
+        description="3D medical image segmentation that keeps working when the scanner changes.",
+    )
+    from medattn import __version__
+
+    parser.add_argument("--version", action="version", version=f"medattn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (fn, conf, help_) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        conf(p)
+        _add_common(p)
+        p.set_defaults(_handler=fn)
+    return parser
+
+
+def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str], args: argparse.Namespace) -> None:
+    """Fill options from ``--config`` (YAML) where the command line did not give them."""
+    if not getattr(args, "config", None):
+        return
+    import yaml
+
+    from medattn.errors import ConfigError
+
+    path = Path(args.config)
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping of option names to values")
+    section = doc.get(args.command, doc) if isinstance(doc.get(args.command), dict) else doc
+    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+    known = vars(args)
+    for key, value in section.items():
+        k = str(key).replace("-", "_")
+        if k == "source":
+            k = "source"
+        if k not in known:
+            raise ConfigError(f"{path}: unknown option {key!r} for `medattn {args.command}`")
+        if k not in given and (known[k] is None or k not in given):
+            setattr(args, k, value)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+    from medattn.errors import ConfigError, DataError, ManifestError, MedattnError
+
+    try:
+        _apply_config(parser, argv, args)
+        return int(args._handler(args))
+    except ConfigError as e:
+        print(f"medattn {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (DataError, ManifestError) as e:
+        print(f"medattn {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_DATA
+    except MedattnError as e:
+        print(f"medattn {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    except KeyboardInterrupt:
+        print(f"medattn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

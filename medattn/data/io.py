@@ -1,0 +1,299 @@
+"""Reading and writing volumes with their geometry, and atomic file output.
+
+NIfTI goes through MONAI's ``NibabelReader``; NRRD, MHA/MHD, GIPL and the other ITK formats go through
+:class:`SimpleITKReader`, a MONAI ``ImageReader`` written here because MONAI's own ``ITKReader`` needs the
+``itk`` package (about 100 MB more) while SimpleITK is already a dependency. Both plug into MONAI's ``LoadImage``
+/ ``LoadImaged`` so every pipeline reads both kinds of file the same way.
+
+Geometry convention (MONAI's): arrays are indexed (x, y, z) = (i, j, k) in voxel order as stored, and ``affine``
+maps voxel indices to RAS world coordinates in mm. SimpleITK stores LPS; the reader converts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from monai.data import ImageReader, NibabelReader
+from monai.transforms import LoadImage
+
+from medattn.errors import DataError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".gipl", ".gipl.gz", ".hdr", ".img", ".vtk", ".mnc")
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def has_suffix(path: str | Path, suffixes: Iterable[str]) -> bool:
+    name = str(path).lower()
+    return any(name.endswith(s) for s in suffixes)
+
+
+def strip_suffix(name: str) -> str:
+    """``case_001.nii.gz`` -> ``case_001`` (any known image suffix)."""
+    low = name.lower()
+    for s in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if low.endswith(s):
+            return name[: -len(s)]
+    return Path(name).stem
+
+
+class SimpleITKReader(ImageReader):
+    """MONAI ``ImageReader`` for the formats SimpleITK reads (NRRD, MHA/MHD, GIPL, ...).
+
+    Returns channel-last arrays for vector images, like MONAI's ITKReader, and sets ``affine`` in RAS.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        self.kwargs = kwargs
+
+    def verify_suffix(self, filename: Sequence[str] | str) -> bool:
+        names = [filename] if isinstance(filename, (str, os.PathLike)) else filename
+        return all(has_suffix(n, ITK_SUFFIXES) for n in names)
+
+    def read(self, data: Sequence[str] | str, **kwargs: Any) -> Any:
+        import SimpleITK as sitk
+
+        names = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+        imgs = [sitk.ReadImage(str(n)) for n in names]
+        return imgs if len(imgs) > 1 else imgs[0]
+
+    def get_data(self, img: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        import SimpleITK as sitk
+
+        imgs = img if isinstance(img, (list, tuple)) else [img]
+        arrays, header = [], {}
+        for im in imgs:
+            arr = sitk.GetArrayFromImage(im)  # (z, y, x[, c])
+            ncomp = im.GetNumberOfComponentsPerPixel()
+            spatial = arr.ndim - (1 if ncomp > 1 else 0)
+            order = tuple(reversed(range(spatial))) + ((spatial,) if ncomp > 1 else ())
+            arr = np.transpose(arr, order)  # (x, y, z[, c])
+            affine = sitk_affine_ras(im)
+            header = {
+                "affine": affine,
+                "original_affine": affine.copy(),
+                "spatial_shape": np.asarray(arr.shape[:spatial]),
+                "original_channel_dim": -1 if ncomp > 1 else float("nan"),
+                "space": "RAS",
+                "spacing": np.asarray(im.GetSpacing()),
+            }
+            arrays.append(arr)
+        if len(arrays) > 1:
+            return np.stack(arrays, axis=0), {**header, "original_channel_dim": 0}
+        return arrays[0], header
+
+
+def sitk_affine_ras(im: Any) -> np.ndarray:
+    """4x4 voxel-to-RAS affine of a 3D SimpleITK image (index order x, y, z)."""
+    dim = im.GetDimension()
+    direction = np.asarray(im.GetDirection(), dtype=float).reshape(dim, dim)
+    spacing = np.asarray(im.GetSpacing(), dtype=float)
+    origin = np.asarray(im.GetOrigin(), dtype=float)
+    affine = np.eye(4)
+    d = min(dim, 3)
+    affine[:d, :d] = (direction * spacing[None, :])[:d, :d]
+    affine[:d, 3] = origin[:d]
+    return _LPS_TO_RAS @ affine
+
+
+def make_loader(image_only: bool = False, dtype: Any = np.float32) -> LoadImage:
+    """A MONAI ``LoadImage`` that reads NIfTI with nibabel and ITK formats with SimpleITK."""
+    return LoadImage(reader=[NibabelReader(), SimpleITKReader()], image_only=image_only, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class VolumeHeader:
+    """Geometry and storage facts of a volume, read without loading its voxels where the format allows.
+
+    Attributes:
+        shape: full array shape as stored (spatial axes first, then channels for 4D).
+        affine: 4x4 voxel-to-RAS affine (mm).
+        spacing: voxel size in mm along the first three axes.
+        dtype: stored voxel dtype (before any scaling).
+    """
+
+    shape: tuple[int, ...]
+    affine: np.ndarray
+    spacing: tuple[float, ...]
+    dtype: str
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return self.shape[:3]
+
+
+def read_header(path: str | Path) -> VolumeHeader:
+    """Geometry of an image file. Raises DataError naming the file when it cannot be opened."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("file does not exist", path)
+    try:
+        if has_suffix(path, NIFTI_SUFFIXES):
+            img = nib.load(str(path))
+            hdr = img.header
+            zooms = tuple(float(z) for z in hdr.get_zooms()[:3])
+            return VolumeHeader(tuple(int(s) for s in img.shape), np.asarray(img.affine), zooms, str(hdr.get_data_dtype()))
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        size = tuple(int(s) for s in reader.GetSize())
+        ncomp = reader.GetNumberOfComponents()
+        shape = size + ((ncomp,) if ncomp > 1 else ())
+        im = sitk.Image([1] * reader.GetDimension(), sitk.sitkUInt8)
+        im.SetDirection(reader.GetDirection())
+        im.SetSpacing(reader.GetSpacing())
+        im.SetOrigin(reader.GetOrigin())
+        dtype = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+        return VolumeHeader(shape, sitk_affine_ras(im), tuple(float(s) for s in reader.GetSpacing()[:3]), dtype)
+    except DataError:
+        raise
+    except Exception as e:  # nibabel/SimpleITK raise many types for unreadable files
+        raise DataError(f"cannot read image header ({type(e).__name__}: {e})", path) from e
+
+
+def read_volume(path: str | Path, dtype: Any = np.float32) -> tuple[np.ndarray, VolumeHeader]:
+    """Load voxels (as stored, axes x, y, z[, c]) and header. Raises DataError naming the file on any failure.
+
+    Decompression errors (a truncated ``.nii.gz``) surface here, not in :func:`read_header`.
+    """
+    header = read_header(path)
+    try:
+        if has_suffix(path, NIFTI_SUFFIXES):
+            arr = np.asanyarray(nib.load(str(path)).dataobj)  # applies scl_slope/scl_inter
+            if dtype is not None:
+                arr = arr.astype(dtype, copy=False)
+        else:
+            import SimpleITK as sitk
+
+            arr, _ = SimpleITKReader().get_data(sitk.ReadImage(str(path)))
+            if dtype is not None:
+                arr = arr.astype(dtype, copy=False)
+    except (EOFError, OSError, zlib.error, ValueError, RuntimeError) as e:
+        raise DataError(f"cannot read voxel data ({type(e).__name__}: {e}); the file may be truncated", path) from e
+    return arr, header
+
+
+# ---- writing ---------------------------------------------------------------------------------------------------
+
+
+def _ensure_not_input(path: Path, protected: Iterable[str | Path]) -> None:
+    target = path.resolve()
+    for p in protected:
+        if Path(p).resolve() == target:
+            raise DataError("refusing to overwrite an input file; choose another output path", path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, protected: Iterable[str | Path] = ()) -> Any:
+    """Yield a temporary path in the destination's folder; on success rename it onto ``path``.
+
+    The temporary name keeps the destination's suffix so writers that infer the format from it (nibabel,
+    SimpleITK) behave the same. On failure the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    _ensure_not_input(path, protected)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str, protected: Iterable[str | Path] = ()) -> Path:
+    with atomic_path(path, protected) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def atomic_write_with(path: str | Path, writer: Callable[[Path], Any], protected: Iterable[str | Path] = ()) -> Path:
+    """Call ``writer(tmp_path)`` then move the result to ``path`` atomically."""
+    with atomic_path(path, protected) as tmp:
+        writer(tmp)
+    return Path(path)
+
+
+def write_volume(
+    array: np.ndarray,
+    affine: np.ndarray,
+    path: str | Path,
+    *,
+    dtype: Any = None,
+    like: str | Path | None = None,
+    protected: Iterable[str | Path] = (),
+) -> Path:
+    """Write ``array`` (axes x, y, z[, c]) with a voxel-to-RAS ``affine``, atomically.
+
+    NIfTI files are written with nibabel; when ``like`` is a NIfTI file its header (qform/sform codes, units,
+    intent) is reused so the output overlays the source in any viewer. Other suffixes go through SimpleITK.
+    ``like`` is always protected from being overwritten.
+
+    Args:
+        array: voxel data; integer arrays are stored as their own dtype unless ``dtype`` says otherwise.
+        affine: 4x4 voxel-to-RAS (mm).
+        path: destination; its suffix picks the format.
+        dtype: on-disk dtype (e.g. ``np.uint8`` for masks).
+        like: source image whose header to copy.
+        protected: further paths that must not be overwritten (the inputs of the run).
+    """
+    path = Path(path)
+    prot = [*protected, *([like] if like is not None else [])]
+    arr = np.asarray(array if dtype is None else np.asarray(array).astype(dtype))
+    affine = np.asarray(affine, dtype=float)
+
+    if has_suffix(path, NIFTI_SUFFIXES):
+        header = None
+        if like is not None and has_suffix(like, NIFTI_SUFFIXES):
+            src = nib.load(str(like))
+            header = src.header.copy()
+        img = nib.Nifti1Image(arr, affine, header=header)
+        img.set_data_dtype(arr.dtype)
+        if header is not None:
+            # Keep the source's qform/sform codes but with the affine we were given.
+            qcode = int(header["qform_code"]) or 1
+            scode = int(header["sform_code"]) or 1
+            img.set_qform(affine, code=qcode)
+            img.set_sform(affine, code=scode)
+            img.header["scl_slope"] = np.nan  # we store data unscaled
+            img.header["scl_inter"] = np.nan
+        else:
+            img.set_qform(affine, code=1)
+            img.set_sform(affine, code=1)
+        return atomic_write_with(path, lambda tmp: nib.save(img, str(tmp)), prot)
+
+    import SimpleITK as sitk
+
+    spatial = 3
+    vector = arr.ndim > spatial
+    im = sitk.GetImageFromArray(np.transpose(arr, (2, 1, 0, *range(3, arr.ndim))), isVector=vector)
+    lps = _LPS_TO_RAS @ affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    im.SetSpacing([float(s) for s in spacing])
+    im.SetDirection([float(v) for v in (lps[:3, :3] / spacing[None, :]).ravel()])
+    im.SetOrigin([float(v) for v in lps[:3, 3]])
+    return atomic_write_with(path, lambda tmp: sitk.WriteImage(im, str(tmp), useCompression=True), prot)
+
+
+def spacing_from_affine(affine: np.ndarray) -> np.ndarray:
+    """Voxel size (mm) along each of the three index axes."""
+    return np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)

@@ -1,0 +1,367 @@
+"""The manifest: one JSON description of a multi-domain segmentation dataset.
+
+A manifest lists label names, channel names (with modality) and an ordered list of domains (scanners or sites). Each
+domain holds cases; a case has one image path per channel (or a single 4D file holding every channel), an optional
+label path and free-form metadata (manufacturer, model, field strength, institution, ...). Optional fixed splits name
+case ids per split.
+
+Paths inside a manifest are always relative POSIX paths, resolved against the data root: ``--data-root`` on the
+command line when given, else the manifest's ``root`` entry (itself relative to the manifest's folder), else the
+manifest's folder. A manifest never stores a machine's absolute path.
+
+Example (``manifest.json``)::
+
+    {
+      "format": "medattn-manifest", "version": 1,
+      "name": "Hippocampus",
+      "channels": [{"name": "T1", "modality": "MR"}],
+      "labels": {"0": "background", "1": "anterior", "2": "posterior"},
+      "root": "../data/Task04_Hippocampus",
+      "domains": [
+        {"name": "vanderbilt", "metadata": {"institution": "VUMC"},
+         "cases": [{"id": "hippocampus_001", "images": ["imagesTr/hippocampus_001.nii.gz"],
+                    "label": "labelsTr/hippocampus_001.nii.gz"}],
+         "splits": {"train": ["hippocampus_001"], "test": []}}
+      ]
+    }
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from medattn.errors import ManifestError
+
+MANIFEST_FORMAT = "medattn-manifest"
+MANIFEST_VERSION = 1
+
+#: Modalities the planner knows how to normalise; anything else is treated like MR (per-volume z-score).
+KNOWN_MODALITIES = ("CT", "MR", "PET", "US", "OTHER")
+
+
+def normalise_modality(value: str) -> str:
+    """Map the free-text modality names found in dataset.json files ("MRI", "FLAIR", "ct") to KNOWN_MODALITIES."""
+    v = value.strip().upper()
+    if v in ("CT", "CBCT") or v.startswith("CT"):
+        return "CT"
+    if v in ("PET", "SPECT"):
+        return "PET"
+    if v in ("US", "ULTRASOUND"):
+        return "US"
+    mr_like = ("MR", "MRI", "T1", "T2", "FLAIR", "ADC", "DWI", "PD", "T1W", "T2W", "T2STAR", "T1GD", "T1CE", "MT")
+    if v in mr_like or v.startswith(("MR", "T1", "T2")):
+        return "MR"
+    return "OTHER"
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One input channel: a display name and a modality from KNOWN_MODALITIES."""
+
+    name: str
+    modality: str = "MR"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case.
+
+    Attributes:
+        id: identifier unique within the manifest.
+        images: one relative path per channel, or a single path to a 4D file holding every channel.
+        label: relative path of the label map (integer voxel values from the manifest's labels), or None.
+        metadata: free-form acquisition metadata (Manufacturer, MagneticFieldStrength, ...), JSON-serialisable.
+    """
+
+    id: str
+    images: tuple[str, ...]
+    label: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A scanner, site or contrast: an ordered group of cases with optional fixed splits (split name -> case ids)."""
+
+    name: str
+    cases: tuple[Case, ...]
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    splits: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def case(self, case_id: str) -> Case:
+        for c in self.cases:
+            if c.id == case_id:
+                return c
+        raise KeyError(f"domain {self.name!r} has no case {case_id!r}")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A multi-domain dataset. See the module docstring for the JSON form.
+
+    Attributes:
+        name: dataset name.
+        channels: input channels, in the order the network sees them.
+        labels: label value -> name; value 0 is background.
+        domains: ordered domains (the order is the continual-learning order unless a command says otherwise).
+        root: where relative paths start, as a path relative to the manifest file's folder (or None: that folder).
+        base_dir: absolute folder the manifest was read from (not serialised).
+        description: free text.
+    """
+
+    name: str
+    channels: tuple[Channel, ...]
+    labels: Mapping[int, str]
+    domains: tuple[Domain, ...]
+    root: str | None = None
+    base_dir: Path | None = None
+    description: str = ""
+
+    # ---- queries -----------------------------------------------------------------------------------------------
+    @property
+    def num_channels(self) -> int:
+        return len(self.channels)
+
+    @property
+    def foreground_labels(self) -> dict[int, str]:
+        return {k: v for k, v in self.labels.items() if k != 0}
+
+    @property
+    def domain_names(self) -> list[str]:
+        return [d.name for d in self.domains]
+
+    def domain(self, name: str) -> Domain:
+        for d in self.domains:
+            if d.name == name:
+                return d
+        raise ManifestError(f"no domain {name!r}; the manifest has {self.domain_names}")
+
+    def iter_cases(self) -> Iterator[tuple[Domain, Case]]:
+        for d in self.domains:
+            for c in d.cases:
+                yield d, c
+
+    @property
+    def num_cases(self) -> int:
+        return sum(len(d.cases) for d in self.domains)
+
+    def select(self, domains: Sequence[str]) -> Manifest:
+        """A manifest holding only the named domains, in the order given."""
+        return replace(self, domains=tuple(self.domain(n) for n in domains))
+
+    def data_root(self, override: str | Path | None = None) -> Path:
+        """The absolute folder that relative case paths are resolved against."""
+        if override is not None:
+            return Path(override).expanduser().resolve()
+        base = self.base_dir if self.base_dir is not None else Path.cwd()
+        return (base / self.root).resolve() if self.root else base.resolve()
+
+    def resolve(self, rel: str, data_root: str | Path | None = None) -> Path:
+        return self.data_root(data_root) / rel
+
+    def datalist(
+        self, domain: str | None = None, split: str | None = None, data_root: str | Path | None = None
+    ) -> list[dict[str, Any]]:
+        """Cases as MONAI-style dicts with absolute paths.
+
+        Each dict has ``image`` (list of paths, one per channel file), ``label`` (path or absent), ``case_id``,
+        ``domain`` and ``metadata``. With ``split``, only the cases the domain's split names (a domain without that
+        split contributes nothing, so callers should check ``Domain.splits``).
+        """
+        out = []
+        for d in self.domains if domain is None else (self.domain(domain),):
+            wanted = None if split is None else set(d.splits.get(split, ()))
+            for c in d.cases:
+                if wanted is not None and c.id not in wanted:
+                    continue
+                item: dict[str, Any] = {
+                    "image": [str(self.resolve(p, data_root)) for p in c.images],
+                    "case_id": c.id,
+                    "domain": d.name,
+                    "metadata": dict(c.metadata),
+                }
+                if c.label is not None:
+                    item["label"] = str(self.resolve(c.label, data_root))
+                out.append(item)
+        return out
+
+    # ---- (de)serialisation -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "format": MANIFEST_FORMAT,
+            "version": MANIFEST_VERSION,
+            "name": self.name,
+            "description": self.description,
+            "channels": [{"name": c.name, "modality": c.modality} for c in self.channels],
+            "labels": {str(k): v for k, v in sorted(self.labels.items())},
+        }
+        if self.root is not None:
+            doc["root"] = self.root
+        doc["domains"] = []
+        for d in self.domains:
+            dd: dict[str, Any] = {"name": d.name}
+            if d.metadata:
+                dd["metadata"] = dict(d.metadata)
+            cases = []
+            for c in d.cases:
+                cd: dict[str, Any] = {"id": c.id, "images": list(c.images)}
+                if c.label is not None:
+                    cd["label"] = c.label
+                if c.metadata:
+                    cd["metadata"] = dict(c.metadata)
+                cases.append(cd)
+            dd["cases"] = cases
+            if d.splits:
+                dd["splits"] = {k: list(v) for k, v in d.splits.items()}
+            doc["domains"].append(dd)
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any], base_dir: Path | None = None, source: str | None = None) -> Manifest:
+        """Parse and validate a manifest document; errors name ``source`` and the offending entry."""
+        where = source or "manifest"
+
+        def fail(msg: str) -> ManifestError:
+            return ManifestError(msg, where)
+
+        if not isinstance(doc, Mapping):
+            raise fail(f"expected a JSON object, found {type(doc).__name__}")
+        if doc.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
+            raise fail(f"'format' is {doc.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+        version = doc.get("version", MANIFEST_VERSION)
+        if not isinstance(version, int) or version > MANIFEST_VERSION:
+            raise fail(f"manifest version {version!r} is newer than this medattn understands ({MANIFEST_VERSION})")
+        for key in ("name", "channels", "labels", "domains"):
+            if key not in doc:
+                raise fail(f"missing required key {key!r}")
+        channels_raw = doc["channels"]
+        if not isinstance(channels_raw, list) or not channels_raw:
+            raise fail("'channels' must be a non-empty list of {name, modality}")
+        channels = []
+        for i, ch in enumerate(channels_raw):
+            if isinstance(ch, str):
+                ch = {"name": ch}
+            if not isinstance(ch, Mapping) or "name" not in ch:
+                raise fail(f"channels[{i}] must be an object with a 'name'")
+            channels.append(Channel(str(ch["name"]), normalise_modality(str(ch.get("modality", ch["name"])))))
+        labels = _parse_labels(doc["labels"], fail)
+        domains_raw = doc["domains"]
+        if not isinstance(domains_raw, list) or not domains_raw:
+            raise fail("'domains' must be a non-empty list")
+        domains = []
+        seen_ids: set[str] = set()
+        seen_domains: set[str] = set()
+        for di, dd in enumerate(domains_raw):
+            if not isinstance(dd, Mapping) or "name" not in dd or "cases" not in dd:
+                raise fail(f"domains[{di}] must be an object with 'name' and 'cases'")
+            dname = str(dd["name"])
+            if dname in seen_domains:
+                raise fail(f"domain name {dname!r} appears twice")
+            seen_domains.add(dname)
+            cases = []
+            for ci, cd in enumerate(dd["cases"]):
+                if not isinstance(cd, Mapping) or "id" not in cd or "images" not in cd:
+                    raise fail(f"domains[{di}].cases[{ci}] must be an object with 'id' and 'images'")
+                cid = str(cd["id"])
+                if cid in seen_ids:
+                    raise fail(f"case id {cid!r} appears twice")
+                seen_ids.add(cid)
+                images = cd["images"]
+                if isinstance(images, str):
+                    images = [images]
+                if not images or not all(isinstance(p, str) for p in images):
+                    raise fail(f"case {cid!r}: 'images' must be a path or a non-empty list of paths")
+                if len(images) not in (1, len(channels)):
+                    raise fail(
+                        f"case {cid!r} lists {len(images)} image files but the manifest declares "
+                        f"{len(channels)} channels (give one file per channel, or one 4D file)"
+                    )
+                for p in [*images, *([cd["label"]] if cd.get("label") else [])]:
+                    _check_relative(p, cid, fail)
+                cases.append(
+                    Case(
+                        id=cid,
+                        images=tuple(images),
+                        label=cd.get("label") or None,
+                        metadata=dict(cd.get("metadata", {})),
+                    )
+                )
+            splits_raw = dd.get("splits", {}) or {}
+            if not isinstance(splits_raw, Mapping):
+                raise fail(f"domain {dname!r}: 'splits' must map split names to lists of case ids")
+            ids = {c.id for c in cases}
+            splits = {}
+            for sname, sids in splits_raw.items():
+                unknown = [s for s in sids if s not in ids]
+                if unknown:
+                    raise fail(f"domain {dname!r}: split {sname!r} names unknown cases {unknown[:5]}")
+                splits[str(sname)] = tuple(str(s) for s in sids)
+            domains.append(Domain(dname, tuple(cases), dict(dd.get("metadata", {})), splits))
+        root = doc.get("root")
+        if root is not None:
+            _check_relative(root, "root", fail)
+        return cls(
+            name=str(doc["name"]),
+            channels=tuple(channels),
+            labels=labels,
+            domains=tuple(domains),
+            root=root,
+            base_dir=base_dir,
+            description=str(doc.get("description", "")),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Manifest:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ManifestError(f"cannot read manifest: {e.strerror}", path) from e
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})", path) from e
+        return cls.from_dict(doc, base_dir=path.resolve().parent, source=str(path))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the manifest atomically, with ``root`` rewritten relative to the new file's folder."""
+        from medattn.data.io import atomic_write_text
+
+        path = Path(path)
+        target_dir = path.resolve().parent
+        rel_root = os.path.relpath(self.data_root(), target_dir)
+        doc = replace(self, root=PurePosixPath(Path(rel_root)).as_posix() if rel_root != "." else None).to_dict()
+        atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+        return path
+
+
+def _parse_labels(raw: Any, fail: Any) -> dict[int, str]:
+    """Accept {"0": "background", ...} (MSD) or {"background": 0, ...} (nnU-Net v2, integer values only)."""
+    if not isinstance(raw, Mapping) or not raw:
+        raise fail("'labels' must be a non-empty object")
+    labels: dict[int, str] = {}
+    for k, v in raw.items():
+        try:
+            if isinstance(v, int) and not isinstance(v, bool):
+                labels[int(v)] = str(k)
+            else:
+                labels[int(k)] = str(v)
+        except (TypeError, ValueError):
+            raise fail(f"label entry {k!r}: {v!r} is neither 'value': 'name' nor 'name': value") from None
+    if 0 not in labels:
+        labels[0] = "background"
+    if any(k < 0 for k in labels):
+        raise fail(f"label values must be non-negative, found {sorted(labels)}")
+    return dict(sorted(labels.items()))
+
+
+def _check_relative(p: Any, what: str, fail: Any) -> None:
+    if not isinstance(p, str) or not p:
+        raise fail(f"{what}: path {p!r} must be a non-empty string")
+    if p.startswith("/") or (len(p) > 1 and p[1] == ":"):
+        raise fail(f"{what}: path {p!r} is absolute; manifests hold paths relative to the data root")

@@ -1,0 +1,69 @@
+"""Shared fixtures: the real data in ../shared/data (skipped when absent) and small generated datasets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Root of the real datasets; the test is skipped with a reason when it is not there (as in a user's clone)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (it lives beside the checkout on the dev machines)")
+    return SHARED_DATA
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.asarray(data), np.eye(4) if affine is None else affine)
+    nib.save(img, str(path))
+    return path
+
+
+def blob_case(shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """An image with two touching foreground blobs (labels 1 and 2) brighter than a noisy background."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    c = np.array(shape) / 2 + rng.uniform(-2, 2, 3)
+    r = min(shape) / 4
+    d = np.sqrt((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2)
+    label = np.zeros(shape, np.uint8)
+    label[d < r] = 1
+    label[(d < r) & (xx > c[2])] = 2
+    image = (rng.normal(0, 1, shape) + 3 * (label == 1) + 5 * (label == 2) + 1).astype(np.float32)
+    return image, label
+
+
+@pytest.fixture
+def make_msd(tmp_path: Path) -> Callable[..., Path]:
+    """Factory for a small MSD-layout dataset: ``make_msd(n=4, shape=(16, 18, 20))`` returns its folder."""
+
+    def _make(n: int = 4, shape: tuple[int, int, int] = (16, 18, 20), name: str = "Task99_Blobs") -> Path:
+        root = tmp_path / name
+        training = []
+        for i in range(n):
+            image, label = blob_case(shape, seed=i)
+            write_nifti(root / "imagesTr" / f"blob_{i:03d}.nii.gz", image)
+            write_nifti(root / "labelsTr" / f"blob_{i:03d}.nii.gz", label)
+            training.append({"image": f"./imagesTr/blob_{i:03d}.nii.gz", "label": f"./labelsTr/blob_{i:03d}.nii.gz"})
+        doc = {
+            "name": "Blobs",
+            "modality": {"0": "MRI"},
+            "labels": {"0": "background", "1": "core", "2": "rim"},
+            "numTraining": n,
+            "training": training,
+            "test": [],
+        }
+        (root / "dataset.json").write_text(json.dumps(doc, indent=2))
+        return root
+
+    return _make
