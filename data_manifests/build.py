@@ -23,8 +23,15 @@ HERE = Path(__file__).resolve().parent
 def rebase(m: Manifest, prefix: str, data_root: Path) -> Manifest:
     """Prefix every case path so it is relative to ``data_root`` instead of the dataset folder."""
     domains = tuple(
-        replace(d, cases=tuple(replace(c, images=tuple(f"{prefix}/{p}" for p in c.images),
-                                       label=f"{prefix}/{c.label}" if c.label else None) for c in d.cases))
+        replace(
+            d,
+            cases=tuple(
+                replace(
+                    c, images=tuple(f"{prefix}/{p}" for p in c.images), label=f"{prefix}/{c.label}" if c.label else None
+                )
+                for c in d.cases
+            ),
+        )
         for d in m.domains
     )
     return replace(m, domains=domains, base_dir=data_root, root=None)
@@ -44,17 +51,30 @@ def main(data_root: Path) -> None:
 
     hip = rebase(load_dataset(data_root / "Task04_Hippocampus"), "Task04_Hippocampus", data_root)
     d = hip.domains[0]
-    hip = replace(hip, labels={0: "background", 1: "anterior", 2: "posterior"},
-                  domains=(replace(d, name="vumc", metadata={**d.metadata, "institution": "Vanderbilt University "
-                                   "Medical Center"}, splits=split([c.id for c in d.cases], 0.2)),),
-                  description="MSD Task04 hippocampus (subset of 208 training cases). Fixed 80/20 split, seed 0.")
+    hip = replace(
+        hip,
+        labels={0: "background", 1: "anterior", 2: "posterior"},
+        domains=(
+            replace(
+                d,
+                name="vumc",
+                metadata={**d.metadata, "institution": "Vanderbilt University Medical Center"},
+                splits=split([c.id for c in d.cases], 0.2),
+            ),
+        ),
+        description="MSD Task04 hippocampus (subset of 208 training cases). Fixed 80/20 split, seed 0.",
+    )
     out["hippocampus.json"] = hip
 
     brats = rebase(load_dataset(data_root / "BraTS2018_sites", label_name="GT_W"), "BraTS2018_sites", data_root)
     brats = replace(
-        brats, name="BraTS2018_sites", labels={0: "background", 1: "whole_tumour"},
-        domains=tuple(replace(dd, metadata={"institution": dd.name}, splits=split([c.id for c in dd.cases], 0.3))
-                      for dd in brats.domains),
+        brats,
+        name="BraTS2018_sites",
+        labels={0: "background", 1: "whole_tumour"},
+        domains=tuple(
+            replace(dd, metadata={"institution": dd.name}, splits=split([c.id for c in dd.cases], 0.3))
+            for dd in brats.domains
+        ),
         description="BraTS 2018 whole tumour; domains are the acquiring institutions (CBICA, TCIA).",
     )
     out["brats_sites.json"] = brats
@@ -75,31 +95,89 @@ def main(data_root: Path) -> None:
             cases += [cord(c, "SpinalCord_contrasts") for c in bids_cases.get(bids_suffix, [])]
         sc_domains.append(Domain(name, tuple(cases), {"contrast": name}))
     out["spinalcord.json"] = Manifest(
-        name="SpinalCord_contrasts", channels=(Channel("MRI", "MR"),), labels={0: "background", 1: "spinal_cord"},
-        domains=tuple(sc_domains), base_dir=data_root,
+        name="SpinalCord_contrasts",
+        channels=(Channel("MRI", "MR"),),
+        labels={0: "background", 1: "spinal_cord"},
+        domains=tuple(sc_domains),
+        base_dir=data_root,
         description="Spinal cord masks in four contrasts (domain = contrast): sct_example_data (MIT) and "
-                    "spine-generic sub-unf01 (CC-BY 4.0).",
+        "spine-generic sub-unf01 (CC-BY 4.0).",
     )
 
     spleen = rebase(load_dataset(data_root / "Abdomen_CT_MR" / "spleen_ct"), "Abdomen_CT_MR/spleen_ct", data_root)
-    out["spleen_ct.json"] = replace(spleen, labels={0: "background", 1: "spleen"},
-                                    channels=(Channel("CT", "CT"),),
-                                    description="MSD Task09 spleen_2, cropped, BIDS layout.")
+    out["spleen_ct.json"] = replace(
+        spleen,
+        labels={0: "background", 1: "spleen"},
+        channels=(Channel("CT", "CT"),),
+        description="MSD Task09 spleen_2, cropped, BIDS layout.",
+    )
 
     for key, img, seg, values in [
-        ("ct", "example_ct_sm", "example_seg",
-         [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 18, 19, 20, 30, 31, 32, 33, 52, 63, 64, 79, 86, 87, 88, 89, 98,
-          99, 100, 101, 102, 103, 110, 111, 112, 113, 114, 115, 117]),
-        ("mr", "example_mr_sm", "example_seg_mr",
-         [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 19, 20, 21, 23, 24, 25, 46, 47, 48, 49]),
+        (
+            "ct",
+            "example_ct_sm",
+            "example_seg",
+            [
+                1,
+                2,
+                3,
+                4,
+                5,
+                6,
+                7,
+                8,
+                9,
+                10,
+                11,
+                13,
+                14,
+                18,
+                19,
+                20,
+                30,
+                31,
+                32,
+                33,
+                52,
+                63,
+                64,
+                79,
+                86,
+                87,
+                88,
+                89,
+                98,
+                99,
+                100,
+                101,
+                102,
+                103,
+                110,
+                111,
+                112,
+                113,
+                114,
+                115,
+                117,
+            ],
+        ),
+        (
+            "mr",
+            "example_mr_sm",
+            "example_seg_mr",
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 19, 20, 21, 23, 24, 25, 46, 47, 48, 49],
+        ),
     ]:
         # TotalSegmentator's CT and MR models number their classes differently, so each is its own dataset.
         # Only the values present are declared; names are the model's class indices.
         labels = {0: "background", **{v: f"class_{v}" for v in values}}
         case = Case(f"abdomen_{key}", (f"Abdomen_CT_MR/{img}.nii.gz",), f"Abdomen_CT_MR/{seg}.nii.gz")
         out[f"abdomen_{key}.json"] = Manifest(
-            name=f"Abdomen_{key.upper()}", channels=(Channel(key.upper(), key.upper()),), labels=labels,
-            domains=(Domain(key, (case,)),), base_dir=data_root,
+            name=f"Abdomen_{key.upper()}",
+            channels=(Channel(key.upper(), key.upper()),),
+            labels=labels,
+            domains=(Domain(key, (case,)),),
+            base_dir=data_root,
             description="TotalSegmentator test reference (labels produced by a model, not drawn by hand).",
         )
 

@@ -76,7 +76,9 @@ def _add_workers(p: argparse.ArgumentParser) -> None:
 
 def _add_import_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("importing a folder (ignored for a manifest JSON)")
-    g.add_argument("--domain-from", help="BIDS: sidecar key (e.g. Manufacturer) or entity (suffix, ses, acq) naming domains")
+    g.add_argument(
+        "--domain-from", help="BIDS: sidecar key (e.g. Manufacturer) or entity (suffix, ses, acq) naming domains"
+    )
     g.add_argument("--channels", help="folder layout: comma-separated channel file stems in order, e.g. FLAIR,T1")
     g.add_argument("--label-name", help="folder layout: stem of the label file in each case folder, e.g. GT_W")
     g.add_argument("--modality", help="modality of every channel when the layout does not say (MR, CT, ...)")
@@ -122,15 +124,33 @@ def _json_default(o: Any) -> Any:
 
 @command("validate", "check every case of a dataset; table of problems; exit 1 if any")
 def cmd_validate(args: argparse.Namespace) -> int:
-    from medattn.data.validate import format_report, validate_manifest
+    from medattn.data.io import atomic_write_text
+    from medattn.data.validate import CHECKS, format_report, input_files, validate_manifest
+    from medattn.errors import ConfigError, DataError
 
+    skip = [s.strip() for s in (args.skip or "").split(",") if s.strip()]
+    unknown = sorted(set(skip) - set(CHECKS))
+    if unknown:
+        raise ConfigError(f"--skip: unknown check(s) {unknown}; known checks: {', '.join(CHECKS)}")
+    if {"exists", "header"} & set(skip):
+        raise ConfigError("--skip: the 'exists' and 'header' checks cannot be skipped")
     manifest = _load_data(args)
-    report = validate_manifest(manifest, data_root=args.data_root, progress=not args.quiet)
     out = Path(args.out) if args.out else None
-    if out is not None:
-        _write_json(out, report.to_dict())
+    inputs = input_files(manifest, args.data_root)
+    if out is not None:  # refuse before the run, not after it
+        spec = Path(args.data)
+        protected = [*inputs, *([spec] if spec.is_file() else []), *([spec / "dataset.json"] if spec.is_dir() else [])]
+        if out.resolve() in {p.resolve() for p in protected}:
+            raise ConfigError(f"--out {out} is one of the dataset's input files; choose another path")
+    checks = [c for c in CHECKS if c not in skip] if skip else None
+    report = validate_manifest(manifest, data_root=args.data_root, checks=checks, progress=not args.quiet)
     print(format_report(report, max_rows=args.max_rows))
     if out is not None:
+        doc = json.dumps(report.to_dict(), indent=2, default=_json_default) + "\n"
+        try:
+            atomic_write_text(out, doc, protected=inputs)
+        except OSError as e:
+            raise DataError(f"cannot write the report: {e.strerror or e}; choose another path with --out", out) from e
         print(f"report written to {out}")
     return EXIT_OK if report.ok else EXIT_PROBLEMS
 
@@ -139,9 +159,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _args_validate(p: argparse.ArgumentParser) -> None:
     _add_data(p)
     _add_import_options(p)
-    p.add_argument("-o", "--out", help="write the report as JSON here (default: validation.json in the current folder)",
-                   default="validation.json")
-    p.add_argument("--max-rows", type=int, default=50, help="rows of the problem table to print")
+    p.add_argument(
+        "-o",
+        "--out",
+        default="validation.json",
+        help="write the report as JSON here (default: validation.json in the current folder; '' for none); "
+        "never one of the dataset's files",
+    )
+    p.add_argument("--max-rows", type=int, default=50, help="rows of the problem table to print (default 50)")
+    p.add_argument(
+        "--skip",
+        metavar="CHECK[,CHECK]",
+        help="checks to leave out: voxels, dims, spacing, shape, affine, finite, intensity, labels "
+        "(skipping voxels, finite, intensity and labels reads headers only)",
+    )
 
 
 @command("manifest", "build a manifest JSON from a dataset folder")
@@ -186,8 +217,12 @@ def _args_plan(p: argparse.ArgumentParser) -> None:
     _add_import_options(p)
     _add_seed(p)
     p.add_argument("-o", "--out", default="plan.json", help="plan JSON to write (default plan.json)")
-    p.add_argument("--memory-mb", type=float, default=2048.0,
-                   help="activation-memory budget for one training patch (batch 2), in MiB (default 2048)")
+    p.add_argument(
+        "--memory-mb",
+        type=float,
+        default=2048.0,
+        help="activation-memory budget for one training patch (batch 2), in MiB (default 2048)",
+    )
     p.add_argument("--max-cases", type=int, default=None, help="fingerprint at most this many cases per domain")
 
 
@@ -200,14 +235,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 @arguments("synth")
 def _args_synth(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out", help="output folder (created; must not contain an existing dataset)")
+    p.add_argument("out", nargs="?", help="output folder (created; must be new or empty)")
     p.add_argument("--from", dest="source", help="derive scanner domains from this dataset instead of phantoms")
     p.add_argument("--data-root", help="data root for --from's manifest")
     _add_seed(p)
     p.add_argument("--cases", type=int, default=None, help="cases per domain (phantom default 8)")
     p.add_argument("--size", type=int, default=None, help="phantom volume edge in voxels (default 48)")
-    p.add_argument("--scanners", default=None,
-                   help="comma-separated scanner profiles to write (see `medattn synth --list-profiles`)")
+    p.add_argument(
+        "--scanners",
+        default=None,
+        help="comma-separated scanner profiles to write (see `medattn synth --list-profiles`)",
+    )
     p.add_argument("--list-profiles", action="store_true", help="print the scanner profiles and exit")
     _add_import_options(p)
 
@@ -216,8 +254,11 @@ def _args_synth(p: argparse.ArgumentParser) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     from medattn.models.registry import models_table
 
-    print(models_table(measure=args.measure, in_channels=args.in_channels, out_channels=args.out_channels,
-                       window=args.window))
+    print(
+        models_table(
+            measure=args.measure, in_channels=args.in_channels, out_channels=args.out_channels, window=args.window
+        )
+    )
     return EXIT_OK
 
 

@@ -42,6 +42,7 @@ def is_label_stem(stem: str) -> bool:
     tokens = [t.lower() for t in re.split(r"[_\-.]", stem) if t]
     return any("seg" in t or t in LABEL_TOKENS for t in tokens)
 
+
 #: Sidecar keys copied into case metadata (BIDS names; what drift reports and domain splits use).
 SIDECAR_KEYS = (
     "Modality",
@@ -93,8 +94,9 @@ def load_dataset(
         else:
             manifest = Manifest.load(path)
     elif path.is_dir():
-        manifest = import_folder(path, domain_from=domain_from, channels=chans, label_name=label_name,
-                                 modality=modality)
+        manifest = import_folder(
+            path, domain_from=domain_from, channels=chans, label_name=label_name, modality=modality
+        )
     else:
         raise ManifestError("no such file or folder", path)
     if domains:
@@ -161,7 +163,7 @@ def import_msd(root: Path, doc: Mapping[str, Any] | None = None, modality: str |
             raise ManifestError(f"MSD dataset.json has no {key!r} entry (keys found: {sorted(doc)})", src)
     mod = doc.get("modality", {"0": modality or "MR"})
     if not isinstance(mod, Mapping) or not mod:
-        raise ManifestError("'modality' must map channel index to a name, e.g. {\"0\": \"MRI\"}", src)
+        raise ManifestError('\'modality\' must map channel index to a name, e.g. {"0": "MRI"}', src)
     try:
         order = sorted(mod, key=int)
     except ValueError:
@@ -182,13 +184,25 @@ def import_msd(root: Path, doc: Mapping[str, Any] | None = None, modality: str |
         label = entry.get("label")
         if label is not None and not isinstance(label, str):
             raise ManifestError(f"training[{i}].label must be a path", src)
-        cases.append(Case(id=strip_suffix(Path(images[0]).name), images=tuple(images),
-                          label=_clean_rel(label) if label else None))
+        cases.append(
+            Case(
+                id=strip_suffix(Path(images[0]).name), images=tuple(images), label=_clean_rel(label) if label else None
+            )
+        )
     name = str(doc.get("name", root.name))
     meta = {k: doc[k] for k in ("reference", "licence", "release") if k in doc}
     domain = Domain(name=_slug(name), cases=tuple(cases), metadata=meta)
-    return _finish(Manifest(name=name, channels=chans, labels=labels, domains=(domain,), base_dir=root.resolve(),
-                            description=str(doc.get("description", ""))), src)
+    return _finish(
+        Manifest(
+            name=name,
+            channels=chans,
+            labels=labels,
+            domains=(domain,),
+            base_dir=root.resolve(),
+            description=str(doc.get("description", "")),
+        ),
+        src,
+    )
 
 
 def _msd_labels(raw: Any, src: Path) -> dict[int, str]:
@@ -200,9 +214,7 @@ def _msd_labels(raw: Any, src: Path) -> dict[int, str]:
             out[v] = str(k)
             continue
         if isinstance(v, list):
-            raise ManifestError(
-                f"label {k!r} is region-based ({v}); medattn needs one integer value per label", src
-            )
+            raise ManifestError(f"label {k!r} is region-based ({v}); medattn needs one integer value per label", src)
         try:
             out[int(k)] = str(v)
         except ValueError:
@@ -231,8 +243,13 @@ def import_nnunet_v2(root: Path, doc: Mapping[str, Any] | None = None) -> Manife
     cases: list[Case] = []
     if isinstance(doc.get("dataset"), Mapping):  # explicit file list (nnU-Net v2 'dataset' key)
         for cid, entry in doc["dataset"].items():
-            cases.append(Case(id=str(cid), images=tuple(_clean_rel(p) for p in entry["images"]),
-                              label=_clean_rel(entry["label"]) if entry.get("label") else None))
+            cases.append(
+                Case(
+                    id=str(cid),
+                    images=tuple(_clean_rel(p) for p in entry["images"]),
+                    label=_clean_rel(entry["label"]) if entry.get("label") else None,
+                )
+            )
     else:
         images_dir = root / "imagesTr"
         if not images_dir.is_dir():
@@ -256,8 +273,17 @@ def import_nnunet_v2(root: Path, doc: Mapping[str, Any] | None = None) -> Manife
             cases.append(Case(id=cid, images=imgs, label=f"labelsTr/{cid}{ending}"))
     name = str(doc.get("name", root.name))
     domain = Domain(name=_slug(name), cases=tuple(cases), splits=_nnunet_splits(root, {c.id for c in cases}))
-    return _finish(Manifest(name=name, channels=chans, labels=labels, domains=(domain,), base_dir=root.resolve(),
-                            description=str(doc.get("description", ""))), src)
+    return _finish(
+        Manifest(
+            name=name,
+            channels=chans,
+            labels=labels,
+            domains=(domain,),
+            base_dir=root.resolve(),
+            description=str(doc.get("description", "")),
+        ),
+        src,
+    )
 
 
 def _nnunet_splits(root: Path, ids: set[str]) -> dict[str, tuple[str, ...]]:
@@ -337,17 +363,23 @@ def import_bids(
     """
     root = Path(root)
     images = [
-        p for p in sorted(root.glob("sub-*/**/*"))
+        p
+        for p in sorted(root.glob("sub-*/**/*"))
         if p.is_file() and has_suffix(p, IMAGE_SUFFIXES) and not is_label_stem(parse_bids_name(p.name)[1])
     ]
     if not images:
         raise ManifestError("BIDS folder has no sub-*/…/*.nii(.gz) images", root)
-    label_files = [p for p in sorted((root / "derivatives").glob("**/*")) if p.is_file() and has_suffix(p, IMAGE_SUFFIXES)]
+    label_files = [
+        p for p in sorted((root / "derivatives").glob("**/*")) if p.is_file() and has_suffix(p, IMAGE_SUFFIXES)
+    ]
 
     def find_label(img: Path) -> Path | None:
         stem = strip_suffix(img.name)
-        cands = [p for p in label_files if strip_suffix(p.name).startswith(stem + "_")
-                 and is_label_stem(strip_suffix(p.name)[len(stem):])]
+        cands = [
+            p
+            for p in label_files
+            if strip_suffix(p.name).startswith(stem + "_") and is_label_stem(strip_suffix(p.name)[len(stem) :])
+        ]
         # Prefer whole-structure masks ("_seg-manual", "_dseg") over sub-structure ones ("_gmseg"): shortest name.
         return min(cands, key=lambda p: len(p.name)) if cands else None
 
@@ -391,13 +423,16 @@ def import_bids(
             else:
                 raise ManifestError(
                     f"--domain-from {domain_from!r}: neither a filename entity nor a key of the sidecar of "
-                    f"{paths[0].name} (keys: {sorted(side)[:12]}...)", paths[0])
+                    f"{paths[0].name} (keys: {sorted(side)[:12]}...)",
+                    paths[0],
+                )
         else:
             dname = _slug(root.name)
         dname = _slug(dname)
         cid = strip_suffix(paths[0].name) if not channels else "_".join(f"{k}-{v}" for k, v in sorted(ent.items()))
-        cases_by_domain[dname].append(Case(id=cid, images=tuple(_rel(p, root) for p in paths),
-                                           label=_rel(label, root), metadata=meta))
+        cases_by_domain[dname].append(
+            Case(id=cid, images=tuple(_rel(p, root) for p in paths), label=_rel(label, root), metadata=meta)
+        )
         if domain_from and domain_from in side:
             domain_meta.setdefault(dname, {domain_from: side[domain_from]})
     if unlabelled:
@@ -410,11 +445,13 @@ def import_bids(
         mods = {normalise_modality(m) for m in modalities.values()}
         single = sorted(modalities)[0] if len(modalities) == 1 else "image"
         chans = (Channel(single, mods.pop() if len(mods) == 1 else "MR"),)
-    domains = tuple(Domain(name=d, cases=tuple(cs), metadata=domain_meta.get(d, {}))
-                    for d, cs in sorted(cases_by_domain.items()))
+    domains = tuple(
+        Domain(name=d, cases=tuple(cs), metadata=domain_meta.get(d, {})) for d, cs in sorted(cases_by_domain.items())
+    )
     name = _bids_name(root)
-    return _finish(Manifest(name=name, channels=chans, labels=dict(DEFAULT_LABELS), domains=domains,
-                            base_dir=root.resolve()), root)
+    return _finish(
+        Manifest(name=name, channels=chans, labels=dict(DEFAULT_LABELS), domains=domains, base_dir=root.resolve()), root
+    )
 
 
 def _bids_name(root: Path) -> str:
@@ -453,10 +490,16 @@ def import_domain_folders(
             if chan_names is None:
                 chan_names = [c.name for c in sub.channels]
                 labels = dict(sub.labels)
-            cases = tuple(Case(c.id, tuple(f"{dom.name}/{p}" for p in c.images),
-                               f"{dom.name}/{c.label}" if c.label else None, c.metadata)
-                          for c in sub.domains[0].cases)
-            domains.append(Domain(_slug(dom.name), cases))
+            sub_cases = tuple(
+                Case(
+                    c.id,
+                    tuple(f"{dom.name}/{p}" for p in c.images),
+                    f"{dom.name}/{c.label}" if c.label else None,
+                    c.metadata,
+                )
+                for c in sub.domains[0].cases
+            )
+            domains.append(Domain(_slug(dom.name), sub_cases))
             continue
         cases, names = _import_domain_dir(dom, root, channels, label_name)
         if not cases:
@@ -470,8 +513,9 @@ def import_domain_folders(
     if not domains or chan_names is None:
         raise ManifestError("no domain folder holds any case", root)
     chans = tuple(Channel(n, normalise_modality(modality or n)) for n in chan_names)
-    return _finish(Manifest(name=root.name, channels=chans, labels=labels, domains=tuple(domains),
-                            base_dir=root.resolve()), root)
+    return _finish(
+        Manifest(name=root.name, channels=chans, labels=labels, domains=tuple(domains), base_dir=root.resolve()), root
+    )
 
 
 def _import_domain_dir(
@@ -507,8 +551,14 @@ def _import_domain_dir(
                 names = order
             elif order != names:
                 raise ManifestError(f"case folder has channels {order}, other cases have {names}", cdir)
-            cases.append(Case(cdir.name, tuple(_rel(chan_files[c], root) for c in order),
-                              _rel(files[label], root) if label else None, _sidecar_meta(chan_files[order[0]])))
+            cases.append(
+                Case(
+                    cdir.name,
+                    tuple(_rel(chan_files[c], root) for c in order),
+                    _rel(files[label], root) if label else None,
+                    _sidecar_meta(chan_files[order[0]]),
+                )
+            )
         return cases, names or []
     # Flat files: every non-label image is a single-channel case; its label is the shortest "<stem>_<label word>".
     files = {strip_suffix(f.name): f for f in sorted(dom.iterdir()) if f.is_file() and has_suffix(f, IMAGE_SUFFIXES)}
@@ -518,14 +568,21 @@ def _import_domain_dir(
     for stem in image_stems:
         # A label belongs to the longest image stem it starts with (t2s_uncropped_gmseg -> t2s_uncropped).
         cands = [
-            lab for lab in label_stems
+            lab
+            for lab in label_stems
             if lab.startswith(stem + "_") and max((s for s in image_stems if lab.startswith(s + "_")), key=len) == stem
         ]
         if label_name:
             cands = [c for c in cands if c == label_name or c.endswith(label_name)] or cands
-        lab = min(cands, key=len) if cands else None
-        cases.append(Case(f"{dom.name}_{stem}", (_rel(files[stem], root),), _rel(files[lab], root) if lab else None,
-                          _sidecar_meta(files[stem])))
+        lab_stem = min(cands, key=len) if cands else None
+        cases.append(
+            Case(
+                f"{dom.name}_{stem}",
+                (_rel(files[stem], root),),
+                _rel(files[lab_stem], root) if lab_stem else None,
+                _sidecar_meta(files[stem]),
+            )
+        )
     return cases, [channels[0] if channels else "image"]
 
 

@@ -33,8 +33,10 @@ IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
+PathLike = str | os.PathLike
 
-def has_suffix(path: str | Path, suffixes: Iterable[str]) -> bool:
+
+def has_suffix(path: str | os.PathLike, suffixes: Iterable[str]) -> bool:
     name = str(path).lower()
     return any(name.endswith(s) for s in suffixes)
 
@@ -58,11 +60,11 @@ class SimpleITKReader(ImageReader):
         super().__init__()
         self.kwargs = kwargs
 
-    def verify_suffix(self, filename: Sequence[str] | str) -> bool:
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
         names = [filename] if isinstance(filename, (str, os.PathLike)) else filename
         return all(has_suffix(n, ITK_SUFFIXES) for n in names)
 
-    def read(self, data: Sequence[str] | str, **kwargs: Any) -> Any:
+    def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> Any:
         import SimpleITK as sitk
 
         names = [data] if isinstance(data, (str, os.PathLike)) else list(data)
@@ -141,10 +143,12 @@ def read_header(path: str | Path) -> VolumeHeader:
         raise DataError("file does not exist", path)
     try:
         if has_suffix(path, NIFTI_SUFFIXES):
-            img = nib.load(str(path))
-            hdr = img.header
+            img: Any = nib.load(str(path))
+            hdr: Any = img.header
             zooms = tuple(float(z) for z in hdr.get_zooms()[:3])
-            return VolumeHeader(tuple(int(s) for s in img.shape), np.asarray(img.affine), zooms, str(hdr.get_data_dtype()))
+            return VolumeHeader(
+                tuple(int(s) for s in img.shape), np.asarray(img.affine), zooms, str(hdr.get_data_dtype())
+            )
         import SimpleITK as sitk
 
         reader = sitk.ImageFileReader()
@@ -173,7 +177,8 @@ def read_volume(path: str | Path, dtype: Any = np.float32) -> tuple[np.ndarray, 
     header = read_header(path)
     try:
         if has_suffix(path, NIFTI_SUFFIXES):
-            arr = np.asanyarray(nib.load(str(path)).dataobj)  # applies scl_slope/scl_inter
+            nii: Any = nib.load(str(path))
+            arr = np.asanyarray(nii.dataobj)  # applies scl_slope/scl_inter
             if dtype is not None:
                 arr = arr.astype(dtype, copy=False)
         else:
@@ -262,9 +267,9 @@ def write_volume(
     affine = np.asarray(affine, dtype=float)
 
     if has_suffix(path, NIFTI_SUFFIXES):
-        header = None
+        header: Any = None
         if like is not None and has_suffix(like, NIFTI_SUFFIXES):
-            src = nib.load(str(like))
+            src: Any = nib.load(str(like))
             header = src.header.copy()
         img = nib.Nifti1Image(arr, affine, header=header)
         img.set_data_dtype(arr.dtype)

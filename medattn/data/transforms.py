@@ -1,0 +1,380 @@
+"""MONAI pipelines built from a :class:`~medattn.data.plan.Plan`.
+
+Every pipeline starts with the same deterministic preprocessing, so training, validation and inference see
+volumes prepared identically:
+
+    load (nibabel / SimpleITK) -> channel first -> orient to RAS -> resample to the plan's spacing
+    -> map label values to 0..K-1 -> normalise per channel -> crop to the non-zero region (when planned)
+
+Inference uses only invertible spatial steps, so :func:`invert_to_input` puts a prediction back into the input's
+exact grid (shape, affine, orientation). Training adds padding, foreground-oversampled patch sampling and
+augmentation, including scanner-style artefacts (bias field, Gibbs ringing, k-space spikes, low resolution,
+gamma, Rician noise) from MONAI's random transforms.
+
+Dictionary keys: ``image`` (float32, (C, X, Y, Z) after loading, RAS), ``label`` (float32 holding integer class
+indices, (1, X, Y, Z)).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
+from monai.transforms import (
+    Compose,
+    CropForegroundd,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    Invertd,
+    LoadImaged,
+    MapLabelValued,
+    MapTransform,
+    Orientationd,
+    RandAdjustContrastd,
+    RandAffined,
+    RandBiasFieldd,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandGibbsNoised,
+    RandKSpaceSpikeNoised,
+    RandRicianNoised,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    RandSimulateLowResolutiond,
+    Spacingd,
+    SpatialPadd,
+)
+
+from medattn.data.io import SimpleITKReader
+from medattn.data.plan import ChannelNorm, Plan
+
+IMAGE = "image"
+LABEL = "label"
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Probabilities and ranges of the training augmentations (per sample). ``AugmentConfig.none()`` disables all.
+
+    Spatial: flips on each axis, rotation (degrees; in-plane only for anisotropic plans) and scaling. Intensity:
+    multiplicative and additive shifts, Gaussian noise and blur, gamma. Scanner-style: bias field (polynomial
+    coefficient range), Gibbs ringing (alpha), k-space spikes, simulated low resolution (zoom range), Rician noise
+    (std relative to the image's).
+    """
+
+    flip_prob: float = 0.5
+    rotate_prob: float = 0.2
+    rotate_deg: float = 15.0
+    scale_prob: float = 0.2
+    scale_range: tuple[float, float] = (0.85, 1.25)
+    intensity_scale_prob: float = 0.15
+    intensity_shift_prob: float = 0.15
+    noise_prob: float = 0.1
+    blur_prob: float = 0.1
+    gamma_prob: float = 0.15
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    bias_field_prob: float = 0.1
+    bias_coeff: tuple[float, float] = (0.0, 0.2)
+    gibbs_prob: float = 0.05
+    gibbs_alpha: tuple[float, float] = (0.0, 0.5)
+    spike_prob: float = 0.03
+    lowres_prob: float = 0.1
+    lowres_zoom: tuple[float, float] = (0.5, 1.0)
+    rician_prob: float = 0.05
+    rician_std: float = 0.05
+
+    @classmethod
+    def none(cls) -> AugmentConfig:
+        return cls(**{f.name: 0.0 for f in fields(cls) if f.name.endswith("_prob")})  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> AugmentConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = set(doc) - names
+        if unknown:
+            from medattn.errors import ConfigError
+
+            raise ConfigError(f"unknown augmentation option(s) {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()})  # type: ignore[arg-type]
+
+
+class PlanNormalized(MapTransform):
+    """Normalise each image channel with its plan entry (CT clip-and-scale or per-volume z-score).
+
+    MONAI's ``NormalizeIntensityd`` applies one scheme to every channel and ``ScaleIntensityRanged`` one range;
+    a plan can mix CT and MR channels and needs each channel's own statistics, hence this small transform.
+    """
+
+    def __init__(self, keys: Any, channels: Sequence[ChannelNorm]) -> None:
+        super().__init__(keys)
+        self.channels = tuple(channels)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            if img.shape[0] != len(self.channels):
+                from medattn.errors import DataError
+
+                raise DataError(
+                    f"image has {img.shape[0]} channels, the plan expects {len(self.channels)} "
+                    f"({[c.name for c in self.channels]})",
+                    _source_of(img),
+                )
+            out = img.clone() if isinstance(img, torch.Tensor) else torch.as_tensor(np.array(img))
+            for c, norm in enumerate(self.channels):
+                out[c] = normalise_channel(out[c], norm)
+            d[key] = out
+        return d
+
+
+def normalise_channel(x: torch.Tensor, norm: ChannelNorm) -> torch.Tensor:
+    """One channel, float tensor (X, Y, Z): the plan's normalisation (see :class:`ChannelNorm`)."""
+    x = x.float()
+    if norm.scheme == "ct":
+        return (x.clamp(norm.clip_low, norm.clip_high) - norm.mean) / norm.std
+    if norm.use_body_mask:
+        mask = x != 0
+        if mask.any():
+            vals = x[mask]
+            mean, std = vals.mean(), vals.std(unbiased=False)
+            out = torch.zeros_like(x)
+            out[mask] = (vals - mean) / torch.clamp(std, min=1e-8)
+            return out
+    mean, std = x.mean(), x.std(unbiased=False)
+    return (x - mean) / torch.clamp(std, min=1e-8)
+
+
+def _source_of(img: Any) -> str | None:
+    meta = getattr(img, "meta", None)
+    if meta is not None:
+        src = meta.get("filename_or_obj")
+        return str(src) if src is not None else None
+    return None
+
+
+def _load(keys: Sequence[str]) -> list[Any]:
+    from monai.data import NibabelReader
+
+    return [
+        LoadImaged(
+            keys=list(keys),
+            reader=[NibabelReader(), SimpleITKReader()],  # type: ignore[arg-type]  # MONAI accepts reader lists
+            image_only=True,
+            dtype=np.float32,
+        ),
+        EnsureChannelFirstd(keys=list(keys)),
+    ]
+
+
+def label_mapping(plan: Plan) -> tuple[list[int], list[int]] | None:
+    """(label values on disk, class indices) when the plan's labels are not already 0..K-1."""
+    values = sorted(int(v) for v in plan.labels)
+    if values == list(range(len(values))):
+        return None
+    return values, list(range(len(values)))
+
+
+def preprocess_transforms(plan: Plan, with_label: bool = True) -> list[Any]:
+    """The deterministic steps shared by every pipeline (see the module docstring)."""
+    keys = [IMAGE, LABEL] if with_label else [IMAGE]
+    modes = ("bilinear", "nearest") if with_label else ("bilinear",)
+    steps: list[Any] = [
+        *_load(keys),
+        Orientationd(keys=keys, axcodes="RAS", labels=None),
+        Spacingd(keys=keys, pixdim=plan.target_spacing, mode=modes),
+    ]
+    mapping = label_mapping(plan)
+    if with_label and mapping is not None:
+        steps.append(MapLabelValued(keys=LABEL, orig_labels=mapping[0], target_labels=mapping[1], dtype=np.float32))
+    steps.append(PlanNormalized(keys=IMAGE, channels=plan.channels))
+    if plan.crop_foreground:
+        steps.append(CropForegroundd(keys=keys, source_key=IMAGE, select_fn=_nonzero, allow_smaller=True))
+    steps.append(EnsureTyped(keys=keys, dtype=torch.float32, track_meta=True))
+    return steps
+
+
+def _nonzero(x: Any) -> Any:
+    return x != 0
+
+
+def augment_transforms(plan: Plan, aug: AugmentConfig) -> list[Any]:
+    """Random augmentations applied to patches (image and label together for spatial ones)."""
+    keys = [IMAGE, LABEL]
+    t: list[Any] = []
+    if aug.rotate_prob > 0 or aug.scale_prob > 0:
+        rad = math.radians(aug.rotate_deg)
+        rot = [rad, rad, rad]
+        if plan.anisotropic:  # rotate in-plane only: about the coarse axis
+            coarse = int(np.argmax(plan.target_spacing))
+            rot = [rad if i == coarse else 0.0 for i in range(3)]
+        lo, hi = aug.scale_range
+        t.append(
+            RandAffined(
+                keys=keys,
+                prob=max(aug.rotate_prob, aug.scale_prob),
+                rotate_range=rot,
+                scale_range=[(lo - 1.0, hi - 1.0)] * 3,
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            )
+        )
+    if aug.flip_prob > 0:
+        t.extend(RandFlipd(keys=keys, prob=aug.flip_prob, spatial_axis=ax) for ax in range(3))
+    # Scanner-style artefacts (image only).
+    if aug.lowres_prob > 0:
+        t.append(RandSimulateLowResolutiond(keys=IMAGE, prob=aug.lowres_prob, zoom_range=aug.lowres_zoom))
+    if aug.bias_field_prob > 0:
+        t.append(RandBiasFieldd(keys=IMAGE, prob=aug.bias_field_prob, coeff_range=aug.bias_coeff))
+    if aug.gibbs_prob > 0:
+        t.append(RandGibbsNoised(keys=IMAGE, prob=aug.gibbs_prob, alpha=aug.gibbs_alpha))
+    if aug.spike_prob > 0:
+        t.append(RandKSpaceSpikeNoised(keys=IMAGE, prob=aug.spike_prob))
+    if aug.rician_prob > 0:
+        t.append(
+            RandRicianNoised(keys=IMAGE, prob=aug.rician_prob, std=aug.rician_std, relative=True, channel_wise=True)
+        )
+    if aug.gamma_prob > 0:
+        t.append(RandAdjustContrastd(keys=IMAGE, prob=aug.gamma_prob, gamma=aug.gamma_range))
+    # Generic intensity augmentation.
+    if aug.noise_prob > 0:
+        t.append(RandGaussianNoised(keys=IMAGE, prob=aug.noise_prob, std=0.1))
+    if aug.blur_prob > 0:
+        t.append(
+            RandGaussianSmoothd(
+                keys=IMAGE, prob=aug.blur_prob, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)
+            )
+        )
+    if aug.intensity_scale_prob > 0:
+        t.append(RandScaleIntensityd(keys=IMAGE, prob=aug.intensity_scale_prob, factors=0.25))
+    if aug.intensity_shift_prob > 0:
+        t.append(RandShiftIntensityd(keys=IMAGE, prob=aug.intensity_shift_prob, offsets=0.1))
+    return t
+
+
+def train_transforms(plan: Plan, augment: AugmentConfig | None = None, samples_per_volume: int = 2) -> Compose:
+    """Preprocess, pad to the patch, sample ``samples_per_volume`` patches with the plan's foreground ratio, augment.
+
+    Each output item is a dict with ``image`` (C, *patch) and ``label`` (1, *patch).
+    """
+    aug = AugmentConfig() if augment is None else augment
+    keys = [IMAGE, LABEL]
+    pos = plan.foreground_ratio
+    steps = [
+        *preprocess_transforms(plan, with_label=True),
+        SpatialPadd(keys=keys, spatial_size=plan.patch_size, mode="constant"),
+        RandCropByPosNegLabeld(
+            keys=keys,
+            label_key=LABEL,
+            spatial_size=plan.patch_size,
+            pos=pos,
+            neg=1.0 - pos,
+            num_samples=samples_per_volume,
+            image_key=None,
+            allow_smaller=False,
+        ),
+        *augment_transforms(plan, aug),
+        EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False),
+    ]
+    return Compose(steps)
+
+
+def eval_transforms(plan: Plan) -> Compose:
+    """Whole preprocessed volumes with labels (validation by sliding window)."""
+    return Compose(preprocess_transforms(plan, with_label=True))
+
+
+def inference_transforms(plan: Plan) -> Compose:
+    """Whole preprocessed image volumes, invertible back to the input grid with :func:`invert_to_input`."""
+    return Compose(preprocess_transforms(plan, with_label=False))
+
+
+def invert_to_input(pred: torch.Tensor, data: Mapping[str, Any], transform: Compose, nearest: bool = True) -> Any:
+    """Map a prediction made on ``data[IMAGE]``'s preprocessed grid back to the input file's grid.
+
+    Args:
+        pred: (C, X, Y, Z) tensor on the preprocessed grid (labels or probabilities).
+        data: the dict the inference transform returned (its ``image`` carries the applied-transform trace).
+        transform: the inference Compose that produced ``data``.
+        nearest: nearest-neighbour resampling (for labels); False interpolates (for probabilities).
+
+    Returns:
+        MetaTensor (C, *input spatial shape) whose ``affine`` equals the input file's affine.
+    """
+    image = data[IMAGE]
+    pred_mt = MetaTensor(pred, meta=dict(image.meta)) if not isinstance(pred, MetaTensor) else pred
+    inv = Invertd(keys="pred", transform=transform, orig_keys=IMAGE, nearest_interp=nearest, to_tensor=True)
+    out = inv({"pred": pred_mt, IMAGE: image})
+    return out["pred"]
+
+
+def make_dataset(
+    data: Sequence[Mapping[str, Any]],
+    transform: Compose,
+    cache: str = "memory",
+    cache_dir: str | Path | None = None,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> Dataset:
+    """A MONAI dataset that caches the deterministic preprocessing.
+
+    Args:
+        data: MONAI-style dicts (``image`` path or list of channel paths, ``label`` path).
+        transform: a pipeline from this module.
+        cache: ``"memory"`` (``CacheDataset``), ``"disk"`` (``PersistentDataset`` in ``cache_dir``) or ``"none"``.
+        cache_dir: folder for ``"disk"``.
+        num_workers: threads used to fill the memory cache.
+    """
+    items = [dict(d) for d in data]
+    for d in items:
+        if isinstance(d.get(IMAGE), (list, tuple)) and len(d[IMAGE]) == 1:
+            d[IMAGE] = d[IMAGE][0]
+    if cache == "memory":
+        return CacheDataset(items, transform, num_workers=num_workers or None, progress=progress)
+    if cache == "disk":
+        if cache_dir is None:
+            from medattn.errors import ConfigError
+
+            raise ConfigError("cache='disk' needs a cache_dir")
+        return PersistentDataset(items, transform, cache_dir=str(cache_dir))
+    if cache == "none":
+        return Dataset(items, transform)
+    from medattn.errors import ConfigError
+
+    raise ConfigError(f"cache must be 'memory', 'disk' or 'none', not {cache!r}")
+
+
+def apply(transform: Compose, data: Mapping[str, Any]) -> Any:
+    """Run a pipeline on one item, turning MONAI's wrapped errors into a DataError that names the input file.
+
+    MONAI re-raises any failure inside a Compose as ``RuntimeError("applying transform <...>")``, which hides the
+    cause; users need the file and the reason.
+    """
+    from medattn.errors import DataError, MedattnError
+
+    try:
+        return transform(dict(data))
+    except Exception as e:
+        cause: BaseException = e
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, MedattnError):
+            if isinstance(cause, DataError) and cause.path is None:
+                raise DataError(cause.problem, _first_path(data), cause.case) from e
+            raise cause from e
+        raise DataError(f"preprocessing failed ({type(cause).__name__}: {cause})", _first_path(data)) from e
+
+
+def _first_path(data: Mapping[str, Any]) -> str | None:
+    img = data.get(IMAGE)
+    if isinstance(img, (list, tuple)):
+        img = img[0] if img else None
+    return str(img) if isinstance(img, (str, Path)) else None

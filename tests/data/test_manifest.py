@@ -1,0 +1,114 @@
+"""Manifest schema: round trip, path resolution, and clear errors for malformed documents."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medattn.data.manifest import Manifest
+from medattn.errors import ManifestError
+
+
+def _doc(**over: object) -> dict:
+    doc = {
+        "format": "medattn-manifest",
+        "version": 1,
+        "name": "Toy",
+        "channels": [{"name": "T1", "modality": "MRI"}],
+        "labels": {"0": "background", "1": "organ"},
+        "domains": [
+            {
+                "name": "siteA",
+                "metadata": {"Manufacturer": "Siemens"},
+                "cases": [
+                    {"id": "a1", "images": ["a/a1.nii.gz"], "label": "a/a1_seg.nii.gz"},
+                    {"id": "a2", "images": ["a/a2.nii.gz"], "label": "a/a2_seg.nii.gz", "metadata": {"x": 1}},
+                ],
+                "splits": {"train": ["a1"], "test": ["a2"]},
+            },
+            {"name": "siteB", "cases": [{"id": "b1", "images": "b/b1.nii.gz"}]},
+        ],
+    }
+    doc.update(over)
+    return doc
+
+
+def test_round_trip_and_queries(tmp_path: Path) -> None:
+    m = Manifest.from_dict(_doc(), base_dir=tmp_path)
+    assert m.channels[0].modality == "MR"  # "MRI" normalised
+    assert m.domain_names == ["siteA", "siteB"]
+    assert m.num_cases == 3
+    assert m.foreground_labels == {1: "organ"}
+    again = Manifest.from_dict(json.loads(json.dumps(m.to_dict())), base_dir=tmp_path)
+    assert again == m
+
+
+def test_datalist_resolves_against_root_and_override(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    m = Manifest.from_dict(_doc(root="../data"), base_dir=tmp_path / "sub")
+    items = m.datalist(domain="siteA", split="test")
+    assert [i["case_id"] for i in items] == ["a2"]
+    assert items[0]["image"] == [str((tmp_path / "data" / "a" / "a2.nii.gz").resolve())]
+    assert items[0]["domain"] == "siteA" and items[0]["metadata"] == {"x": 1}
+    other = m.datalist(domain="siteB", data_root=tmp_path / "elsewhere")
+    assert other[0]["image"] == [str(tmp_path / "elsewhere" / "b" / "b1.nii.gz")]
+    assert "label" not in other[0]
+
+
+def test_save_rewrites_root_relative_to_new_location(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    m = Manifest.from_dict(_doc(), base_dir=data)
+    out = tmp_path / "manifests" / "toy.json"
+    m.save(out)
+    doc = json.loads(out.read_text())
+    assert doc["root"] == "../data"
+    assert not any(str(tmp_path) in json.dumps(doc) for _ in [0]), "a saved manifest holds no absolute path"
+    loaded = Manifest.load(out)
+    assert loaded.datalist()[0]["image"][0] == str(data.resolve() / "a" / "a1.nii.gz")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.pop("domains"), "missing required key 'domains'"),
+        (lambda d: d["domains"][0]["cases"][0].update(images=["/abs/a1.nii.gz"]), "is absolute"),
+        (lambda d: d["domains"][1]["cases"][0].update(id="a1"), "case id 'a1' appears twice"),
+        (lambda d: d["domains"][0]["splits"].update(val=["zz"]), "names unknown cases ['zz']"),
+        (lambda d: d["domains"][0]["cases"][0].update(images=["x", "y"]), "lists 2 image files"),
+        (lambda d: d.update(labels={"one": "organ"}), "label entry 'one'"),
+        (lambda d: d.update(version=99), "newer than this medattn"),
+        (lambda d: d["domains"][1].update(name="siteA"), "domain name 'siteA' appears twice"),
+    ],
+)
+def test_malformed_manifests_name_the_problem(mutate, message: str, tmp_path: Path) -> None:
+    doc = _doc()
+    mutate(doc)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ManifestError) as err:
+        Manifest.load(path)
+    assert message in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_invalid_json_reports_line(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    path.write_text('{"name": "x",\n "channels": [}')
+    with pytest.raises(ManifestError, match=r"line 2"):
+        Manifest.load(path)
+
+
+def test_shipped_manifests_load_and_resolve(shared_data: Path) -> None:
+    """Every manifest in data_manifests/ loads and points at files that exist in ../shared/data."""
+    from tests.conftest import REPO
+
+    paths = sorted((REPO / "data_manifests").glob("*.json"))
+    assert {p.name for p in paths} >= {"hippocampus.json", "brats_sites.json", "spinalcord.json", "spleen_ct.json"}
+    for p in paths:
+        m = Manifest.load(p)
+        for item in m.datalist():
+            for f in [*item["image"], item["label"]]:
+                assert Path(f).is_file(), f"{p.name}: {f} missing"

@@ -1,0 +1,121 @@
+"""Planning: target spacing, patch size under a memory budget, normalisation choice, JSON round trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medattn.cli import main
+from medattn.data.importers import load_dataset
+from medattn.data.plan import Plan, choose_patch, choose_target_spacing, estimate_memory_mb, make_plan, plan_topology
+from tests.conftest import blob_case, write_nifti
+
+
+def test_target_spacing_isotropic_is_median() -> None:
+    sp = np.array([[1.0, 1.0, 1.2], [0.9, 0.9, 1.0], [1.1, 1.0, 1.4]])
+    target, aniso = choose_target_spacing(sp)
+    assert not aniso
+    np.testing.assert_allclose(target, np.median(sp, axis=0))
+
+
+def test_target_spacing_anisotropic_uses_tenth_percentile_of_coarse_axis() -> None:
+    z = np.array([2.5, 3.0, 5.0, 5.0, 5.0, 5.0, 5.0, 6.0, 7.5, 8.0])
+    sp = np.stack([np.full(10, 0.8), np.full(10, 0.8), z], axis=1)
+    target, aniso = choose_target_spacing(sp)
+    assert aniso
+    assert target[:2] == (0.8, 0.8)
+    assert target[2] == pytest.approx(np.percentile(z, 10))  # not the median 5.0
+
+
+def test_topology_does_not_pool_coarse_axis_early() -> None:
+    strides, kernels = plan_topology((160, 160, 20), (0.8, 0.8, 5.0))
+    assert strides[1] == (2, 2, 1) and kernels[0] == (3, 3, 1)
+    # The coarse axis starts pooling only once in-plane spacing caught up within 2x.
+    first_z = next(i for i, s in enumerate(strides) if s[2] == 2)
+    assert 0.8 * 2 ** (first_z - 1) * 2 >= 5.0 / 2
+
+
+def test_patch_fits_budget_and_shrinks_with_it() -> None:
+    big = choose_patch((240, 240, 155), (1.0, 1.0, 1.0), 4096, 2, 1)
+    small = choose_patch((240, 240, 155), (1.0, 1.0, 1.0), 512, 2, 1)
+    for patch, strides, _, mem in (big, small):
+        mult = np.prod(np.array(strides), axis=0)
+        assert all(p % m == 0 for p, m in zip(patch, mult, strict=True))
+        assert mem == pytest.approx(estimate_memory_mb(patch, strides, 2, 1))
+    assert big[3] <= 4096 and small[3] <= 512
+    assert np.prod(small[0]) < np.prod(big[0])
+
+
+def test_plan_real_hippocampus(shared_data: Path, tmp_path: Path) -> None:
+    m = load_dataset(shared_data / "Task04_Hippocampus")
+    plan = make_plan(m, max_cases=40)
+    assert plan.target_spacing == (1.0, 1.0, 1.0)
+    assert not plan.anisotropic
+    assert [c.scheme for c in plan.channels] == ["zscore"]
+    assert plan.channels[0].modality == "MR"
+    # Patch covers the median hippocampus crop (~35 x 50 x 36), rounded up to the pooling multiple.
+    assert all(p >= s for p, s in zip(plan.patch_size, plan.median_shape, strict=True))
+    assert all(p % m == 0 for p, m in zip(plan.patch_size, plan.required_multiple, strict=True))
+    assert plan.estimated_memory_mb <= plan.memory_budget_mb
+    path = plan.save(tmp_path / "plan.json")
+    assert Plan.load(path) == plan
+    fp = plan.fingerprint["overall"]
+    # The intensity encoding varies (uint8 and float32 volumes): the fingerprint sees the wide range.
+    assert fp["foreground_intensity"]["MRI"]["max"] > 255
+
+
+def test_plan_ct_channel_clips_to_foreground_percentiles(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    root = tmp_path / "ct"
+    training = []
+    fg_values = []
+    for i in range(3):
+        _, label = blob_case((16, 16, 16), seed=i)
+        image = rng.normal(-800, 50, label.shape)
+        image[label > 0] = rng.normal(60, 20, int((label > 0).sum()))
+        fg_values.append(image[label > 0])
+        write_nifti(root / "imagesTr" / f"c{i}.nii.gz", image.astype(np.int16), np.diag([0.7, 0.7, 2.5, 1]))
+        write_nifti(root / "labelsTr" / f"c{i}.nii.gz", label, np.diag([0.7, 0.7, 2.5, 1]))
+        training.append({"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"})
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "name": "CTBlobs",
+                "modality": {"0": "CT"},
+                "labels": {"0": "background", "1": "a", "2": "b"},
+                "training": training,
+            }
+        )
+    )
+    plan = make_plan(load_dataset(root))
+    ch = plan.channels[0]
+    assert ch.scheme == "ct"
+    allv = np.rint(np.concatenate(fg_values))  # stored as int16
+    assert ch.clip_low == pytest.approx(np.percentile(allv, 0.5), abs=1.0)
+    assert ch.clip_high == pytest.approx(np.percentile(allv, 99.5), abs=1.0)
+    assert ch.mean == pytest.approx(allv.mean(), abs=1.0)
+    assert plan.target_spacing == (0.7, 0.7, 2.5)
+
+
+def test_plan_brats_per_domain_and_body_mask(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "plan.json"
+    assert main(["plan", str(shared_data / "BraTS2018_sites"), "-o", str(out), "--quiet"]) == 0
+    plan = Plan.load(out)
+    assert set(plan.fingerprint["domains"]) == {"CBICA", "TCIA"}
+    assert plan.fingerprint["domains"]["TCIA"]["num_cases"] == 3
+    # Skull-stripped brains: zeros outside the head, so crop and z-score inside the body.
+    assert plan.crop_foreground
+    assert all(c.use_body_mask for c in plan.channels)
+    assert [c.name for c in plan.channels] == ["FLAIR", "T1"]
+
+
+def test_unreadable_case_is_skipped_and_named(make_msd) -> None:
+    root = make_msd(n=3)
+    (root / "imagesTr" / "blob_001.nii.gz").write_bytes(b"broken")
+    plan = make_plan(load_dataset(root))
+    skipped = plan.fingerprint["skipped_cases"]
+    assert len(skipped) == 1 and "blob_001" in skipped[0]
+    assert plan.fingerprint["cases_used"] == 2
