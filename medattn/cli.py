@@ -51,37 +51,16 @@ def arguments(name: str) -> Callable[[Callable[[argparse.ArgumentParser], None]]
 # ---- shared options --------------------------------------------------------------------------------------------
 
 
-def _add_data(p: argparse.ArgumentParser, name: str = "data", help_extra: str = "") -> None:
-    p.add_argument(
-        name,
-        help="a manifest JSON, an MSD folder (dataset.json), an nnU-Net v2 folder, a BIDS folder or a root with one "
-        "sub-folder per domain; append :DOMAIN to select domains (comma-separated)" + help_extra,
-    )
-    p.add_argument("--data-root", help="folder that the manifest's relative paths start from (overrides its 'root')")
+from medattn.options import add_data as _add_data  # noqa: E402
+from medattn.options import add_import_options as _add_import_options  # noqa: E402
+from medattn.options import add_seed as _add_seed  # noqa: E402
+from medattn.options import add_workers as _add_workers  # noqa: E402,F401
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file of option values (keys are option names); flags override it")
     p.add_argument("--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("--verbose", action="store_true", help="debug logging")
-
-
-def _add_seed(p: argparse.ArgumentParser, default: int = 0) -> None:
-    p.add_argument("--seed", type=int, default=default, help=f"random seed (default {default})")
-
-
-def _add_workers(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0: in-process)")
-
-
-def _add_import_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("importing a folder (ignored for a manifest JSON)")
-    g.add_argument(
-        "--domain-from", help="BIDS: sidecar key (e.g. Manufacturer) or entity (suffix, ses, acq) naming domains"
-    )
-    g.add_argument("--channels", help="folder layout: comma-separated channel file stems in order, e.g. FLAIR,T1")
-    g.add_argument("--label-name", help="folder layout: stem of the label file in each case folder, e.g. GT_W")
-    g.add_argument("--modality", help="modality of every channel when the layout does not say (MR, CT, ...)")
 
 
 # ---- helpers used by several commands --------------------------------------------------------------------------
@@ -268,6 +247,48 @@ def _args_models(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-channels", type=int, default=1)
     p.add_argument("--out-channels", type=int, default=3)
     p.add_argument("--window", type=int, default=64, help="cubic window edge for --measure (default 64)")
+
+
+@command("train", "train a model on a dataset; RUN/model.pt plus logs (--resume continues)")
+def cmd_train(args: argparse.Namespace) -> int:
+    from medattn.train.trainer import train_command
+
+    return train_command(args)
+
+
+@arguments("train")
+def _args_train(p: argparse.ArgumentParser) -> None:
+    from medattn.train.options import add_train_arguments
+
+    add_train_arguments(p)
+
+
+@command("predict", "sliding-window inference on a file, folder or manifest; masks in the input's geometry")
+def cmd_predict(args: argparse.Namespace) -> int:
+    from medattn.infer.predict import predict_command
+
+    return predict_command(args)
+
+
+@arguments("predict")
+def _args_predict(p: argparse.ArgumentParser) -> None:
+    from medattn.infer.options import add_predict_arguments
+
+    add_predict_arguments(p)
+
+
+@command("evaluate", "Dice, HD95 and surface Dice per case and class, with confidence intervals")
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from medattn.evaluate.report import evaluate_command
+
+    return evaluate_command(args)
+
+
+@arguments("evaluate")
+def _args_evaluate(p: argparse.ArgumentParser) -> None:
+    from medattn.evaluate.options import add_evaluate_arguments
+
+    add_evaluate_arguments(p)
 
 
 @command("demo", "the whole story end to end on the embedded phantom dataset (or --data)")
