@@ -18,7 +18,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; returns the process exit code."""
     from medattn.data.importers import load_dataset
     from medattn.data.plan import format_plan, make_plan
-    from medattn.data.synth import write_phantom_dataset
+    from medattn.data.synth import synth_phantom
     from medattn.data.validate import format_report, validate_manifest
 
     out = Path(args.out)
@@ -32,7 +32,7 @@ def run_demo(args: argparse.Namespace) -> int:
         data_dir = out / "phantom"
         manifest_path = data_dir / "manifest.json"
         if not manifest_path.exists():
-            write_phantom_dataset(data_dir, seed=args.seed)
+            synth_phantom(data_dir, seed=args.seed)
         manifest = load_dataset(manifest_path)
         data_root = None
         print(
