@@ -1,0 +1,1 @@
+"""Drift detection: features, two-sample tests, reports."""
