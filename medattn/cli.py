@@ -348,8 +348,6 @@ def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str], args: ar
     known = vars(args)
     for key, value in section.items():
         k = str(key).replace("-", "_")
-        if k == "source":
-            k = "source"
         if k not in known:
             raise ConfigError(f"{path}: unknown option {key!r} for `medattn {args.command}`")
         if k not in given and (known[k] is None or k not in given):

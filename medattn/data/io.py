@@ -1,9 +1,9 @@
 """Reading and writing volumes with their geometry, and atomic file output.
 
-NIfTI goes through MONAI's ``NibabelReader``; NRRD, MHA/MHD, GIPL and the other ITK formats go through
-:class:`SimpleITKReader`, a MONAI ``ImageReader`` written here because MONAI's own ``ITKReader`` needs the
-``itk`` package (about 100 MB more) while SimpleITK is already a dependency. Both plug into MONAI's ``LoadImage``
-/ ``LoadImaged`` so every pipeline reads both kinds of file the same way.
+Header and voxel access here uses nibabel (NIfTI) and SimpleITK (NRRD, MHA/MHD, GIPL and other ITK formats)
+directly, without importing MONAI or torch, so ``validate``, ``manifest`` and ``plan`` start fast. The MONAI
+pipelines read the same files through :mod:`medattn.data.readers`, whose ``SimpleITKReader`` uses
+:func:`sitk_to_array` below, so both paths agree on voxels and geometry.
 
 Geometry convention (MONAI's): arrays are indexed (x, y, z) = (i, j, k) in voxel order as stored, and ``affine``
 maps voxel indices to RAS world coordinates in mm. SimpleITK stores LPS; the reader converts.
@@ -15,15 +15,13 @@ import contextlib
 import os
 import tempfile
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
-from monai.data import ImageReader, NibabelReader
-from monai.transforms import LoadImage
 
 from medattn.errors import DataError
 
@@ -50,51 +48,25 @@ def strip_suffix(name: str) -> str:
     return Path(name).stem
 
 
-class SimpleITKReader(ImageReader):
-    """MONAI ``ImageReader`` for the formats SimpleITK reads (NRRD, MHA/MHD, GIPL, ...).
+def sitk_to_array(im: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """A SimpleITK image as an array indexed (x, y, z[, c]) plus MONAI-style metadata (``affine`` in RAS)."""
+    import SimpleITK as sitk
 
-    Returns channel-last arrays for vector images, like MONAI's ITKReader, and sets ``affine`` in RAS.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__()
-        self.kwargs = kwargs
-
-    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
-        names = [filename] if isinstance(filename, (str, os.PathLike)) else filename
-        return all(has_suffix(n, ITK_SUFFIXES) for n in names)
-
-    def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> Any:
-        import SimpleITK as sitk
-
-        names = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-        imgs = [sitk.ReadImage(str(n)) for n in names]
-        return imgs if len(imgs) > 1 else imgs[0]
-
-    def get_data(self, img: Any) -> tuple[np.ndarray, dict[str, Any]]:
-        import SimpleITK as sitk
-
-        imgs = img if isinstance(img, (list, tuple)) else [img]
-        arrays, header = [], {}
-        for im in imgs:
-            arr = sitk.GetArrayFromImage(im)  # (z, y, x[, c])
-            ncomp = im.GetNumberOfComponentsPerPixel()
-            spatial = arr.ndim - (1 if ncomp > 1 else 0)
-            order = tuple(reversed(range(spatial))) + ((spatial,) if ncomp > 1 else ())
-            arr = np.transpose(arr, order)  # (x, y, z[, c])
-            affine = sitk_affine_ras(im)
-            header = {
-                "affine": affine,
-                "original_affine": affine.copy(),
-                "spatial_shape": np.asarray(arr.shape[:spatial]),
-                "original_channel_dim": -1 if ncomp > 1 else float("nan"),
-                "space": "RAS",
-                "spacing": np.asarray(im.GetSpacing()),
-            }
-            arrays.append(arr)
-        if len(arrays) > 1:
-            return np.stack(arrays, axis=0), {**header, "original_channel_dim": 0}
-        return arrays[0], header
+    arr = sitk.GetArrayFromImage(im)  # (z, y, x[, c])
+    ncomp = im.GetNumberOfComponentsPerPixel()
+    spatial = arr.ndim - (1 if ncomp > 1 else 0)
+    order = tuple(reversed(range(spatial))) + ((spatial,) if ncomp > 1 else ())
+    arr = np.transpose(arr, order)
+    affine = sitk_affine_ras(im)
+    header = {
+        "affine": affine,
+        "original_affine": affine.copy(),
+        "spatial_shape": np.asarray(arr.shape[:spatial]),
+        "original_channel_dim": -1 if ncomp > 1 else float("nan"),
+        "space": "RAS",
+        "spacing": np.asarray(im.GetSpacing()),
+    }
+    return arr, header
 
 
 def sitk_affine_ras(im: Any) -> np.ndarray:
@@ -108,11 +80,6 @@ def sitk_affine_ras(im: Any) -> np.ndarray:
     affine[:d, :d] = (direction * spacing[None, :])[:d, :d]
     affine[:d, 3] = origin[:d]
     return _LPS_TO_RAS @ affine
-
-
-def make_loader(image_only: bool = False, dtype: Any = np.float32) -> LoadImage:
-    """A MONAI ``LoadImage`` that reads NIfTI with nibabel and ITK formats with SimpleITK."""
-    return LoadImage(reader=[NibabelReader(), SimpleITKReader()], image_only=image_only, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -184,7 +151,7 @@ def read_volume(path: str | Path, dtype: Any = np.float32) -> tuple[np.ndarray, 
         else:
             import SimpleITK as sitk
 
-            arr, _ = SimpleITKReader().get_data(sitk.ReadImage(str(path)))
+            arr, _ = sitk_to_array(sitk.ReadImage(str(path)))
             if dtype is not None:
                 arr = arr.astype(dtype, copy=False)
     except (EOFError, OSError, zlib.error, ValueError, RuntimeError) as e:

@@ -53,8 +53,8 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from medattn.data.io import SimpleITKReader
 from medattn.data.plan import ChannelNorm, Plan
+from medattn.data.readers import make_readers
 
 IMAGE = "image"
 LABEL = "label"
@@ -162,12 +162,10 @@ def _source_of(img: Any) -> str | None:
 
 
 def _load(keys: Sequence[str]) -> list[Any]:
-    from monai.data import NibabelReader
-
     return [
         LoadImaged(
             keys=list(keys),
-            reader=[NibabelReader(), SimpleITKReader()],  # type: ignore[arg-type]  # MONAI accepts reader lists
+            reader=make_readers(),  # type: ignore[arg-type]  # MONAI accepts a list of reader instances
             image_only=True,
             dtype=np.float32,
         ),

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medattn.data.io import make_loader, read_header, read_volume, write_volume
+from medattn.data.io import read_header, read_volume, write_volume
+from medattn.data.readers import make_loader
 from medattn.errors import DataError
 from tests.conftest import write_nifti
 
