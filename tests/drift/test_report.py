@@ -1,0 +1,159 @@
+"""`medattn drift` end to end on the phantom: features from one pass, decisions, exit codes, named failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medattn.cli import main
+from medattn.data.importers import load_dataset
+from medattn.data.plan import make_plan
+from medattn.data.synth import synth_phantom
+from medattn.drift.features import FeatureCollector, bottleneck_module, image_statistics
+from medattn.drift.report import DriftOptions, analyse, extract_features
+from medattn.models.registry import build_model
+from medattn.train.checkpoint import load_model, save_model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("drift")
+    synth_phantom(root / "ph", seed=0, cases=12, size=32)
+    manifest = load_dataset(root / "ph" / "manifest.json")
+    plan = make_plan(manifest.select(["A"]))
+    torch.manual_seed(0)
+    net = build_model("ag_unet", 1, 3, channels=(4, 8, 16))
+    save_model(root / "model.pt", net, plan)
+    loaded = load_model(root / "model.pt")
+    feats = {d: extract_features(loaded, manifest.datalist(domain=d))[0] for d in ("A", "B")}
+    return {"root": root, "manifest": manifest, "loaded": loaded, "feats": feats}
+
+
+def test_collector_matches_a_direct_forward_pass(setup: dict) -> None:
+    """Pooled bottleneck features equal a hand-made hook's on the same window; the output is unchanged."""
+    model = setup["loaded"].model
+    x = torch.randn(2, 1, 16, 16, 16)
+    seen = []
+    h = bottleneck_module(model).register_forward_hook(lambda m, i, o: seen.append(o.mean(dim=(2, 3, 4))))
+    with torch.no_grad():
+        direct = model(x)
+    h.remove()
+    collector = FeatureCollector(model)
+    with torch.no_grad():
+        out = collector(x)
+    torch.testing.assert_close(out, direct)
+    feats = collector.volume_features()
+    np.testing.assert_allclose(feats["bottleneck"], seen[0].mean(0).numpy(), rtol=1e-5)
+    p = torch.softmax(direct, 1)
+    assert feats["entropy"] == pytest.approx(float(-(p * p.log()).sum(1).mean()), rel=1e-4)
+
+
+def test_image_noise_estimate_tracks_true_noise() -> None:
+    rng = np.random.default_rng(0)
+    base = np.zeros((40, 40, 40), np.float32)
+    base[5:35, 5:35, 5:35] = 100.0
+    base[15:25, 15:25, 15:25] = 200.0
+    low = image_statistics(base + rng.normal(0, 2, base.shape).astype(np.float32))
+    high = image_statistics(base + rng.normal(0, 8, base.shape).astype(np.float32))
+    assert high["noise_rel"] == pytest.approx(4 * low["noise_rel"], rel=0.25)
+
+
+def test_no_drift_between_random_halves_of_one_domain(setup: dict) -> None:
+    """Over several random splits of scanner A, the false-alarm rate stays near alpha."""
+    fa = setup["feats"]["A"]
+    alarms = 0
+    for seed in range(10):
+        order = np.random.default_rng(seed).permutation(len(fa))
+        ref, tgt = [fa[i] for i in order[:6]], [fa[i] for i in order[6:]]
+        alarms += analyse(ref, tgt, DriftOptions(permutations=300, seed=seed)).drift
+    assert alarms <= 2
+
+
+def test_drift_detected_against_simulated_scanner_copy(setup: dict) -> None:
+    report = analyse(setup["feats"]["A"], setup["feats"]["B"], DriftOptions(permutations=500))
+    assert report.drift
+    assert report.tests["mmd"].p_value < 0.025
+    assert report.metadata_changes["Manufacturer"] == {"reference": ["Siemens"], "target": ["Philips"]}
+    assert report.metadata_changes["orientation"]["target"] == ["LPS"]
+    d = report.to_dict()
+    assert d["n_reference"] == 12 and d["n_target"] == 12
+    assert set(d["volume_level"]["target_scores"]) == {f.case_id for f in setup["feats"]["B"]}
+
+
+def test_cli_exit_codes_plots_and_named_failures(setup: dict, tmp_path: Path) -> None:
+    root, model = setup["root"], str(setup["root"] / "model.pt")
+    manifest = str(root / "ph" / "manifest.json")
+    out = tmp_path / "ab.json"
+    code = main(
+        [
+            "drift",
+            model,
+            "--reference",
+            f"{manifest}:A",
+            "--target",
+            f"{manifest}:B",
+            "-o",
+            str(out),
+            "--permutations",
+            "300",
+            "--quiet",
+        ]
+    )
+    assert code == 4
+    doc = json.loads(out.read_text())
+    assert doc["drift"] is True and doc["dice"]["reference_mean"] is not None
+    assert all(Path(p).is_file() for p in doc["plots"])
+
+    # A target folder of images with one corrupt file: the report names it and the rest is still tested.
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for item in setup["manifest"].datalist(domain="B")[:5]:
+        src = Path(item["image"][0])
+        (folder / src.name).write_bytes(src.read_bytes())
+    (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    out2 = tmp_path / "folder.json"
+    code = main(
+        [
+            "drift",
+            model,
+            "--reference",
+            f"{manifest}:A",
+            "--target",
+            str(folder),
+            "-o",
+            str(out2),
+            "--permutations",
+            "300",
+            "--quiet",
+        ]
+    )
+    assert code in (0, 4)
+    doc = json.loads(out2.read_text())
+    assert doc["n_target"] == 5
+    assert [f["case"] for f in doc["failures"]] == ["broken"]
+    assert "broken.nii.gz" in doc["failures"][0]["file"]
+
+    # Too few readable volumes: exit 1, not a traceback.
+    few = tmp_path / "few"
+    few.mkdir()
+    (few / "x.nii.gz").write_bytes(b"junk")
+    assert (
+        main(
+            [
+                "drift",
+                model,
+                "--reference",
+                f"{manifest}:A",
+                "--target",
+                str(few),
+                "-o",
+                str(tmp_path / "few.json"),
+                "--quiet",
+            ]
+        )
+        == 1
+    )
