@@ -291,6 +291,20 @@ def _args_evaluate(p: argparse.ArgumentParser) -> None:
     add_evaluate_arguments(p)
 
 
+@command("drift", "test whether target volumes drifted from the reference; exit 0 no drift, 4 drift")
+def cmd_drift(args: argparse.Namespace) -> int:
+    from medattn.drift.report import drift_command
+
+    return drift_command(args)
+
+
+@arguments("drift")
+def _args_drift(p: argparse.ArgumentParser) -> None:
+    from medattn.drift.options import add_drift_arguments
+
+    add_drift_arguments(p)
+
+
 @command("demo", "the whole story end to end on the embedded phantom dataset (or --data)")
 def cmd_demo(args: argparse.Namespace) -> int:
     from medattn.demo import run_demo
