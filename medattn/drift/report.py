@@ -329,7 +329,7 @@ def write_plots(report: DriftReport, out_dir: Path, stem: str) -> list[str]:
     paths.append(str(p1))
 
     fig, ax = plt.subplots(figsize=(5.5, 4.0))
-    bins = np.histogram_bin_edges(np.concatenate([report.reference_scores, report.target_scores]), bins=20)
+    bins = np.histogram_bin_edges(np.concatenate([report.reference_scores, report.target_scores]), bins=20).tolist()
     ax.hist(report.reference_scores, bins=bins, alpha=0.6, label="reference (held out)")
     ax.hist(report.target_scores, bins=bins, alpha=0.6, label="target")
     ax.axvline(report.threshold, color="k", ls="--", label=f"threshold (FPR {report.options.fpr:g})")
