@@ -55,20 +55,8 @@ def import_msd(root: Path, doc: Mapping[str, Any] | None = None, modality: str |
         cases.append(
             Case(id=strip_suffix(Path(images[0]).name), images=tuple(images), label=clean_rel(label) if label else None)
         )
-    name = str(doc.get("name", root.name))
     meta = {k: doc[k] for k in ("reference", "licence", "release") if k in doc}
-    domain = Domain(name=slug(name), cases=tuple(cases), metadata=meta)
-    return finish(
-        Manifest(
-            name=name,
-            channels=chans,
-            labels=labels,
-            domains=(domain,),
-            base_dir=root.resolve(),
-            description=str(doc.get("description", "")),
-        ),
-        src,
-    )
+    return _single_domain(root, doc, chans, labels, cases, metadata=meta)
 
 
 def _msd_labels(raw: Any, src: Path) -> dict[int, str]:
@@ -137,19 +125,30 @@ def import_nnunet_v2(root: Path, doc: Mapping[str, Any] | None = None) -> Manife
             if extra:
                 raise ManifestError(f"case {cid!r} has channel files {sorted(extra)} beyond channel_names", images_dir)
             cases.append(Case(id=cid, images=imgs, label=f"labelsTr/{cid}{ending}"))
+    return _single_domain(root, doc, chans, labels, cases, splits=_nnunet_splits(root, {c.id for c in cases}))
+
+
+def _single_domain(
+    root: Path,
+    doc: Mapping[str, Any],
+    channels: tuple[Channel, ...],
+    labels: dict[int, str],
+    cases: list[Case],
+    metadata: Mapping[str, Any] | None = None,
+    splits: Mapping[str, tuple[str, ...]] | None = None,
+) -> Manifest:
+    """A one-domain manifest named after the dataset, validated through the manifest schema."""
     name = str(doc.get("name", root.name))
-    domain = Domain(name=slug(name), cases=tuple(cases), splits=_nnunet_splits(root, {c.id for c in cases}))
-    return finish(
-        Manifest(
-            name=name,
-            channels=chans,
-            labels=labels,
-            domains=(domain,),
-            base_dir=root.resolve(),
-            description=str(doc.get("description", "")),
-        ),
-        src,
+    domain = Domain(name=slug(name), cases=tuple(cases), metadata=dict(metadata or {}), splits=dict(splits or {}))
+    manifest = Manifest(
+        name=name,
+        channels=channels,
+        labels=labels,
+        domains=(domain,),
+        base_dir=root.resolve(),
+        description=str(doc.get("description", "")),
     )
+    return finish(manifest, root / "dataset.json")
 
 
 def _nnunet_splits(root: Path, ids: set[str]) -> dict[str, tuple[str, ...]]:
