@@ -104,3 +104,14 @@ def test_missing_and_garbage_files_are_named(tmp_path: Path) -> None:
     junk.write_bytes(gzip.compress(b"not a nifti header at all" * 3))
     with pytest.raises(DataError, match=r"junk\.nii\.gz"):
         read_header(junk)
+
+
+def test_outputs_get_ordinary_file_permissions(tmp_path: Path) -> None:
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        out = write_volume(np.zeros((3, 3, 3), np.float32), np.eye(4), tmp_path / "o.nii.gz")
+    finally:
+        os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o644
