@@ -90,8 +90,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     except Exception as e:  # pickle/zip errors come in many types
         raise DataError(f"cannot load model file ({type(e).__name__}: {e})", path) from e
     if not isinstance(doc, dict) or doc.get("format") != MODEL_FORMAT:
-        raise DataError(f"not a medattn model file (format {doc.get('format') if isinstance(doc, dict) else None!r})",
-                        path)
+        raise DataError(
+            f"not a medattn model file (format {doc.get('format') if isinstance(doc, dict) else None!r})", path
+        )
     if int(doc.get("version", 0)) > MODEL_VERSION:
         raise DataError(f"model file version {doc['version']} is newer than this medattn ({MODEL_VERSION})", path)
     try:

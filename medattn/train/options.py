@@ -1,20 +1,83 @@
-"""Arguments of ``medattn train`` (light: argparse only)."""
+"""Arguments of ``medattn train`` (light: argparse only).
+
+Every option is a field of :class:`medattn.train.config.TrainConfig` (dashes for underscores) and may also be
+given as a key of ``--config pipelines/train.yaml``. Defaults are ``None`` here so that the config's defaults
+apply and ``--resume`` can tell which options were given.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from medattn.options import add_data, add_device, add_epochs, add_fold, add_import_options, add_out, add_seed, add_workers
+from medattn.options import (
+    add_data,
+    add_device,
+    add_epochs,
+    add_fold,
+    add_import_options,
+    add_out,
+    add_seed,
+    add_workers,
+)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     add_data(p)
     add_import_options(p)
-    p.add_argument("--model", default="ag_unet", help="model preset (see `medattn models`)")
-    add_out(p, help="run folder (model.pt, checkpoints, logs)")
-    add_epochs(p)
-    add_seed(p)
-    add_device(p)
-    add_fold(p)
-    add_workers(p)
+    add_out(p, help="run folder (model.pt, model_last.pt, checkpoint.pt, config.json, plan.json, log.csv)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--plan", help="plan JSON to use (default: fingerprint the dataset, as `medattn plan` does)")
+    p.add_argument("--plan-max-cases", type=int, help="when planning, fingerprint at most this many cases per domain")
+
+    m = p.add_argument_group("model")
+    m.add_argument("--model", help="model preset (see `medattn models`; default ag_unet)")
+    m.add_argument(
+        "--widths",
+        help="feature width per stage, finest first, e.g. 16,32,64,128 (default: the preset's base width doubled "
+        "per plan stage, at most 320)",
+    )
+    m.add_argument("--deep-supervision", type=int, help="extra low-resolution outputs (default min(2, stages - 2))")
+    m.add_argument("--model-options", help='further model config fields as JSON, e.g. \'{"norm": "group"}\'')
+
+    t = p.add_argument_group("optimisation")
+    add_epochs(p)
+    t.add_argument("--iterations", type=int, help="optimiser steps per epoch (default: one pass over the volumes)")
+    t.add_argument("--batch-size", type=int, help="patches per step and process (default: the plan's)")
+    t.add_argument("--patch-size", help="training patch and validation window X,Y,Z (default: the plan's)")
+    t.add_argument("--samples-per-volume", type=int, help="patches drawn per loaded volume (default 1)")
+    t.add_argument("--foreground-ratio", type=float, help="share of patches centred on foreground (default: plan's)")
+    t.add_argument("--optimizer", choices=("adamw", "sgd"), help="adamw (default) or sgd (Nesterov momentum)")
+    t.add_argument("--lr", type=float, help="initial learning rate (default 1e-3 for adamw, 1e-2 for sgd)")
+    t.add_argument("--weight-decay", type=float, help="weight decay (default 1e-2 for adamw, 3e-5 for sgd)")
+    t.add_argument("--momentum", type=float, help="SGD momentum (default 0.99)")
+    t.add_argument("--poly-power", type=float, help="exponent of the poly learning-rate decay (default 0.9)")
+    t.add_argument("--grad-clip", type=float, help="maximum gradient norm; 0 disables (default 12)")
+    t.add_argument(
+        "--batch-dice", action=argparse.BooleanOptionalAction, default=None, help="Dice over the batch (default on)"
+    )
+    t.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "fp16", "bf16"),
+        help="autocast: auto = bf16 or fp16 on CUDA, fp32 on a CPU (bf16 only on CPUs with native bf16)",
+    )
+    t.add_argument("--augment", help="augmentation: default, none, or JSON of AugmentConfig fields")
+    add_seed(p)
+
+    v = p.add_argument_group("split and validation")
+    add_fold(p)
+    v.add_argument("--folds", type=int, help="k of the k-fold split (default 5); --fold all trains on every case")
+    v.add_argument("--split-seed", type=int, help="seed of the k-fold shuffle (default 0)")
+    v.add_argument("--val-every", type=int, help="validate every N epochs, and after the last (default 1)")
+    v.add_argument("--val-overlap", type=float, help="sliding-window overlap in validation (default 0.5)")
+    v.add_argument("--sw-batch-size", type=int, help="windows per forward pass in validation (default 2)")
+    v.add_argument("--val-max-cases", type=int, help="validate on at most this many cases (default all)")
+
+    r = p.add_argument_group("machine")
+    add_device(p)
+    add_workers(p)
+    r.add_argument("--cache", choices=("memory", "disk", "none"), help="cache preprocessed volumes (default memory)")
+    r.add_argument(
+        "--tensorboard", action=argparse.BooleanOptionalAction, default=None, help="TensorBoard logs (default on)"
+    )
+    # None marks "not given" for --resume; TrainConfig supplies the defaults.
+    p.set_defaults(seed=None, workers=None)
