@@ -36,6 +36,8 @@ class SimpleITKReader(ImageReader):
         import SimpleITK as sitk
 
         names = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+        if not self.verify_suffix(names):
+            raise ValueError(f"SimpleITKReader reads ITK formats ({', '.join(ITK_SUFFIXES)}), not {names}")
         imgs = [sitk.ReadImage(str(n)) for n in names]
         return imgs if len(imgs) > 1 else imgs[0]
 
@@ -51,9 +53,32 @@ class SimpleITKReader(ImageReader):
         return arrays[0], header
 
 
+class NiftiReader(NibabelReader):
+    """MONAI's ``NibabelReader``, reading the 4th axis of a 4D NIfTI as channels.
+
+    MSD stores multi-channel cases as one 4D NIfTI (x, y, z, c). MONAI 1.6's reader reports such a file's spatial
+    shape as 4D with no channel axis, so ``EnsureChannelFirst`` adds a new axis and ``Orientation`` then fails
+    ("axcodes must match data_array spatially"). Here the 4th axis becomes the channel axis.
+    """
+
+    def get_data(self, img: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        data, meta = super().get_data(img)
+        shape = np.asarray(meta.get("spatial_shape", []))
+        single = not isinstance(img, (list, tuple))
+        if single and data.ndim == 4 and shape.size == 4:
+            meta["spatial_shape"] = shape[:3]
+            meta["original_channel_dim"] = -1
+        return data, meta
+
+
 def make_readers() -> list[ImageReader]:
-    """The readers every medattn pipeline uses, in the order MONAI tries them."""
-    return [NibabelReader(), SimpleITKReader()]
+    """The readers every medattn pipeline uses.
+
+    MONAI's ``LoadImage`` tries an explicit reader list in *reverse* order and keeps the first that reads the file,
+    so NIfTI's reader comes last here to be tried first; ``SimpleITKReader`` refuses NIfTI files outright (SimpleITK
+    could read them, but nibabel keeps the NIfTI header details and is the reader this project specifies).
+    """
+    return [SimpleITKReader(), NiftiReader()]
 
 
 def make_loader(image_only: bool = False, dtype: Any = np.float32) -> LoadImage:

@@ -184,3 +184,17 @@ def test_channel_count_mismatch_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "b.nii.gz").write_bytes(b"garbage")
     with pytest.raises(DataError, match=r"b\.nii\.gz"):
         apply(inference_transforms(_plan()), {"image": str(tmp_path / "b.nii.gz")})
+
+
+def test_single_4d_file_holds_the_channels(tmp_path: Path) -> None:
+    """MSD-style multi-channel case: one 4D NIfTI (x, y, z, c) gives a (C, X, Y, Z) image."""
+    image, label = blob_case((10, 11, 12), seed=0)
+    write_nifti(tmp_path / "img.nii.gz", np.stack([image, -image], axis=-1))
+    write_nifti(tmp_path / "lab.nii.gz", label)
+    norm = ChannelNorm("a", "MR", "zscore", 0, 1, 0, 1)
+    d = apply(
+        eval_transforms(_plan(channels=(norm, norm))),
+        {"image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "lab.nii.gz")},
+    )
+    assert d["image"].shape == (2, 10, 11, 12)
+    torch.testing.assert_close(d["image"][0], -d["image"][1], atol=1e-5, rtol=1e-5)
