@@ -1,0 +1,158 @@
+"""What ``medattn predict`` reads: one image file, a folder of image files, or a dataset (manifest, MSD, ...).
+
+Each input becomes an :class:`InputCase` whose id names the output file (``OUTPUT/<id>.nii.gz``), so ``medattn
+evaluate`` can match predictions to a dataset's cases by file stem.
+
+Folders of images follow nnU-Net's test-folder convention when their files end in a 4-digit channel index
+(``case_0000.nii.gz``, ``case_0001.nii.gz``): those are grouped into one multi-channel case ``case``. Any other
+image file in a folder is a case of its own (a 4D file may hold every channel).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medattn.data.io import IMAGE_SUFFIXES, has_suffix, strip_suffix
+from medattn.errors import DataError
+
+_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+@dataclass(frozen=True)
+class InputCase:
+    """One volume to segment.
+
+    Attributes:
+        case_id: names the output file; unique among the inputs of a run.
+        images: absolute paths, one per channel file in network order, or a single (3D, or 4D multi-channel) file.
+        domain: the dataset domain it came from, if any.
+    """
+
+    case_id: str
+    images: tuple[Path, ...]
+    domain: str | None = None
+
+    def transform_input(self) -> dict[str, Any]:
+        """The dict the inference transforms read (``image``: one path, or the list of channel paths)."""
+        paths = [str(p) for p in self.images]
+        return {"image": paths[0] if len(paths) == 1 else paths}
+
+
+def collect_inputs(
+    spec: str | Path,
+    *,
+    num_channels: int = 1,
+    data_root: str | Path | None = None,
+    import_options: dict[str, Any] | None = None,
+) -> list[InputCase]:
+    """The cases ``spec`` names, in a stable order.
+
+    Args:
+        spec: an image file; a folder holding image files (see the module docstring); or anything
+            :func:`medattn.data.importers.load_dataset` reads (manifest JSON, MSD / nnU-Net / BIDS / per-domain
+            folder, with ``:DOMAIN`` to select domains).
+        num_channels: channels the model expects (used to group nnU-Net-style channel files).
+        data_root: overrides a manifest's root.
+        import_options: ``domain_from``, ``channels``, ``label_name``, ``modality`` for folder datasets.
+
+    Raises:
+        DataError: nothing to predict, or two inputs that would write the same output name.
+        ManifestError: a dataset that cannot be understood (from the importers).
+    """
+    from medattn.data.importers import load_dataset, split_spec
+
+    path, domains = split_spec(spec)
+    if not path.exists():
+        raise DataError("input does not exist (expected an image file, a folder or a dataset)", path)
+    cases: list[InputCase]
+    if path.is_file() and not domains and has_suffix(path, IMAGE_SUFFIXES):
+        cases = [InputCase(strip_suffix(path.name), (path.resolve(),))]
+    elif path.is_dir() and not domains and not _is_dataset(path) and _image_files(path):
+        cases = _folder_cases(path, num_channels)
+    elif path.is_dir() and not domains and not _is_dataset(path) and not any(p.is_dir() for p in path.iterdir()):
+        raise DataError(f"the folder holds no image files ({', '.join(IMAGE_SUFFIXES)})", path)
+    else:
+        manifest = load_dataset(spec, **(import_options or {}))
+        cases = [
+            InputCase(d["case_id"], tuple(Path(p) for p in d["image"]), d.get("domain"))
+            for d in manifest.datalist(data_root=data_root)
+        ]
+    if not cases:
+        raise DataError("no image files to predict", path)
+    dupes = sorted(k for k, n in Counter(c.case_id for c in cases).items() if n > 1)
+    if dupes:
+        raise DataError(f"several inputs would write the same output name: {dupes[:5]}; rename them", path)
+    return cases
+
+
+def verify_readable(path: Path) -> None:
+    """Raise a :class:`DataError` naming ``path`` when it is not a readable image or its voxel data is cut short.
+
+    MONAI's NIfTI loader accepts a truncated ``.nii.gz`` without complaint (the missing voxels come back as
+    garbage), so for NIfTI the decompressed length is checked against the header by streaming through the file
+    (constant memory, about the cost of decompressing it once). Other formats fail loudly in their reader.
+    """
+    import gzip
+    import zlib
+
+    from medattn.data.io import NIFTI_SUFFIXES, read_header
+
+    read_header(path)
+    if not has_suffix(path, NIFTI_SUFFIXES):
+        return
+    import nibabel as nib
+
+    img: Any = nib.load(str(path))
+    hdr: Any = img.header
+    expected = int(hdr.get_data_offset()) + math.prod(img.shape) * hdr.get_data_dtype().itemsize
+    if not path.name.lower().endswith(".gz"):
+        got = path.stat().st_size
+    else:
+        got = 0
+        try:
+            with gzip.open(path, "rb") as f:
+                while got < expected:
+                    chunk = f.read(min(1 << 24, expected - got))
+                    if not chunk:
+                        break
+                    got += len(chunk)
+        except (EOFError, OSError, zlib.error) as e:
+            raise DataError(f"cannot read voxel data ({type(e).__name__}: {e}); the file may be truncated", path) from e
+    if got < expected:
+        raise DataError(f"voxel data is cut short: {got} of {expected} bytes; the file is truncated", path)
+
+
+def shard(cases: Sequence[InputCase], rank: int, world_size: int) -> list[InputCase]:
+    """The cases rank ``rank`` of ``world_size`` takes: ``rank, rank + world_size, ...``."""
+    return list(cases[rank::world_size])
+
+
+def _is_dataset(folder: Path) -> bool:
+    return (folder / "dataset.json").is_file() or (folder / "manifest.json").is_file()
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and has_suffix(p, IMAGE_SUFFIXES)
+    )
+
+
+def _folder_cases(folder: Path, num_channels: int) -> list[InputCase]:
+    files = [p.resolve() for p in _image_files(folder)]
+    matches = [_CHANNEL_SUFFIX.match(strip_suffix(p.name)) for p in files]
+    if not all(matches):
+        return [InputCase(strip_suffix(p.name), (p,)) for p in files]
+    groups: dict[str, list[tuple[int, Path]]] = {}
+    for p, m in zip(files, matches):
+        assert m is not None
+        groups.setdefault(m["case"], []).append((int(m["channel"]), p))
+    if num_channels == 1 and any(len(g) > 1 for g in groups.values()):
+        # Several numbered files per stem but a one-channel model: they are separate cases, not channels.
+        return [InputCase(strip_suffix(p.name), (p,)) for p in files]
+    return [InputCase(case, tuple(p for _, p in sorted(g))) for case, g in sorted(groups.items())]

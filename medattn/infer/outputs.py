@@ -1,0 +1,130 @@
+"""What ``medattn predict`` writes: masks and probability maps in the input's grid, and the summary JSON.
+
+Masks hold the label values as stored on disk (class index k -> the plan's k-th sorted label value), in the
+smallest unsigned dtype that fits, with the input's affine and (for NIfTI) a copy of its header. Probability maps
+are float32 (NIfTI has no float16) under ``OUTPUT/probabilities/``: one 4D file per case with the classes last,
+or one file per class named ``<case>_<label value>``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medattn.data.io import IMAGE_SUFFIXES, atomic_write_text, write_volume
+from medattn.errors import DataError
+from medattn.infer.inputs import InputCase
+
+SUMMARY_NAME = "predictions.json"
+PROBABILITY_DIR = "probabilities"
+OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha", "input")
+PROBABILITY_LAYOUTS = ("4d", "per-class")
+#: Largest allowed distance (mm) between the inverted prediction's affine and the input's: a guard against an
+#: inverse transform that did not restore the input grid.
+AFFINE_TOLERANCE_MM = 1e-3
+
+
+def label_lookup(plan: Any) -> np.ndarray:
+    """Class index k -> label value on disk (the plan's sorted label values), in the smallest fitting dtype."""
+    values = sorted(int(v) for v in plan.labels)
+    lo, hi = min(values), max(values)
+    dtype: Any = np.uint8 if lo >= 0 and hi <= 255 else np.uint16 if lo >= 0 and hi <= 65535 else np.int32
+    return np.asarray(values, dtype=dtype)
+
+
+def output_path(case: InputCase, out: Path, output_format: str) -> Path:
+    """``OUTPUT/<case><suffix>``, the suffix from ``output_format`` (``"input"``: the input's own)."""
+    return out / f"{case.case_id}{output_suffix(case, output_format)}"
+
+
+def output_suffix(case: InputCase, output_format: str) -> str:
+    """``.nii.gz`` etc. for ``output_format``; ``"input"``: the first input file's suffix (Analyze -> NIfTI)."""
+    if output_format != "input":
+        return "." + output_format
+    name = case.images[0].name.lower()
+    for s in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.endswith(s):
+            return ".nii.gz" if s in (".hdr", ".img") else s  # Analyze pairs: write NIfTI instead
+    return ".nii.gz"
+
+
+def write_mask(
+    back: Any, lut: np.ndarray, header: Any, case: InputCase, out: Path, output_format: str, protected: Sequence[Path]
+) -> Path:
+    """Map inverted class indices ``back`` (1, X, Y, Z) to label values and write ``OUTPUT/<case><suffix>``."""
+    check_grid(back, tuple(header.spatial_shape), np.asarray(header.affine, dtype=float), case)
+    index_dtype = torch.uint8 if len(lut) <= 256 else torch.int32  # 1 byte per voxel, not int64's 8
+    classes = torch.as_tensor(back[0]).round().to(index_dtype).numpy()
+    mask = lut[classes]
+    del classes
+    path = output_path(case, out, output_format)
+    return write_volume(mask, header.affine, path, dtype=mask.dtype, like=case.images[0], protected=protected)
+
+
+def check_grid(back: Any, spatial: tuple[int, ...], affine: np.ndarray, case: InputCase) -> None:
+    """Raise a DataError unless ``back`` (C, X, Y, Z) lies on the input grid (``spatial`` shape, ``affine``)."""
+    shape = tuple(int(s) for s in back.shape[1:])
+    if shape != spatial:
+        raise DataError(f"inverse transform gave shape {shape}, the input has {spatial}", case.images[0], case.case_id)
+    got = np.asarray(getattr(back, "affine", affine), dtype=float)
+    if np.abs(got - affine).max() > AFFINE_TOLERANCE_MM:
+        raise DataError(
+            f"inverse transform gave affine {got.round(4).tolist()}, the input has {affine.round(4).tolist()}",
+            case.images[0],
+            case.case_id,
+        )
+
+
+def write_probabilities(
+    probs: torch.Tensor,
+    data: dict[str, Any],
+    transform: Any,
+    case: InputCase,
+    header: Any,
+    out: Path,
+    layout: str,
+    output_format: str,
+    protected: Sequence[Path],
+    lut: np.ndarray,
+) -> list[str]:
+    """Invert softmax probabilities (K, X', Y', Z') on the preprocessed grid with interpolation and write them."""
+    from medattn.data.transforms import invert_to_input
+
+    back = invert_to_input(probs.float().cpu(), data, transform, nearest=False)
+    arr = np.asarray(back, dtype=np.float32)  # (K, X, Y, Z)
+    del back
+    outside = arr.sum(0) == 0  # voxels a foreground crop left out: background for sure
+    arr[0][outside] = 1.0
+    folder = out / PROBABILITY_DIR
+    suffix = output_suffix(case, output_format)
+    like = case.images[0]
+    if layout == "4d":
+        path = folder / f"{case.case_id}{suffix}"
+        write_volume(np.moveaxis(arr, 0, -1), header.affine, path, dtype=np.float32, like=like, protected=protected)
+        return [str(path)]
+    paths = []
+    for k, value in enumerate(lut):
+        path = folder / f"{case.case_id}_{int(value)}{suffix}"
+        write_volume(arr[k], header.affine, path, dtype=np.float32, like=like, protected=protected)
+        paths.append(str(path))
+    return paths
+
+
+def write_summary(path: Path, doc: dict[str, Any], protected: Sequence[Path]) -> Path:
+    """Write the summary JSON atomically (non-finite numbers as null), never over an input."""
+    return atomic_write_text(path, json.dumps(_jsonable(doc), indent=2) + "\n", protected=protected)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x

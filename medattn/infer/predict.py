@@ -1,0 +1,448 @@
+"""``medattn predict``: files in, masks out, in the exact geometry of each input.
+
+For each case: inference transforms of the model's plan (load -> RAS -> resample -> normalise [-> crop]) ->
+:class:`~medattn.infer.sliding.SlidingWindowPredictor` -> class indices mapped to the label values on disk (a plan's
+labels may be sparse, e.g. 0, 63, 117) -> :func:`~medattn.data.transforms.invert_to_input` (nearest neighbour) ->
+``OUTPUT/<case>.nii.gz`` written atomically with the input's shape, affine and NIfTI header. Optional probability
+maps go to ``OUTPUT/probabilities/`` (resampled with interpolation; float32 because NIfTI has no float16).
+
+A case that fails (unreadable or truncated file, wrong channel count, ...) is logged with its file and reason and
+skipped; the others are still written. ``OUTPUT/predictions.json`` records every case's status, timings and
+failures, and the exit code is 1 when any case failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medattn.data.io import read_header
+from medattn.errors import ConfigError, DataError
+from medattn.infer.distributed import Rank, gather, process_group
+from medattn.infer.inputs import InputCase, collect_inputs, shard, verify_readable
+from medattn.infer.outputs import (
+    OUTPUT_FORMATS,
+    PROBABILITY_LAYOUTS,
+    SUMMARY_NAME,
+    label_lookup,
+    output_path,
+    write_mask,
+    write_probabilities,
+    write_summary,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How ``medattn predict`` runs; saved in ``predictions.json``.
+
+    Attributes:
+        window: sliding window (X, Y, Z) in voxels; ``None``: the plan's patch size.
+        overlap: fraction shared by neighbouring windows, in [0, 1).
+        window_batch: windows per network call.
+        blend: ``"gaussian"`` or ``"constant"``.
+        mirror_axes: spatial axes mirrored for test-time augmentation (empty: none).
+        device: where the network runs (``cpu``, ``cuda``, ``cuda:1``); ``None``: CUDA if available, else CPU.
+        stitch_device: ``"auto"``, ``"cpu"``, ``"same"`` or a device (see ``SlidingWindowPredictor``).
+        accumulator_dtype: ``"float32"`` or ``"float16"`` for the slab buffers that sum logits.
+        save_probabilities: ``None``, ``"4d"`` (one 4D file per case, classes last) or ``"per-class"``.
+        output_format: ``"nii.gz"``, ``"nii"``, ``"nrrd"``, ``"mha"`` or ``"input"`` (the input file's format).
+        workers: cases read and preprocessed ahead in background threads (0: none).
+        progress: show progress bars.
+    """
+
+    window: tuple[int, int, int] | None = None
+    overlap: float = 0.5
+    window_batch: int = 1
+    blend: str = "gaussian"
+    mirror_axes: tuple[int, ...] = ()
+    device: str | None = None
+    stitch_device: str = "auto"
+    accumulator_dtype: str = "float32"
+    save_probabilities: str | None = None
+    output_format: str = "nii.gz"
+    workers: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.window is not None and (len(self.window) != 3 or min(self.window) < 1):
+            raise ConfigError(f"--window: expected three positive sizes X,Y,Z, got {self.window}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ConfigError(f"--overlap: expected a fraction in [0, 1), got {self.overlap}")
+        if self.window_batch < 1:
+            raise ConfigError(f"--window-batch: expected >= 1, got {self.window_batch}")
+        if self.blend not in ("gaussian", "constant"):
+            raise ConfigError(f"--blend: expected gaussian or constant, got {self.blend!r}")
+        if any(a not in (0, 1, 2) for a in self.mirror_axes):
+            raise ConfigError(f"--mirror-axes: spatial axes are 0, 1, 2; got {list(self.mirror_axes)}")
+        if self.accumulator_dtype not in ("float32", "float16"):
+            raise ConfigError(f"--accumulator-dtype: expected float32 or float16, got {self.accumulator_dtype!r}")
+        if self.save_probabilities is not None and self.save_probabilities not in PROBABILITY_LAYOUTS:
+            raise ConfigError(f"--save-probabilities: expected 4d or per-class, got {self.save_probabilities!r}")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ConfigError(f"--format: expected one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}")
+        if self.workers < 0:
+            raise ConfigError(f"--workers: expected >= 0, got {self.workers}")
+
+
+@dataclass
+class CaseResult:
+    """One case's outcome, as recorded in ``predictions.json``."""
+
+    case: str
+    inputs: list[str]
+    status: str = "ok"  # "ok" or "failed"
+    output: str | None = None
+    probabilities: list[str] = field(default_factory=list)
+    file: str | None = None  # the offending file when failed
+    reason: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    input_shape: list[int] | None = None
+    preprocessed_shape: list[int] | None = None
+    windows: int | None = None
+    rank: int = 0
+
+
+# ---- the command -----------------------------------------------------------------------------------------------
+
+
+def options_from_args(args: argparse.Namespace) -> PredictOptions:
+    """Turn parsed arguments (see :mod:`medattn.infer.options`) into :class:`PredictOptions` (validated)."""
+    mirror: tuple[int, ...] = ()
+    if getattr(args, "mirror_axes", None):
+        mirror = _int_list(args.mirror_axes, "--mirror-axes")
+    elif getattr(args, "tta", False) or getattr(args, "mirror", False):
+        mirror = (0, 1, 2)
+    window = None
+    if getattr(args, "window", None):
+        w = _int_list(args.window, "--window")
+        window = (w[0],) * 3 if len(w) == 1 else w
+    probs = getattr(args, "save_probabilities", None)
+    return PredictOptions(
+        window=window,  # type: ignore[arg-type]  # validated in __post_init__
+        overlap=float(args.overlap),
+        window_batch=int(args.window_batch),
+        blend=str(args.blend),
+        mirror_axes=mirror,
+        device=args.device,
+        stitch_device=str(args.stitch_device),
+        accumulator_dtype=str(args.accumulator_dtype),
+        save_probabilities=None if probs in (None, False, "none") else str(probs),
+        output_format=str(args.format),
+        workers=int(args.workers or 0),
+        progress=not getattr(args, "quiet", False),
+    )
+
+
+def _int_list(value: Any, what: str) -> tuple[int, ...]:
+    items = value if isinstance(value, (list, tuple)) else str(value).replace("x", ",").split(",")
+    try:
+        return tuple(int(str(v).strip()) for v in items if str(v).strip())
+    except ValueError:
+        raise ConfigError(f"{what}: expected comma-separated integers, got {value!r}") from None
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    """``medattn predict MODEL INPUT OUTPUT``: returns 0, or 1 when some case failed (see the module docstring)."""
+    options = options_from_args(args)
+    rank = Rank.from_env()
+    import_options = {k: getattr(args, k, None) for k in ("domain_from", "channels", "label_name", "modality")}
+    summary = run_predict(
+        args.model,
+        args.input,
+        args.output,
+        options,
+        data_root=getattr(args, "data_root", None),
+        import_options=import_options,
+        rank=rank,
+    )
+    if rank.is_main:
+        print(
+            f"{summary['num_written']} of {summary['num_cases']} cases written to {args.output}"
+            + (f"; {summary['num_failed']} failed:" if summary["num_failed"] else "")
+        )
+        for f in summary["failed"]:
+            print(f"  {f['case']}: {f['file']}: {f['reason']}")
+        print(f"summary written to {Path(args.output) / SUMMARY_NAME}")
+    return 1 if summary["num_failed"] else 0
+
+
+def run_predict(
+    model_path: str | Path,
+    input_spec: str | Path,
+    output_dir: str | Path,
+    options: PredictOptions | None = None,
+    *,
+    data_root: str | Path | None = None,
+    import_options: dict[str, Any] | None = None,
+    rank: Rank | None = None,
+) -> dict[str, Any]:
+    """Predict every case of ``input_spec`` (this rank's share of them) into ``output_dir``.
+
+    Returns the summary document (all ranks' cases); rank 0 also writes it to ``OUTPUT/predictions.json``.
+
+    Raises:
+        DataError, ManifestError: the model or the input cannot be read at all (not per-case failures).
+        ConfigError: an output path that is an input file, or an output folder that is a file.
+    """
+    from medattn.train.checkpoint import load_model
+
+    options = options or PredictOptions()
+    rank = rank or Rank()
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"OUTPUT {out} is a file; give a folder for the masks")
+    device = _device(options.device, rank)
+    loaded = load_model(model_path, device)
+    plan = loaded.plan
+    cases = collect_inputs(
+        input_spec, num_channels=plan.num_channels, data_root=data_root, import_options=import_options
+    )
+    protected = [p for c in cases for p in c.images] + [Path(model_path)]
+    _check_outputs(cases, out, options, protected)
+    mine = shard(cases, rank.rank, rank.world_size)
+    log.info("rank %d/%d: %d of %d cases on %s", rank.rank, rank.world_size, len(mine), len(cases), device)
+
+    predictor = make_predictor(loaded.model, plan, options, device)
+    started = time.perf_counter()
+    results = list(_predict_cases(mine, plan, predictor, out, options, protected, rank))
+    with process_group(rank) as dist:
+        all_results = gather(dist, [asdict(r) for r in results], rank.world_size)
+    summary = _summary(model_path, input_spec, out, options, rank, all_results, time.perf_counter() - started)
+    if rank.is_main:
+        write_summary(out / SUMMARY_NAME, summary, protected)
+    return summary
+
+
+def make_predictor(model: torch.nn.Module, plan: Any, options: PredictOptions, device: torch.device) -> Any:
+    """The :class:`SlidingWindowPredictor` for ``model`` under ``options`` (window defaults to the plan's patch)."""
+    from medattn.infer.sliding import SlidingWindowPredictor
+
+    window = options.window or tuple(plan.patch_size)
+    return SlidingWindowPredictor(
+        model,
+        window,
+        overlap=options.overlap,
+        window_batch=options.window_batch,
+        blend="constant" if options.blend == "constant" else "gaussian",
+        mirror_axes=options.mirror_axes,
+        sw_device=device,
+        stitch_device=options.stitch_device,
+        accumulator_dtype=torch.float16 if options.accumulator_dtype == "float16" else torch.float32,
+        num_classes=plan.num_classes,
+    )
+
+
+# ---- per case --------------------------------------------------------------------------------------------------
+
+
+def _predict_cases(
+    cases: Sequence[InputCase],
+    plan: Any,
+    predictor: Any,
+    out: Path,
+    options: PredictOptions,
+    protected: Sequence[Path],
+    rank: Rank,
+) -> Iterator[CaseResult]:
+    from medattn.data.transforms import inference_transforms
+
+    transform = inference_transforms(plan)
+    lut = label_lookup(plan)
+    bar = _bar(len(cases), options.progress and rank.is_main)
+    for case, loaded, load_s in _preprocessed(cases, transform, options.workers, plan.num_channels):
+        result = CaseResult(case=case.case_id, inputs=[str(p) for p in case.images], rank=rank.rank)
+        result.seconds["read_preprocess"] = round(load_s, 3)
+        try:
+            if isinstance(loaded, BaseException):
+                raise loaded
+            _predict_one(case, loaded, transform, lut, predictor, out, options, protected, result)
+        except Exception as e:  # one bad case must not stop the others; the reason is recorded
+            result.status = "failed"
+            result.file = getattr(e, "path", None) or str(case.images[0])
+            result.reason = _first_line(getattr(e, "problem", None) or f"{type(e).__name__}: {e}")
+            log.warning("case %s failed: %s: %s", case.case_id, result.file, result.reason)
+            log.debug("case %s", case.case_id, exc_info=e)
+        bar.set_postfix_str(case.case_id, refresh=False)
+        bar.update(1)
+        yield result
+    bar.close()
+
+
+def _predict_one(
+    case: InputCase,
+    data: dict[str, Any],
+    transform: Any,
+    lut: np.ndarray,
+    predictor: Any,
+    out: Path,
+    options: PredictOptions,
+    protected: Sequence[Path],
+    result: CaseResult,
+) -> None:
+    from medattn.data.transforms import invert_to_input
+
+    header = read_header(case.images[0])
+    image = data["image"]
+    result.input_shape = [int(s) for s in header.spatial_shape]
+    result.preprocessed_shape = [int(s) for s in image.shape[1:]]
+
+    t = time.perf_counter()
+    pred = predictor(image, return_probabilities=options.save_probabilities is not None)
+    labels, probs, result.windows = pred.labels.cpu(), pred.probabilities, pred.num_windows
+    del pred
+    result.seconds["inference"] = round(time.perf_counter() - t, 3)
+
+    t = time.perf_counter()
+    back = invert_to_input(labels[None], data, transform, nearest=True)
+    del labels
+    result.output = str(write_mask(back, lut, header, case, out, options.output_format, protected))
+    del back
+    if probs is not None and options.save_probabilities is not None:
+        result.probabilities = write_probabilities(
+            probs, data, transform, case, header, out, options.save_probabilities, options.output_format, protected, lut
+        )
+    result.seconds["invert_write"] = round(time.perf_counter() - t, 3)
+
+
+def _first_line(text: str, limit: int = 400) -> str:
+    """The first line of an error message (MONAI appends every reader's traceback), at most ``limit`` chars."""
+    line = str(text).strip().splitlines()[0] if str(text).strip() else "unknown error"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def check_channels(case: InputCase, num_channels: int) -> None:
+    """Raise a DataError naming the file when ``case`` does not hold ``num_channels`` channels (from the headers:
+    one per file, or the 4th axis of a single 4D file)."""
+    if len(case.images) > 1:
+        found = len(case.images)
+        for p in case.images:
+            if len(read_header(p).shape) > 3:
+                raise DataError(f"channel file has shape {read_header(p).shape}; expected a 3D volume", p, case.case_id)
+    else:
+        shape = read_header(case.images[0]).shape
+        found = int(math.prod(shape[3:])) if len(shape) > 3 else 1
+    if found != num_channels:
+        raise DataError(f"image has {found} channel(s), the model expects {num_channels}", case.images[0], case.case_id)
+
+
+def _preprocessed(
+    cases: Sequence[InputCase], transform: Any, workers: int, num_channels: int
+) -> Iterator[tuple[InputCase, Any, float]]:
+    """(case, preprocessed dict or the exception, seconds), reading up to ``workers`` cases ahead in threads."""
+    from medattn.data.transforms import apply
+
+    def load(case: InputCase) -> tuple[Any, float]:
+        t = time.perf_counter()
+        try:
+            for path in case.images:
+                verify_readable(path)
+            check_channels(case, num_channels)
+            return apply(transform, case.transform_input()), time.perf_counter() - t
+        except Exception as e:  # reported per case by the caller
+            return e, time.perf_counter() - t
+
+    if workers <= 0:
+        for case in cases:
+            data, s = load(case)
+            yield case, data, s
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medattn-read") as pool:
+        pending: list[tuple[InputCase, Future[tuple[Any, float]]]] = []
+        it = iter(cases)
+        for case in it:
+            pending.append((case, pool.submit(load, case)))
+            if len(pending) > workers:
+                break
+        while pending:
+            case, fut = pending.pop(0)
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(load, nxt)))
+            data, s = fut.result()
+            yield case, data, s
+
+
+# ---- run-level helpers -----------------------------------------------------------------------------------------
+
+
+def _device(requested: str | None, rank: Rank) -> torch.device:
+    if requested in (None, "", "auto"):
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(str(requested))
+    except RuntimeError as e:
+        raise ConfigError(f"--device: {e}") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {requested}: CUDA is not available on this machine")
+        if dev.index is None:
+            dev = torch.device("cuda", rank.local_rank % torch.cuda.device_count())
+    return dev
+
+
+def _check_outputs(cases: Sequence[InputCase], out: Path, options: PredictOptions, protected: Sequence[Path]) -> None:
+    inputs = {p.resolve() for p in protected}
+    targets = [output_path(c, out, options.output_format) for c in cases] + [out / SUMMARY_NAME]
+    clash = [str(t) for t in targets if t.resolve() in inputs]
+    if clash:
+        raise ConfigError(f"output file(s) {clash[:3]} would overwrite an input; choose another OUTPUT folder")
+
+
+def _summary(
+    model_path: str | Path,
+    input_spec: str | Path,
+    out: Path,
+    options: PredictOptions,
+    rank: Rank,
+    results: list[dict[str, Any]],
+    seconds: float,
+) -> dict[str, Any]:
+    results = sorted(results, key=lambda r: r["case"])
+    failed = [{"case": r["case"], "file": r["file"], "reason": r["reason"]} for r in results if r["status"] != "ok"]
+    return {
+        "format": "medattn-predictions",
+        "version": 1,
+        "model": str(model_path),
+        "input": str(input_spec),
+        "output": str(out),
+        "options": asdict(options),
+        "world_size": rank.world_size,
+        "num_cases": len(results),
+        "num_written": len(results) - len(failed),
+        "num_failed": len(failed),
+        "seconds": round(seconds, 3),
+        "failed": failed,
+        "cases": results,
+    }
+
+
+class _NoBar:
+    def set_postfix_str(self, s: str, refresh: bool = True) -> None:
+        pass
+
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="predict", unit="case")

@@ -1,0 +1,156 @@
+"""Stitching window outputs in slabs: a ring buffer one window deep, finished planes arg-maxed as they complete.
+
+See :mod:`medattn.infer.sliding` for why; :class:`SlabStitcher` is the mechanism and
+:func:`stitch_memory_bytes` its cost.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from medattn.infer.windows import Window, choose_slab_axis
+
+#: Planes finished per step are capped so the float temporaries of the arg-max stay below this many voxels.
+FINALISE_CHUNK_VOXELS = 1 << 21
+
+
+def argmax_classes(scores: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Arg-max over the class axis of ``scores`` (K, ...) written into ``out`` (...), an integer tensor or view.
+
+    Equivalent to ``scores.argmax(0)`` (ties go to the lowest class) without its int64 temporary, and several
+    times faster for a handful of classes: one comparison pass per class instead of a strided reduction.
+    """
+    best = scores[0].clone()
+    out.zero_()
+    for k in range(1, scores.shape[0]):
+        better = scores[k] > best
+        out.masked_fill_(better, k)
+        torch.maximum(best, scores[k], out=best)
+    return out
+
+
+class SlabStitcher:
+    """Ring buffers one window deep along the slab axis; finished planes go to the full-volume outputs.
+
+    Plane ``p`` of the image lives at ring position ``p % depth``. Every window of a row starting at ``s`` covers
+    planes in ``[s, s + depth)``, and rows come in increasing ``s``, so once the planes below ``s`` are finished
+    the open planes always fit in the ring.
+    """
+
+    def __init__(
+        self,
+        size: tuple[int, ...],
+        window: tuple[int, ...],
+        axis: int,
+        device: torch.device,
+        acc_dtype: torch.dtype,
+        with_probs: bool,
+        prob_dtype: torch.dtype,
+    ) -> None:
+        self.size, self.axis, self.device = size, axis, device
+        self.depth = min(window[axis], size[axis])
+        self.acc_dtype, self.with_probs, self.prob_dtype = acc_dtype, with_probs, prob_dtype
+        self.ring: torch.Tensor | None = None  # (K, *size with depth on the slab axis), allocated at first window
+        self.wring: torch.Tensor | None = None  # (1, ...) weight sums, only with probabilities
+        self.labels: torch.Tensor | None = None
+        self.probabilities: torch.Tensor | None = None
+        self.done = 0  # planes [0, done) are finished
+
+    def _allocate(self, k: int) -> None:
+        ring_shape = list(self.size)
+        ring_shape[self.axis] = self.depth
+        self.ring = torch.zeros((k, *ring_shape), dtype=self.acc_dtype, device=self.device)
+        label_dtype = torch.uint8 if k <= 256 else torch.int32
+        self.labels = torch.zeros(self.size, dtype=label_dtype, device=self.device)
+        if self.with_probs:
+            self.wring = torch.zeros((1, *ring_shape), dtype=self.acc_dtype, device=self.device)
+            self.probabilities = torch.empty((k, *self.size), dtype=self.prob_dtype, device=self.device)
+
+    def _segments(self, start: int, stop: int) -> Iterator[tuple[slice, int, int]]:
+        """For image planes [start, stop) (at most ``depth`` of them): (ring slice, offset from start, count)."""
+        p = start
+        while p < stop:
+            r = p % self.depth
+            n = min(stop - p, self.depth - r)
+            yield slice(r, r + n), p - start, n
+            p += n
+
+    def _at(self, region: Sequence[slice], slab: slice) -> tuple[slice, ...]:
+        idx = list(region)
+        idx[self.axis] = slab
+        return (slice(None), *idx)
+
+    def add(self, batch: list[Window], logits: torch.Tensor, weights: torch.Tensor) -> None:
+        """Add weighted logits (B, K, *window) of ``batch`` (already multiplied by the weights)."""
+        if self.ring is None:
+            self._allocate(int(logits.shape[1]))
+        assert self.ring is not None
+        ax = self.axis
+        for w, out in zip(batch, logits):
+            part = out[(slice(None), *w.crop)].to(self.device, non_blocking=False)
+            wpart = weights[0][(slice(None), *w.crop)].to(self.device) if self.wring is not None else None
+            for ring_sl, off, n in self._segments(w.src[ax].start, w.src[ax].stop):
+                idx = self._at(w.src, ring_sl)
+                self.ring[idx] += part.narrow(ax + 1, off, n)
+                if self.wring is not None and wpart is not None:
+                    self.wring[idx] += wpart.narrow(ax + 1, off, n)
+
+    def finish_before(self, stop: int) -> None:
+        """Finish image planes [done, stop): arg-max (and soft-max) them into the outputs, clear their ring slots."""
+        stop = min(stop, self.size[self.axis])
+        if self.ring is None or stop <= self.done:
+            return
+        assert self.labels is not None
+        ax = self.axis
+        plane = math.prod(s for i, s in enumerate(self.size) if i != ax)
+        chunk = max(1, FINALISE_CHUNK_VOXELS // plane)
+        full = [slice(None)] * 3
+        for ring_sl, off, n in self._segments(self.done, stop):
+            for c in range(0, n, chunk):
+                m = min(chunk, n - c)
+                rs = slice(ring_sl.start + c, ring_sl.start + c + m)
+                g0 = self.done + off + c
+                out_idx = list(full)
+                out_idx[ax] = slice(g0, g0 + m)
+                ring_idx = self._at(full, rs)
+                summed = self.ring[ring_idx]
+                if self.with_probs:
+                    assert self.wring is not None and self.probabilities is not None
+                    probs = torch.softmax(summed / self.wring[ring_idx], dim=0)
+                    self.probabilities[(slice(None), *out_idx)] = probs.to(self.prob_dtype)
+                    argmax_classes(probs, self.labels[tuple(out_idx)])
+                    self.wring[ring_idx] = 0
+                else:
+                    argmax_classes(summed, self.labels[tuple(out_idx)])
+                summed.zero_()
+        self.done = stop
+
+    def labels_out(self) -> torch.Tensor:
+        if self.labels is None:  # no window at all cannot happen for a non-empty image
+            raise RuntimeError("no window was evaluated")
+        return self.labels
+
+
+def stitch_memory_bytes(
+    image_size: Sequence[int],
+    window: Sequence[int],
+    num_classes: int,
+    slab_axis: int | None = None,
+    return_probabilities: bool = False,
+    accumulator_dtype: torch.dtype = torch.float32,
+    probability_dtype: torch.dtype = torch.float32,
+) -> int:
+    """Bytes :func:`sliding_window_predict` allocates on the stitch device (labels, ring buffers, probabilities)."""
+    size = tuple(int(s) for s in image_size)
+    win = tuple(int(w) for w in window)
+    axis = choose_slab_axis(size, win) if slab_axis is None else slab_axis
+    voxels = math.prod(size)
+    slab = voxels // size[axis] * min(win[axis], size[axis])
+    acc = torch.empty((), dtype=accumulator_dtype).element_size()
+    total = voxels * (1 if num_classes <= 256 else 4) + slab * num_classes * acc
+    if return_probabilities:
+        total += slab * acc + voxels * num_classes * torch.empty((), dtype=probability_dtype).element_size()
+    return total

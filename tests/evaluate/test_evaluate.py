@@ -1,0 +1,192 @@
+"""``medattn evaluate`` and its metrics, checked against independent NumPy / SciPy computations."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from medattn.cli import main
+from medattn.evaluate.metrics import binary_scores, bootstrap_ci, summarise
+from tests.conftest import blob_case, write_nifti
+
+LABELS = {0: "background", 63: "anterior", 117: "posterior"}
+SPACING = (0.8, 1.0, 2.5)
+
+
+def _dataset(root: Path, n: int, shape=(16, 18, 20)) -> Path:
+    """An MSD-layout dataset with sparse label values (63, 117) and anisotropic spacing; returns its folder."""
+    aff = np.diag([*SPACING, 1.0])
+    training = []
+    for i in range(n):
+        image, label = blob_case(shape, seed=i)
+        lab = np.array([0, 63, 117], np.uint8)[label]
+        write_nifti(root / "imagesTr" / f"c{i}.nii.gz", image, aff)
+        write_nifti(root / "labelsTr" / f"c{i}.nii.gz", lab, aff)
+        training.append({"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"})
+    doc = {
+        "name": "T",
+        "modality": {"0": "MRI"},
+        "labels": {str(k): v for k, v in LABELS.items()},
+        "training": training,
+        "test": [],
+    }
+    (root / "dataset.json").write_text(json.dumps(doc))
+    return root
+
+
+def _perturbed(label: np.ndarray, seed: int) -> np.ndarray:
+    """A plausible prediction: the label shifted by a voxel or two, with some voxels swapped."""
+    rng = np.random.default_rng(seed)
+    pred = np.roll(label, seed % 3, axis=seed % 3).copy()
+    flip = rng.random(label.shape) < 0.02
+    pred[flip] = rng.choice([0, 63, 117], size=int(flip.sum()))
+    return pred
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    return mask & ~ndimage.binary_erosion(mask)
+
+
+def _scipy_distances(a: np.ndarray, b: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
+    """Distances (mm) from a's surface voxels to b's surface and back, by Euclidean distance transforms."""
+    sa, sb = _surface(a), _surface(b)
+    da = ndimage.distance_transform_edt(~sb, sampling=spacing)[sa]
+    db = ndimage.distance_transform_edt(~sa, sampling=spacing)[sb]
+    return da, db
+
+
+def test_dice_per_case_and_class_equals_numpy_on_the_files(tmp_path: Path) -> None:
+    root = _dataset(tmp_path / "data", n=4)
+    for i in range(4):
+        lab = np.asarray(nib.load(str(root / "labelsTr" / f"c{i}.nii.gz")).dataobj)
+        write_nifti(tmp_path / "pred" / f"c{i}.nii.gz", _perturbed(lab, i), np.diag([*SPACING, 1.0]))
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(tmp_path / "pred"), str(root), "-o", str(out), "--quiet"]) == 0
+    doc = json.loads(out.read_text())
+    rows = list(csv.DictReader((tmp_path / "m.csv").open()))
+    assert len(rows) == 4 * 2
+    dices = {}
+    for i in range(4):
+        gt = np.asarray(nib.load(str(root / "labelsTr" / f"c{i}.nii.gz")).dataobj)
+        pred = np.asarray(nib.load(str(tmp_path / "pred" / f"c{i}.nii.gz")).dataobj)
+        for v in (63, 117):
+            p, g = pred == v, gt == v
+            expected = 2 * (p & g).sum() / (p.sum() + g.sum())
+            got = doc["cases"][i]["classes"][str(v)]["dice"]
+            assert got == pytest.approx(expected, abs=1e-6)
+            row = next(r for r in rows if r["case"] == f"c{i}" and r["label"] == str(v))
+            assert float(row["dice"]) == pytest.approx(expected, abs=1e-6)
+            dices.setdefault(v, []).append(expected)
+    assert min(dices[63]) < 0.99  # the perturbation made the scores informative
+    s = doc["summary"]["63"]["dice"]
+    assert s["mean"] == pytest.approx(np.mean(dices[63]), abs=1e-6)
+    assert s["std"] == pytest.approx(np.std(dices[63], ddof=1), abs=1e-6)
+    assert s["ci_low"] <= s["mean"] <= s["ci_high"]
+    mean_fg = [np.mean([dices[63][i], dices[117][i]]) for i in range(4)]
+    assert doc["summary"]["mean"]["dice"]["mean"] == pytest.approx(np.mean(mean_fg), abs=1e-6)
+
+
+def test_hd95_and_nsd_in_mm_equal_a_scipy_distance_transform_computation() -> None:
+    shape = (30, 28, 20)
+    zz, yy, xx = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    ball = (zz - 14) ** 2 + (yy - 13) ** 2 + ((xx - 9) * 1.5) ** 2 < 64
+    box = np.zeros(shape, bool)
+    box[9:21, 7:20, 4:13] = True
+    spacing = (0.7, 1.1, 2.0)
+    scores = binary_scores(ball, box, spacing, tolerance_mm=1.5)
+    da, db = _scipy_distances(ball, box, spacing)
+    hd95 = max(np.percentile(da, 95), np.percentile(db, 95))
+    nsd = ((da <= 1.5).sum() + (db <= 1.5).sum()) / (da.size + db.size)
+    assert scores.hd95 == pytest.approx(hd95, rel=1e-5)
+    assert scores.nsd == pytest.approx(nsd, rel=1e-5)
+    assert scores.hd95 > 1.0 and 0.1 < scores.nsd < 0.99  # a shape pair that is neither equal nor disjoint
+    shifted = np.roll(box, 3, axis=2)  # 3 voxels of 2 mm along the coarse axis
+    assert binary_scores(box, shifted, spacing, 1.0).hd95 == pytest.approx(6.0)
+
+
+def test_empty_masks_follow_the_documented_conventions() -> None:
+    empty = np.zeros((8, 8, 8), bool)
+    cube = empty.copy()
+    cube[2:5, 2:5, 2:5] = True
+    both = binary_scores(empty, empty, (1, 1, 1), 1.0)
+    assert (both.dice, both.hd95, both.nsd) == (1.0, 0.0, 1.0)
+    for pred, gt in ((empty, cube), (cube, empty)):
+        one = binary_scores(pred, gt, (1, 1, 1), 1.0)
+        assert (one.dice, one.nsd) == (0.0, 0.0) and math.isinf(one.hd95)
+    s = summarise([1.0, math.inf, 3.0])
+    assert s.n == 2 and s.n_infinite == 1 and s.mean == 2.0
+
+
+def test_bootstrap_interval_is_seeded_and_shrinks_with_more_cases() -> None:
+    rng = np.random.default_rng(0)
+    small, large = rng.normal(0.8, 0.1, 10), rng.normal(0.8, 0.1, 200)
+    assert bootstrap_ci(small, seed=1) == bootstrap_ci(small, seed=1)
+    assert bootstrap_ci(small, seed=1) != bootstrap_ci(small, seed=2)
+    lo_s, hi_s = bootstrap_ci(small)
+    lo_l, hi_l = bootstrap_ci(large)
+    assert hi_l - lo_l < hi_s - lo_s
+    # The percentile interval of the mean is close to the normal approximation mean +- 1.96 sd / sqrt(n).
+    half = 1.96 * large.std(ddof=1) / math.sqrt(large.size)
+    assert (hi_l - lo_l) / 2 == pytest.approx(half, rel=0.2)
+    assert bootstrap_ci(np.array([0.5])) == (0.5, 0.5)
+
+
+def test_grid_mismatch_fails_that_case_only_and_infinities_are_written(tmp_path: Path) -> None:
+    root = _dataset(tmp_path / "data", n=3)
+    aff = np.diag([*SPACING, 1.0])
+    lab0 = np.asarray(nib.load(str(root / "labelsTr" / "c0.nii.gz")).dataobj)
+    write_nifti(tmp_path / "pred" / "c0.nii.gz", lab0, aff)
+    write_nifti(tmp_path / "pred" / "c1.nii.gz", np.zeros((16, 18, 19), np.uint8), aff)  # wrong shape
+    shifted = aff.copy()
+    shifted[0, 3] = 5.0
+    write_nifti(tmp_path / "pred" / "c2.nii.gz", lab0, shifted)  # wrong origin
+    write_nifti(tmp_path / "pred" / "stray.nii.gz", lab0, aff)
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(tmp_path / "pred"), str(root), "-o", str(out), "--quiet"]) == 1
+    doc = json.loads(out.read_text())
+    failed = {f["case"]: f for f in doc["failed"]}
+    assert set(failed) == {"c1", "c2"}
+    assert "shape" in failed["c1"]["reason"] and failed["c1"]["file"].endswith("c1.nii.gz")
+    assert "affine" in failed["c2"]["reason"]
+    assert doc["num_evaluated"] == 1 and doc["summary"]["63"]["dice"]["mean"] == 1.0
+    assert doc["unmatched"] == [str(tmp_path / "pred" / "stray.nii.gz")]
+
+    # A prediction missing a structure: HD95 is inf, written as the string "inf", counted, not averaged.
+    (tmp_path / "pred" / "c1.nii.gz").unlink()
+    (tmp_path / "pred" / "c2.nii.gz").unlink()
+    lab1 = np.asarray(nib.load(str(root / "labelsTr" / "c1.nii.gz")).dataobj)
+    write_nifti(tmp_path / "pred" / "c1.nii.gz", np.where(lab1 == 117, 0, lab1).astype(np.uint8), aff)
+    assert main(["evaluate", str(tmp_path / "pred"), str(root), "-o", str(out), "--quiet"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["missing"] == ["c2"]
+    c1 = next(c for c in doc["cases"] if c["case"] == "c1")
+    assert c1["classes"]["117"]["hd95"] == "inf" and c1["classes"]["117"]["dice"] == 0.0
+    assert doc["summary"]["117"]["hd95"]["n_infinite"] == 1 and doc["summary"]["117"]["hd95"]["n"] == 1
+    assert doc["summary"]["mean"]["hd95"]["n_infinite"] == 1
+
+
+def test_no_matching_prediction_is_a_data_error(tmp_path: Path) -> None:
+    root = _dataset(tmp_path / "data", n=1)
+    write_nifti(tmp_path / "pred" / "other.nii.gz", np.zeros((16, 18, 20), np.uint8))
+    assert main(["evaluate", str(tmp_path / "pred"), str(root), "-o", str(tmp_path / "m.json"), "--quiet"]) == 3
+
+
+def test_per_class_nsd_tolerance_option(tmp_path: Path) -> None:
+    root = _dataset(tmp_path / "data", n=1)
+    lab = np.asarray(nib.load(str(root / "labelsTr" / "c0.nii.gz")).dataobj)
+    write_nifti(tmp_path / "pred" / "c0.nii.gz", np.roll(lab, 1, axis=2), np.diag([*SPACING, 1.0]))
+    out = tmp_path / "m.json"
+    args = ["evaluate", str(tmp_path / "pred"), str(root), "-o", str(out), "--quiet"]
+    assert main([*args, "--nsd-tolerance", "63:3,117:0.5"]) == 0
+    classes = json.loads(out.read_text())["cases"][0]["classes"]
+    # Shifted by one 2.5 mm voxel: within 3 mm everything counts, within 0.5 mm only untouched surface.
+    assert classes["63"]["nsd"] == pytest.approx(1.0) and classes["63"]["tolerance_mm"] == 3.0
+    assert classes["117"]["nsd"] < 0.9 and classes["117"]["tolerance_mm"] == 0.5
+    assert main([*args, "--nsd-tolerance", "5:1"]) == 2

@@ -1,0 +1,225 @@
+"""``medattn predict``: masks in the input's exact geometry, label values on disk, bad cases named and skipped."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.inferers import sliding_window_inference
+
+from medattn.cli import main
+from medattn.data.transforms import inference_transforms
+from medattn.errors import DataError
+from medattn.infer.inputs import InputCase, collect_inputs, shard
+from medattn.train.checkpoint import load_model
+from tests.conftest import REPO, blob_case, write_nifti
+from tests.infer.conftest import small_plan
+
+SHAPE = (21, 17, 13)
+
+
+def _affine(geometry: str) -> np.ndarray:
+    if geometry == "ras":
+        return np.eye(4)
+    if geometry == "lps":  # same spacing as the plan: orientation is the only change
+        aff = np.diag([-1.0, -1.0, 1.0, 1.0])
+        aff[:3, 3] = [30, 40, -10]
+        return aff
+    if geometry == "lps_anisotropic":
+        aff = np.diag([-0.9, -0.9, 3.0, 1.0])
+        aff[:3, 3] = [30, 40, -10]
+        return aff
+    th = np.deg2rad(25)  # oblique
+    aff = np.eye(4)
+    rot = np.array([[np.cos(th), 0, np.sin(th)], [0, -1, 0], [-np.sin(th), 0, np.cos(th)]])
+    aff[:3, :3] = rot @ np.diag([1.2, 1.0, 2.0])
+    aff[:3, 3] = [5, -3, 8]
+    return aff
+
+
+def _reference_labels(model_path: Path, image_path: Path) -> np.ndarray:
+    """Class indices on the preprocessed (RAS) grid by MONAI's sliding_window_inference: an independent path."""
+    loaded = load_model(model_path)
+    data = inference_transforms(loaded.plan)({"image": str(image_path)})
+    with torch.inference_mode():
+        logits = sliding_window_inference(
+            data["image"].as_tensor()[None], loaded.plan.patch_size, 1, loaded.model, overlap=0.5, mode="gaussian"
+        )
+    return logits[0].argmax(0).numpy()
+
+
+@pytest.mark.parametrize("geometry", ["ras", "lps", "lps_anisotropic", "oblique"])
+def test_masks_have_the_input_shape_affine_and_orientation(tmp_path: Path, model_file, geometry: str) -> None:
+    image, _ = blob_case(SHAPE, seed=4)
+    aff = _affine(geometry)
+    src = write_nifti(tmp_path / "in" / "scan.nii.gz", image, aff)
+    model = model_file()
+    assert main(["predict", str(model), str(src), str(tmp_path / "out"), "--quiet"]) == 0
+    out = nib.load(str(tmp_path / "out" / "scan.nii.gz"))
+    assert out.shape == SHAPE
+    np.testing.assert_allclose(out.affine, aff, atol=1e-5)
+    assert nib.aff2axcodes(out.affine) == nib.aff2axcodes(aff)
+    assert out.get_data_dtype() == np.uint8
+    mask = np.asarray(out.dataobj)
+    assert set(np.unique(mask)) <= {0, 1, 2}
+    if geometry in ("ras", "lps"):  # no resampling: the mask is the reference labels, reoriented
+        ref = _reference_labels(model, src)
+        expected = ref if geometry == "ras" else ref[::-1, ::-1, :]
+        np.testing.assert_array_equal(mask, expected)
+        assert len(np.unique(ref)) >= 2
+
+
+def test_sparse_label_values_are_written_as_stored_on_disk(tmp_path: Path, model_file) -> None:
+    plan = small_plan(labels={0: "background", 63: "anterior", 117: "posterior"})
+    model = model_file(plan, seed=2)
+    image, _ = blob_case(SHAPE, seed=1)
+    src = write_nifti(tmp_path / "in" / "scan.nii.gz", image)
+    assert main(["predict", str(model), str(src), str(tmp_path / "out"), "--quiet"]) == 0
+    mask = np.asarray(nib.load(str(tmp_path / "out" / "scan.nii.gz")).dataobj)
+    ref = _reference_labels(model, src)
+    assert len(np.unique(ref)) == 3  # every class occurs, so every value of the mapping is checked
+    np.testing.assert_array_equal(mask, np.array([0, 63, 117])[ref])
+
+
+def test_corrupt_truncated_and_wrong_channel_files_are_named_and_skipped(tmp_path: Path, model_file, capsys) -> None:
+    inp = tmp_path / "in"
+    for i in range(2):
+        write_nifti(inp / f"good{i}.nii.gz", blob_case(SHAPE, seed=i)[0])
+    (inp / "garbage.nii.gz").write_bytes(b"not an image at all")
+    whole = write_nifti(tmp_path / "whole.nii.gz", blob_case(SHAPE, seed=9)[0]).read_bytes()
+    (inp / "truncated.nii.gz").write_bytes(whole[: len(whole) // 2])
+    write_nifti(inp / "twochannel.nii.gz", np.stack([blob_case(SHAPE, seed=3)[0]] * 2, axis=-1))
+    rc = main(["predict", str(model_file()), str(inp), str(tmp_path / "out"), "--quiet"])
+    assert rc == 1
+    written = sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz"))
+    assert written == ["good0.nii.gz", "good1.nii.gz"]
+    summary = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    failed = {f["case"]: f for f in summary["failed"]}
+    assert set(failed) == {"garbage", "truncated", "twochannel"}
+    assert failed["truncated"]["file"].endswith("truncated.nii.gz") and "truncated" in failed["truncated"]["reason"]
+    assert "has 2 channel(s), the model expects 1" in failed["twochannel"]["reason"]
+    assert summary["num_written"] == 2 and summary["num_failed"] == 3
+    ok = [c for c in summary["cases"] if c["status"] == "ok"]
+    assert all(c["seconds"]["inference"] >= 0 and c["windows"] >= 1 for c in ok)
+    out = capsys.readouterr().out
+    assert "garbage.nii.gz" in out and "truncated.nii.gz" in out
+
+
+def test_probability_maps_sum_to_one_and_agree_with_the_mask(tmp_path: Path, model_file) -> None:
+    src = write_nifti(tmp_path / "in" / "scan.nii.gz", blob_case(SHAPE, seed=0)[0], _affine("lps"))
+    model = model_file()
+    assert main(["predict", str(model), str(src), str(tmp_path / "out"), "--save-probabilities", "--quiet"]) == 0
+    prob = nib.load(str(tmp_path / "out" / "probabilities" / "scan.nii.gz"))
+    arr = np.asarray(prob.dataobj)
+    assert arr.shape == (*SHAPE, 3) and arr.dtype == np.float32
+    np.testing.assert_allclose(prob.affine, _affine("lps"), atol=1e-5)
+    np.testing.assert_allclose(arr.sum(-1), 1.0, atol=1e-4)
+    mask = np.asarray(nib.load(str(tmp_path / "out" / "scan.nii.gz")).dataobj)
+    np.testing.assert_array_equal(arr.argmax(-1), mask)
+    rc = main(["predict", str(model), str(src), str(tmp_path / "per"), "--save-probabilities", "per-class", "--quiet"])
+    assert rc == 0
+    per = [np.asarray(nib.load(str(tmp_path / "per" / "probabilities" / f"scan_{k}.nii.gz")).dataobj) for k in range(3)]
+    np.testing.assert_allclose(np.stack(per, -1), arr, atol=1e-6)
+
+
+def test_manifest_input_with_the_shipped_config_and_mirror_flag(tmp_path: Path, model_file, make_msd) -> None:
+    """Cases are named by case id; pipelines/predict.yaml applies (window_batch 2, workers 1: read-ahead thread);
+    ``--mirror`` on the command line beats ``tta: false`` in the file."""
+    root = make_msd(n=2, shape=(16, 18, 20))
+    config = REPO / "pipelines" / "predict.yaml"
+    args = ["predict", str(model_file()), str(root), str(tmp_path / "out"), "--config", str(config), "--quiet"]
+    assert main([*args, "--mirror"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == [f"blob_{i:03d}.nii.gz" for i in range(2)]
+    options = json.loads((tmp_path / "out" / "predictions.json").read_text())["options"]
+    assert options["mirror_axes"] == [0, 1, 2]
+    assert options["window_batch"] == 2 and options["workers"] == 1 and options["stitch_device"] == "auto"
+    assert main([*args, "--overlap", "0.25"]) == 0
+    options = json.loads((tmp_path / "out" / "predictions.json").read_text())["options"]
+    assert options["mirror_axes"] == [] and options["overlap"] == 0.25
+
+
+def test_output_that_would_overwrite_an_input_is_refused(tmp_path: Path, model_file) -> None:
+    src = write_nifti(tmp_path / "scan.nii.gz", blob_case(SHAPE, seed=0)[0])
+    before = src.read_bytes()
+    rc = main(["predict", str(model_file()), str(src), str(tmp_path), "--format", "input", "--quiet"])
+    assert rc == 2
+    assert src.read_bytes() == before
+
+
+def test_folder_inputs_group_nnunet_channel_files(tmp_path: Path) -> None:
+    for case in ("a", "b"):
+        for c in range(2):
+            write_nifti(tmp_path / "two" / f"{case}_{c:04d}.nii.gz", np.zeros((4, 4, 4)))
+        write_nifti(tmp_path / "one" / f"{case}_0000.nii.gz", np.zeros((4, 4, 4)))
+    two = collect_inputs(tmp_path / "two", num_channels=2)
+    assert [c.case_id for c in two] == ["a", "b"]
+    assert [p.name for p in two[0].images] == ["a_0000.nii.gz", "a_0001.nii.gz"]
+    assert [c.case_id for c in collect_inputs(tmp_path / "one")] == ["a", "b"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no image files"):
+        collect_inputs(tmp_path / "empty")
+    cases = [InputCase(str(i), (Path(f"{i}.nii.gz"),)) for i in range(5)]
+    assert [c.case_id for c in shard(cases, 1, 2)] == ["1", "3"]
+    assert [c.case_id for c in shard(cases, 0, 2)] == ["0", "2", "4"]
+
+
+@pytest.mark.slow  # two fresh processes importing torch and MONAI: ~40 s on 2 cores; test_folder_inputs... covers shard
+def test_torchrun_shards_cases_and_rank0_writes_the_summary(tmp_path: Path, model_file) -> None:
+    inp = tmp_path / "in"
+    for i in range(3):
+        write_nifti(inp / f"c{i}.nii.gz", blob_case((12, 12, 12), seed=i)[0])
+    model = model_file()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        port,
+        "-m",
+        "medattn.cli",
+        "predict",
+        str(model),
+        str(inp),
+        str(tmp_path / "out"),
+        "--quiet",
+    ]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert summary["world_size"] == 2 and summary["num_written"] == 3
+    assert {c["case"]: c["rank"] for c in summary["cases"]} == {"c0": 0, "c1": 1, "c2": 0}
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["c0.nii.gz", "c1.nii.gz", "c2.nii.gz"]
+
+
+def test_predict_on_real_hippocampus_scans_keeps_their_geometry(tmp_path: Path, shared_data: Path, model_file) -> None:
+    from medattn.data.importers import load_dataset
+    from medattn.data.plan import make_plan
+
+    manifest = load_dataset(shared_data / "Task04_Hippocampus")
+    plan = make_plan(manifest, max_cases=4)
+    cases = manifest.datalist()[:2]
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for d in cases:
+        (inp / Path(d["image"][0]).name).symlink_to(d["image"][0])
+    assert main(["predict", str(model_file(plan)), str(inp), str(tmp_path / "out"), "--quiet"]) == 0
+    for d in cases:
+        src = nib.load(d["image"][0])
+        out = nib.load(str(tmp_path / "out" / f"{d['case_id']}.nii.gz"))
+        assert out.shape == src.shape
+        np.testing.assert_allclose(out.affine, src.affine, atol=1e-5)
+        assert set(np.unique(np.asarray(out.dataobj))) <= set(plan.labels)

@@ -1,0 +1,183 @@
+"""Sliding-window inference: same labels and probabilities as MONAI, less memory, mirroring TTA, clear errors."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from monai.inferers import sliding_window_inference
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from medattn.infer.sliding import SlidingWindowPredictor, sliding_window_predict
+from medattn.infer.stitch import argmax_classes, stitch_memory_bytes
+from medattn.infer.windows import choose_slab_axis, mirror_combinations
+from medattn.models import build_model
+
+
+def _net(out_channels: int = 3, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model("ag_unet", 1, out_channels, channels=(4, 8, 16)).eval()
+
+
+def _monai(x: torch.Tensor, net: nn.Module, window, overlap=0.5, blend="gaussian") -> torch.Tensor:
+    with torch.inference_mode():
+        return sliding_window_inference(x[None], window, 2, net, overlap=overlap, mode=blend)[0]
+
+
+@pytest.mark.parametrize(
+    ("size", "window", "slab_axis"),
+    [
+        ((30, 26, 21), (16, 16, 16), None),  # several rows on every axis
+        ((30, 26, 21), (16, 16, 16), 2),  # slabs along another axis
+        ((21, 12, 33), (16, 16, 8), 1),  # the image is smaller than the window on axis 1: padded windows
+        ((16, 12, 14), (16, 16, 16), None),  # a single padded window
+    ],
+)
+def test_labels_and_probabilities_equal_monai(size, window, slab_axis) -> None:
+    """An independent check: MONAI's sliding_window_inference (same network, window, overlap, Gaussian blending)."""
+    net = _net()
+    x = torch.randn(1, *size)
+    ref = _monai(x, net, window)
+    labels = sliding_window_predict(x, net, window, overlap=0.5, window_batch=3, slab_axis=slab_axis)
+    full = sliding_window_predict(x, net, window, overlap=0.5, slab_axis=slab_axis, return_probabilities=True)
+    assert labels.labels.dtype == torch.uint8 and labels.labels.shape == size
+    assert labels.probabilities is None
+    torch.testing.assert_close(labels.labels.long(), ref.argmax(0))
+    torch.testing.assert_close(full.probabilities, torch.softmax(ref, 0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(full.labels, labels.labels)
+    assert len(torch.unique(labels.labels)) >= 2  # the comparison exercised more than one class
+
+
+def test_constant_blend_and_other_overlap_equal_monai() -> None:
+    net = _net(seed=1)
+    x = torch.randn(1, 30, 27, 22)
+    ref = _monai(x, net, (16, 16, 16), overlap=0.25, blend="constant")
+    out = sliding_window_predict(x, net, (16, 16, 16), overlap=0.25, blend="constant", return_probabilities=True)
+    torch.testing.assert_close(out.probabilities, torch.softmax(ref, 0), atol=1e-5, rtol=1e-5)
+
+
+class _LargestAllocation(TorchDispatchMode):
+    """Records the largest tensor any aten op returns (bytes) while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t._base is None:  # a view allocates nothing
+                self.largest = max(self.largest, t.numel() * t.element_size())
+        return out
+
+
+def test_labels_only_path_never_allocates_a_full_volume_float_buffer() -> None:
+    torch.manual_seed(0)
+    net = nn.Conv3d(1, 4, 3, padding=1).eval()  # few aten ops per window: the dispatch hook stays cheap
+    size = (96, 24, 24)
+    x = torch.randn(1, *size)
+    voxels = x[0].numel()
+    with _LargestAllocation() as probs_mode:
+        full = sliding_window_predict(x, net, (16, 16, 16), return_probabilities=True)
+    with _LargestAllocation() as labels_mode:
+        labels = sliding_window_predict(x, net, (16, 16, 16))
+    assert torch.equal(full.labels, labels.labels)
+    assert probs_mode.largest >= 4 * voxels * 4  # the full probability volume: the counter sees it
+    assert labels_mode.largest < voxels * 4  # nothing as large as even one float32 channel of the volume
+    # The largest is the slab ring, one window deep along the longest axis: 16 of 96 planes x 4 classes x 4 bytes.
+    ring = 4 * (voxels // 96 * 16) * 4
+    assert labels_mode.largest <= ring
+    assert stitch_memory_bytes(size, (16, 16, 16), 4) == voxels + ring
+
+
+class _Asymmetric(nn.Module):
+    """A network that is not flip-equivariant: a random 3x3x3 convolution plus a position-dependent ramp."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = nn.Conv3d(1, 3, 3, padding=1)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        ramp = torch.linspace(0, 1, x.shape[2])[None, None, :, None, None]
+        return self.conv(x) + ramp * torch.tensor([0.0, 1.0, -1.0])[None, :, None, None, None]
+
+
+def test_mirroring_averages_the_flipped_predictions() -> None:
+    net = _Asymmetric().eval()
+    x = torch.randn(1, 12, 10, 8)
+    window = (12, 10, 8)  # one window: the blended logits are that window's logits
+    flips = [()] + [c for r in (1, 2, 3) for c in itertools.combinations((0, 1, 2), r)]
+    with torch.no_grad():
+        expected = torch.stack(
+            [torch.flip(net(torch.flip(x[None], [a + 2 for a in f])), [a + 2 for a in f]) for f in flips]
+        ).mean(0)[0]
+    net.calls = 0
+    tta = sliding_window_predict(x, net, window, mirror_axes=(0, 1, 2), return_probabilities=True)
+    assert net.calls == 8
+    plain = sliding_window_predict(x, net, window, return_probabilities=True)
+    torch.testing.assert_close(tta.probabilities, torch.softmax(expected, 0), atol=1e-5, rtol=1e-5)
+    assert (tta.probabilities - plain.probabilities).abs().max() > 1e-2  # mirroring changed the answer
+    assert mirror_combinations((2, 0)) == [(0,), (2,), (0, 2)]
+
+    # Several windows: the same as MONAI blending a predictor that averages the flips itself.
+    def averaged(batch: torch.Tensor) -> torch.Tensor:
+        return torch.stack(
+            [torch.flip(net(torch.flip(batch, [a + 2 for a in f])), [a + 2 for a in f]) for f in flips]
+        ).mean(0)
+
+    big = torch.randn(1, 20, 17, 15)
+    with torch.no_grad():
+        ref = sliding_window_inference(big[None], (8, 8, 8), 2, averaged, overlap=0.5, mode="gaussian")[0]
+    out = sliding_window_predict(big, net, (8, 8, 8), mirror_axes=(0, 1, 2), window_batch=2, return_probabilities=True)
+    torch.testing.assert_close(out.probabilities, torch.softmax(ref, 0), atol=1e-5, rtol=1e-5)
+
+
+def test_argmax_classes_matches_torch_argmax_including_ties() -> None:
+    scores = torch.randn(5, 7, 6, 4)
+    scores[3, :2] = scores[1, :2]  # ties between classes 1 and 3 where 1 might win
+    scores[:, 0, 0, 0] = 0.5  # all tied: class 0
+    out = torch.empty(7, 6, 4, dtype=torch.uint8)
+    argmax_classes(scores, out)
+    torch.testing.assert_close(out.long(), scores.argmax(0))
+
+
+def test_predictor_caches_the_importance_map_and_stitches_on_cpu() -> None:
+    net = _net()
+    predictor = SlidingWindowPredictor(net, (16, 16, 16), overlap=0.5, window_batch=2)
+    first = predictor.importance_map()
+    x = torch.randn(1, 20, 18, 17)
+    result = predictor(x)
+    assert predictor.importance_map() is first
+    assert result.stitch_device == torch.device("cpu")
+    assert predictor.resolve_stitch_device((512, 512, 300)) == torch.device("cpu")
+    torch.testing.assert_close(result.labels.long(), _monai(x, net, (16, 16, 16)).argmax(0))
+    assert choose_slab_axis((512, 512, 300), (128, 128, 128)) in (0, 1)
+    assert choose_slab_axis((40, 300, 40), (32, 32, 32)) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"overlap": 1.0}, "overlap"),
+        ({"window_batch": 0}, "window_batch"),
+        ({"mirror_axes": (3,)}, "mirror_axes"),
+        ({"blend": "cosine"}, "blend"),
+    ],
+)
+def test_bad_options_name_the_option(kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        sliding_window_predict(torch.randn(1, 8, 8, 8), _net(), (8, 8, 8), **kwargs)
+
+
+def test_bad_window_image_and_network_output_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="window"):
+        sliding_window_predict(torch.randn(1, 8, 8, 8), _net(), (8, 8))
+    with pytest.raises(ValueError, match=r"\(C, X, Y, Z\)"):
+        sliding_window_predict(torch.randn(8, 8, 8), _net(), (8, 8, 8))
+    with pytest.raises(ValueError, match="network: expected logits"):
+        sliding_window_predict(torch.randn(1, 8, 8, 8), lambda x: x[:, :, :4], (8, 8, 8))
