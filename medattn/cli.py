@@ -305,6 +305,20 @@ def _args_drift(p: argparse.ArgumentParser) -> None:
     add_drift_arguments(p)
 
 
+@command("adapt", "continual learning over a dataset's domains (Avalanche); Dice matrix, BWT, forgetting, FWT")
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from medattn.continual.adapt import adapt_command
+
+    return adapt_command(args)
+
+
+@arguments("adapt")
+def _args_adapt(p: argparse.ArgumentParser) -> None:
+    from medattn.continual.options import add_adapt_arguments
+
+    add_adapt_arguments(p)
+
+
 @command("demo", "the whole story end to end on the embedded phantom dataset (or --data)")
 def cmd_demo(args: argparse.Namespace) -> int:
     from medattn.demo import run_demo
@@ -358,14 +372,25 @@ def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str], args: ar
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values")
     section = doc.get(args.command, doc) if isinstance(doc.get(args.command), dict) else doc
-    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+    given = _given_dests(parser, args.command, argv)
     known = vars(args)
     for key, value in section.items():
         k = str(key).replace("-", "_")
         if k not in known:
             raise ConfigError(f"{path}: unknown option {key!r} for `medattn {args.command}`")
-        if k not in given and (known[k] is None or k not in given):
+        if k not in given:
             setattr(args, k, value)
+
+
+def _given_dests(parser: argparse.ArgumentParser, command: str, argv: Sequence[str]) -> set[str]:
+    """Destinations of the options spelled on the command line (any alias, ``--opt value`` or ``--opt=value``)."""
+    sub = next((a.choices[command] for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    words = {w.split("=", 1)[0] for w in argv if w.startswith("-")}
+    given = set()
+    for action in sub._actions if sub is not None else []:
+        if any(opt in words for opt in action.option_strings):
+            given.add(action.dest)
+    return given
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -112,3 +112,19 @@ def test_shipped_manifests_load_and_resolve(shared_data: Path) -> None:
         for item in m.datalist():
             for f in [*item["image"], item["label"]]:
                 assert Path(f).is_file(), f"{p.name}: {f} missing"
+
+
+def test_config_file_fills_options_and_flags_win(make_msd, tmp_path: Path) -> None:
+    """`--config` YAML keys fill options; a flag given on the command line (by any spelling) wins."""
+    from medattn.cli import main
+
+    root = make_msd(n=2)
+    cfg = tmp_path / "plan.yaml"
+    cfg.write_text("plan:\n  memory_mb: 64\n  out: " + str(tmp_path / "from_yaml.json") + "\n")
+    assert main(["plan", str(root), "--config", str(cfg), "--quiet"]) == 0
+    assert json.loads((tmp_path / "from_yaml.json").read_text())["memory_budget_mb"] == 64
+    assert main(["plan", str(root), "--config", str(cfg), "-o", str(tmp_path / "flag.json"), "--quiet"]) == 0
+    assert (tmp_path / "flag.json").is_file()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("memory_megabytes: 3\n")
+    assert main(["plan", str(root), "--config", str(bad), "--quiet"]) == 2

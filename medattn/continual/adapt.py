@@ -1,0 +1,282 @@
+"""``medattn adapt MODEL DATA --strategy NAME --out RUN``: continual learning over a dataset's domains.
+
+:func:`adapt` is the library call: it loads the start model, builds the Avalanche stream
+(:func:`~medattn.continual.scenario.domain_scenario`), runs each method from the same start
+(:func:`~medattn.continual.runner.run_method`) and writes per method the Dice matrix and its metrics, and for
+several methods a comparison table. :func:`adapt_command` is the thin command-line wrapper.
+
+Output::
+
+    RUN/config.json                      the resolved run configuration
+    RUN/<method>/...                     see medattn.continual.runner (models per experience, state, logs)
+    RUN/<method>/metrics.json            Dice matrix, per class and overall, with ACC, BWT, forgetting, FWT, plasticity
+    RUN/<method>/matrix.csv, summary.csv, matrix.png
+    RUN/comparison.json, .csv, .md       one row per method (always written; one row for a single method)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medattn.continual.config import AdaptConfig
+from medattn.continual.metrics import DiceMatrix
+from medattn.continual.runner import MethodRun, run_method
+from medattn.data.io import atomic_write_text
+from medattn.data.manifest import Manifest
+from medattn.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AdaptResult:
+    """What :func:`adapt` did: the runs per method and the comparison rows."""
+
+    runs: dict[str, MethodRun]
+    comparison: list[dict[str, Any]]
+    out: Path
+
+
+def _prepare_out(out: Path, cfg: AdaptConfig, resume: bool) -> None:
+    saved = out / "config.json"
+    if resume:
+        if not saved.is_file():
+            raise ConfigError(f"--resume: {out} holds no earlier adapt run (no config.json)")
+        try:
+            old = AdaptConfig.from_dict(json.loads(saved.read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{saved}: cannot read the earlier run's config: {e}") from e
+        a, b = old.experiment_dict(), cfg.experiment_dict()
+        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k != "strategies")
+        if changed:
+            raise ConfigError(f"--resume: options {changed} differ from the earlier run in {out}; use a new --out")
+    elif out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out}: output folder exists and is not empty; use a new --out or --resume")
+    cfg.save(saved)
+
+
+def _check_labels(manifest: Manifest, start: Any, model_path: Path) -> None:
+    k = int(start.model.config["out_channels"])
+    if len(manifest.labels) != k:
+        raise DataError(
+            f"the data have {len(manifest.labels)} labels {dict(manifest.labels)}, the model predicts {k} classes "
+            f"{start.labels}",
+            model_path,
+        )
+
+
+def comparison_rows(runs: dict[str, MethodRun], naive: DiceMatrix | None) -> list[dict[str, Any]]:
+    """One row per method: final average Dice, BWT, forgetting, FWT, plasticity, memory, final Dice per domain."""
+    rows = []
+    for name, run in runs.items():
+        s = run.matrix.summary(naive)["overall"]
+        final = run.matrix.matrix()[-1] if len(run.matrix.rows) else []
+        row: dict[str, Any] = {"method": name, **s, "finished": run.finished}
+        row["memory_fraction"] = run.extras.get("stored_fraction")
+        for dom, v in zip(run.matrix.domains, final):
+            row[f"dice_{dom}"] = None if v != v else round(float(v), 6)
+        rows.append(row)
+    return rows
+
+
+def format_comparison(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of :func:`comparison_rows`."""
+    if not rows:
+        return ""
+    keys = [k for k in rows[0] if k != "finished"]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        cells = [
+            r[k]
+            if isinstance(r[k], str)
+            else ("" if r[k] is None else f"{r[k]:+.4f}" if k in ("bwt", "fwt", "plasticity") else f"{r[k]:.4f}")
+            for k in keys
+        ]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _write_comparison(out: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(out / "comparison.json", json.dumps(rows, indent=2) + "\n")
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    atomic_write_text(out / "comparison.csv", buf.getvalue())
+    atomic_write_text(out / "comparison.md", format_comparison(rows) + "\n")
+
+
+def adapt(
+    model: str | Path,
+    manifest: Manifest,
+    out: str | Path,
+    cfg: AdaptConfig,
+    *,
+    data_root: str | Path | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+) -> AdaptResult:
+    """Adapt a trained model through ``manifest``'s domains with each method of ``cfg.strategies``.
+
+    Args:
+        model: the start model file.
+        manifest: the dataset; its domain order is the stream order.
+        out: the run folder (new or empty, or an earlier run with ``resume``).
+        cfg: the run configuration.
+        data_root: overrides the manifest's data root.
+        resume: continue an interrupted run in ``out`` (finished methods are not retrained).
+        quiet: no progress bars (the ``interactive`` logger is dropped).
+    """
+    from medattn.continual.loggers import close_loggers, make_loggers
+    from medattn.continual.scenario import ScenarioOptions, domain_scenario
+    from medattn.train.checkpoint import load_model
+
+    out = Path(out)
+    model_path = Path(model)
+    start = load_model(model_path, device="cpu")
+    _check_labels(manifest, start, model_path)
+    _prepare_out(out, cfg, resume)
+    bench = domain_scenario(
+        manifest,
+        start.plan,
+        ScenarioOptions(
+            patch_size=cfg.patch_size,
+            samples_per_volume=cfg.samples_per_volume,
+            augment=cfg.augment_config(),
+            cache=cfg.cache,
+            cache_dir=str(out / "cache") if cfg.cache == "disk" else None,
+            test_fraction=cfg.test_fraction,
+            workers=cfg.workers,
+            progress=not quiet,
+        ),
+        data_root=data_root,
+    )
+    kinds = [k for k in cfg.loggers if not (quiet and k == "interactive")]
+    runs: dict[str, MethodRun] = {}
+    for name in cfg.strategies:
+        loggers = make_loggers(kinds, out / name)
+        try:
+            runs[name] = run_method(name, start, bench, cfg, out / name, resume=resume, loggers=loggers)
+        finally:
+            close_loggers(loggers)
+    naive = runs["naive"].matrix if "naive" in runs else _saved_matrix(out / "naive" / "metrics.json")
+    for name, run in runs.items():
+        paths = run.matrix.write(out / name, naive=naive)
+        log.info("%s: metrics in %s", name, paths["json"])
+    rows = comparison_rows(runs, naive)
+    _write_comparison(out, rows)
+    return AdaptResult(runs, rows, out)
+
+
+def _saved_matrix(path: Path) -> DiceMatrix | None:
+    """The naive run of an earlier ``adapt`` in the same folder (for plasticity), if there is one."""
+    if not path.is_file():
+        return None
+    try:
+        return DiceMatrix.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def config_from_args(args: Any) -> AdaptConfig:
+    """An :class:`AdaptConfig` from parsed arguments (values may come from ``--config`` YAML)."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    strategies = getattr(args, "strategies", None) or getattr(args, "strategy", None)
+    if strategies:
+        values["strategies"] = strategies
+    for name in (
+        "epochs",
+        "batch_size",
+        "samples_per_volume",
+        "patch_size",
+        "optimizer",
+        "lr",
+        "weight_decay",
+        "precision",
+        "overlap",
+        "window_batch",
+        "augment",
+        "cache",
+        "test_fraction",
+        "eval_before",
+        "methods",
+        "loggers",
+        "seed",
+        "workers",
+        "device",
+        "momentum",
+        "poly_power",
+        "grad_clip",
+    ):
+        v = getattr(args, name, None)
+        if v is not None:
+            values[name] = v
+    for name in ("methods", "augment"):
+        if isinstance(values.get(name), str) and values[name] not in ("default", "none"):
+            try:
+                values[name] = yaml.safe_load(values[name])
+            except yaml.YAMLError as e:
+                raise ConfigError(f"--{name}: not valid YAML: {e}") from e
+    if isinstance(values.get("methods"), dict) and getattr(args, "config", None):
+        values["methods"] = _merge_methods(_yaml_methods(args.config), values["methods"])
+    return AdaptConfig(**values)
+
+
+def _yaml_methods(path: str | Path) -> dict[str, Any]:
+    """The ``methods`` section of a ``--config`` file ({} when absent)."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read config: {e}") from e
+    section = doc.get("adapt", doc) if isinstance(doc.get("adapt"), dict) else doc
+    methods = section.get("methods") if isinstance(section, dict) else None
+    return dict(methods) if isinstance(methods, dict) else {}
+
+
+def _merge_methods(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Per method, ``--methods`` values over the config file's (so one flag can change one hyper-parameter)."""
+    out = {k: dict(v or {}) for k, v in base.items()}
+    for name, params in override.items():
+        out[name] = {**out.get(name, {}), **dict(params or {})}
+    return out
+
+
+def adapt_command(args: Any) -> int:
+    """``medattn adapt``: run, print the comparison table, return the exit code."""
+    from medattn.data.importers import load_dataset
+
+    cfg = config_from_args(args)
+    manifest = load_dataset(
+        args.data,
+        domain_from=getattr(args, "domain_from", None),
+        channels=getattr(args, "channels", None),
+        label_name=getattr(args, "label_name", None),
+        modality=getattr(args, "modality", None),
+    )
+    result = adapt(
+        args.model, manifest, args.out, cfg, data_root=args.data_root, resume=bool(args.resume), quiet=bool(args.quiet)
+    )
+    for name, run in result.runs.items():
+        print(f"{name}: Dice matrix (rows: after training on; columns: {', '.join(run.matrix.domains)})")
+        labels = (["before"] if run.matrix.before is not None else []) + list(run.matrix.rows)
+        grid = run.matrix.matrix()
+        if run.matrix.before is not None:
+            import numpy as np
+
+            grid = np.vstack([run.matrix.baseline()[None], grid])  # type: ignore[index]
+        for label, row in zip(labels, grid):
+            print(f"  {label:>12}  " + "  ".join("  nan " if v != v else f"{v:.4f}" for v in row))
+    print(format_comparison(result.comparison))
+    print(f"results written to {result.out}")
+    return 0 if all(r.finished for r in result.runs.values()) else 1

@@ -1,0 +1,206 @@
+"""The run configuration of ``medattn adapt``: a frozen dataclass, validated on creation, saved as
+``RUN/config.json``. Every field is a command-line option (``--samples-per-volume``) and a key of
+``pipelines/adapt.yaml``; ``methods`` maps a method name to its hyper-parameters (defaults in each method module).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medattn.errors import ConfigError
+
+CONFIG_FORMAT = "medattn-adapt-config"
+CONFIG_VERSION = 1
+OPTIMIZERS = ("adamw", "sgd")
+#: Fields a resumed run may change (they describe the machine or the logging, not the experiment).
+RUNTIME_FIELDS = ("device", "workers", "loggers", "cache")
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """How to adapt a model through a stream of domains.
+
+    Attributes:
+        strategies: method names (``medattn.continual.methods.METHODS``), each run from the same start model.
+        epochs: training epochs per experience (joint: over the concatenated data).
+        batch_size: volumes per training step (each gives ``samples_per_volume`` patches).
+        samples_per_volume: patches drawn from each volume access.
+        patch_size: training patch and evaluation window (X, Y, Z); None: the model's plan.
+        optimizer: ``"adamw"`` or ``"sgd"`` (Nesterov momentum).
+        lr, weight_decay, momentum: optimiser settings (momentum: SGD only).
+        poly_power: within each experience the learning rate follows ``lr * (1 - epoch / epochs) ** poly_power``
+            (Avalanche's ``LRSchedulerPlugin``, reset per experience); 0 keeps it constant.
+        grad_clip: maximum gradient norm (0: off).
+        precision: ``"auto"`` (mixed precision on CUDA only), ``"fp32"``, ``"fp16"``, ``"bf16"``.
+        overlap, window_batch: sliding-window evaluation settings.
+        augment: ``"default"``, ``"none"`` or a mapping of augmentation options.
+        cache: ``"memory"``, ``"disk"`` (in ``RUN/cache``) or ``"none"``.
+        test_fraction: share of a domain's cases tested when the manifest has no test split.
+        eval_before: evaluate the start model on every domain first (the "before" row, FWT's baseline).
+        methods: per method, hyper-parameters overriding its defaults.
+        loggers: Avalanche loggers (``interactive``, ``text``, ``csv``, ``tensorboard``).
+        seed: seed of sampling, augmentation and shuffling (reseeded per experience, so resumed runs match).
+        workers: threads filling the memory cache.
+        device: ``cpu``, ``cuda``, ``cuda:N``; None: CUDA when available.
+    """
+
+    strategies: tuple[str, ...] = ("naive",)
+    epochs: int = 10
+    batch_size: int = 2
+    samples_per_volume: int = 2
+    patch_size: tuple[int, int, int] | None = None
+    optimizer: str = "adamw"
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    momentum: float = 0.99
+    poly_power: float = 0.9
+    grad_clip: float = 12.0
+    precision: str = "auto"
+    overlap: float = 0.5
+    window_batch: int = 2
+    augment: Any = "default"
+    cache: str = "memory"
+    test_fraction: float = 0.25
+    eval_before: bool = True
+    methods: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    loggers: tuple[str, ...] = ("interactive", "csv", "tensorboard")
+    seed: int = 0
+    workers: int = 0
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        from medattn.continual.loggers import LOGGERS
+        from medattn.continual.methods import METHODS, resolve_params
+        from medattn.train.config import PRECISIONS
+
+        set_ = object.__setattr__
+        set_(self, "strategies", _names(self.strategies, "strategies"))
+        if not self.strategies:
+            raise ConfigError("give at least one method with --strategy or --strategies")
+        for s in self.strategies:
+            if s not in METHODS:
+                raise ConfigError(f"unknown method {s!r}; available: {', '.join(METHODS)}")
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ConfigError(f"strategies: each method once, got {list(self.strategies)}")
+        set_(self, "loggers", _names(self.loggers, "loggers"))
+        for lg in self.loggers:
+            if lg not in LOGGERS:
+                raise ConfigError(f"loggers: unknown {lg!r}; choose from {', '.join(LOGGERS)}")
+        for name, minimum in (
+            ("epochs", 1),
+            ("batch_size", 1),
+            ("samples_per_volume", 1),
+            ("window_batch", 1),
+            ("seed", 0),
+            ("workers", 0),
+        ):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+                raise ConfigError(f"{name}: expected an integer >= {minimum}, got {v!r}")
+        for name in ("lr", "weight_decay", "momentum", "poly_power", "grad_clip", "overlap", "test_fraction"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ConfigError(f"{name}: expected a number >= 0, got {v!r}")
+            set_(self, name, float(v))
+        if self.lr <= 0 or self.overlap >= 1 or not 0 < self.test_fraction < 1:
+            raise ConfigError("lr must be > 0, overlap in [0, 1) and test_fraction in (0, 1)")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer: {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.cache not in ("memory", "disk", "none"):
+            raise ConfigError(f"cache: {self.cache!r} is not one of memory, disk, none")
+        if self.patch_size is not None:
+            ps = _ints(self.patch_size, "patch_size")
+            if len(ps) != 3 or min(ps) < 1:
+                raise ConfigError(f"patch_size: expected three positive voxel counts (X, Y, Z), got {list(ps)}")
+            set_(self, "patch_size", ps)
+        if not isinstance(self.methods, Mapping):
+            raise ConfigError(f"methods: expected a mapping of method name to options, got {self.methods!r}")
+        methods = {}
+        for name, params in self.methods.items():
+            if name not in METHODS:
+                raise ConfigError(f"methods: unknown method {name!r}; available: {', '.join(METHODS)}")
+            methods[str(name)] = resolve_params(name, params or {})  # validates the option names
+        set_(self, "methods", methods)
+        set_(self, "augment", _augment_doc(self.augment))
+        if not isinstance(self.eval_before, bool):
+            raise ConfigError(f"eval_before: expected true or false, got {self.eval_before!r}")
+
+    def augment_config(self) -> Any:
+        """The :class:`~medattn.data.transforms.AugmentConfig` of the run."""
+        from medattn.data.transforms import AugmentConfig
+
+        return AugmentConfig.from_dict(self.augment)
+
+    def method_params(self, name: str) -> dict[str, Any]:
+        """The resolved hyper-parameters of method ``name``."""
+        from medattn.continual.methods import resolve_params
+
+        return resolve_params(name, self.methods.get(name))
+
+    def experiment_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the fields a resumed run may change."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"format": CONFIG_FORMAT, "version": CONFIG_VERSION}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Mapping):
+                v = json.loads(json.dumps(v))
+            doc[f.name] = list(v) if isinstance(v, tuple) else v
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> AdaptConfig:
+        body = dict(doc)
+        if body.pop("format", CONFIG_FORMAT) != CONFIG_FORMAT:
+            raise ConfigError(f"not a medattn adapt config (format {doc.get('format')!r})")
+        body.pop("version", None)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(body) - known)
+        if unknown:
+            raise ConfigError(f"unknown adapt option(s) {unknown}; known: {sorted(known)}")
+        return cls(**body)
+
+    def save(self, path: str | Path) -> Path:
+        from medattn.data.io import atomic_write_text
+
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _names(value: Any, what: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if isinstance(value, Sequence):
+        return tuple(str(v).strip() for v in value)
+    raise ConfigError(f"{what}: expected comma-separated names, got {value!r}")
+
+
+def _ints(value: Any, what: str) -> tuple[int, ...]:
+    parts = [p for p in value.replace("x", ",").split(",") if p.strip()] if isinstance(value, str) else list(value)
+    try:
+        return tuple(int(p) for p in parts)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{what}: expected integers, got {value!r}") from e
+
+
+def _augment_doc(value: Any) -> dict[str, Any]:
+    """``"default"``, ``"none"`` or a partial mapping -> every augmentation field (JSON-ready)."""
+    from medattn.data.transforms import AugmentConfig
+
+    if value in ("default", None):
+        aug = AugmentConfig()
+    elif value == "none":
+        aug = AugmentConfig.none()
+    elif isinstance(value, Mapping):
+        aug = AugmentConfig.from_dict(value)
+    else:
+        raise ConfigError(f"augment: expected 'default', 'none' or a mapping of augmentation options, got {value!r}")
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(aug).items()}

@@ -1,0 +1,170 @@
+"""Dice as Avalanche plugin metrics, in place of accuracy (meaningless on voxel masks).
+
+* :class:`ExperienceDice` (eval): per test experience, the Dice of each foreground class averaged over the
+  experience's cases, and their mean, emitted as ``Dice_Exp/eval_phase/test_stream/Task000/Exp001`` (mean) and
+  ``Dice_Exp[<class>]/...`` (per class). It also keeps the per-case values of the last evaluation in
+  :attr:`ExperienceDice.results`, which :mod:`medattn.continual.metrics` turns into the Dice matrix.
+* :class:`StreamDice` (eval): the mean over the experiences of the stream just evaluated (``Dice_Stream/...``).
+* :class:`EpochDice` (train): Dice of the full-resolution training output on the epoch's patches, pooled over the
+  epoch's voxels (``Dice_Epoch/train_phase/train_stream/Task000``), a cheap learning signal for the logs.
+
+Per case, Dice is :func:`medattn.train.validation.dice_per_class` (the one ``medattn train`` validates with): a
+class absent from both prediction and label gives NaN and is left out of the averages.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from avalanche.evaluation import PluginMetric
+from avalanche.evaluation.metric_results import MetricValue
+from avalanche.evaluation.metric_utils import get_metric_name
+
+from medattn.train.validation import dice_per_class
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    arr = np.asarray(values, dtype=float)
+    return float(np.nanmean(arr)) if arr.size and not np.all(np.isnan(arr)) else math.nan
+
+
+class ExperienceDice(PluginMetric[float]):
+    """Whole-volume Dice per test experience (see the module docstring).
+
+    Args:
+        class_names: names of all classes, background first; Dice is reported for classes 1..K-1.
+
+    Attributes:
+        results: experience id -> ``{"domain", "dice", "per_class": {name: value}, "cases": {id: {name: value}}}``
+            for the experiences evaluated since :meth:`clear_results`.
+    """
+
+    def __init__(self, class_names: Sequence[str]) -> None:
+        super().__init__()
+        self.class_names = list(class_names)
+        self.results: dict[int, dict[str, Any]] = {}
+        self._cases: dict[str, list[float]] = {}
+
+    def __str__(self) -> str:
+        return "Dice_Exp"
+
+    def reset(self) -> None:
+        self._cases = {}
+
+    def clear_results(self) -> None:
+        self.results = {}
+
+    def per_class(self) -> list[float]:
+        """Mean over cases of each foreground class's Dice."""
+        n = len(self.class_names) - 1
+        rows = list(self._cases.values())
+        return [_nanmean([r[c] for r in rows]) for c in range(n)]
+
+    def result(self) -> float:
+        return _nanmean(self.per_class())
+
+    def before_eval_exp(self, strategy: Any) -> None:
+        self.reset()
+
+    def after_eval_iteration(self, strategy: Any) -> None:
+        pred, target = strategy.mb_output, strategy.mb_y
+        ids = strategy.mbatch.meta.get("case_id") or [None] * len(pred)
+        for i, (p, t) in enumerate(zip(pred, target)):
+            key = str(ids[i]) if ids[i] is not None else f"#{len(self._cases)}"
+            self._cases[key] = dice_per_class(p.cpu(), t.cpu(), len(self.class_names)).tolist()
+
+    def after_eval_exp(self, strategy: Any) -> list[MetricValue]:
+        exp = strategy.experience
+        names = self.class_names[1:]
+        per_class = self.per_class()
+        mean = _nanmean(per_class)
+        self.results[int(exp.current_experience)] = {
+            "domain": getattr(exp, "domain", None),
+            "dice": mean,
+            "per_class": dict(zip(names, per_class)),
+            "cases": {cid: dict(zip(names, vals)) for cid, vals in self._cases.items()},
+        }
+        x = strategy.clock.train_iterations
+        out = [MetricValue(self, get_metric_name(self, strategy, add_experience=True), mean, x)]
+        for name, value in zip(names, per_class):
+            metric_name = get_metric_name(f"Dice_Exp[{name}]", strategy, add_experience=True)
+            out.append(MetricValue(self, metric_name, value, x))
+        return out
+
+
+class StreamDice(PluginMetric[float]):
+    """Mean Dice over the experiences of the stream just evaluated (reads :class:`ExperienceDice`)."""
+
+    def __init__(self, experience_metric: ExperienceDice) -> None:
+        super().__init__()
+        self.experience_metric = experience_metric
+        self._values: list[float] = []
+
+    def __str__(self) -> str:
+        return "Dice_Stream"
+
+    def reset(self) -> None:
+        self._values = []
+
+    def result(self) -> float:
+        return _nanmean(self._values)
+
+    def before_eval(self, strategy: Any) -> None:
+        self.reset()
+
+    def after_eval_exp(self, strategy: Any) -> None:
+        self._values.append(self.experience_metric.result())
+
+    def after_eval(self, strategy: Any) -> list[MetricValue]:
+        name = get_metric_name(self, strategy, add_experience=False)
+        return [MetricValue(self, name, self.result(), strategy.clock.train_iterations)]
+
+
+class EpochDice(PluginMetric[float]):
+    """Training Dice on patches, pooled over an epoch's voxels and averaged over foreground classes."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self.reset()
+
+    def __str__(self) -> str:
+        return "Dice_Epoch"
+
+    def reset(self) -> None:
+        self._inter = torch.zeros(self.num_classes - 1, dtype=torch.float64)
+        self._total = torch.zeros(self.num_classes - 1, dtype=torch.float64)
+
+    def result(self) -> float:
+        present = self._total > 0
+        if not bool(present.any()):
+            return math.nan
+        return float((2 * self._inter[present] / self._total[present]).mean())
+
+    def before_training_epoch(self, strategy: Any) -> None:
+        self.reset()
+
+    @torch.no_grad()
+    def after_training_iteration(self, strategy: Any) -> None:
+        from medattn.continual.template import full_resolution
+
+        pred = full_resolution(strategy.mb_output).argmax(1)
+        target = strategy.mb_y[:, 0].long()
+        for c in range(1, self.num_classes):
+            p, t = pred == c, target == c
+            self._inter[c - 1] += float((p & t).sum())
+            self._total[c - 1] += float(p.sum() + t.sum())
+
+    def after_training_epoch(self, strategy: Any) -> list[MetricValue]:
+        name = get_metric_name(self, strategy, add_experience=False)
+        return [MetricValue(self, name, self.result(), strategy.clock.train_iterations)]
+
+
+def dice_metrics(class_names: Sequence[str]) -> list[PluginMetric[float]]:
+    """The Dice plugin metrics of a segmentation strategy: experience, stream (eval) and epoch (train)."""
+    exp = ExperienceDice(class_names)
+    return [exp, StreamDice(exp), EpochDice(len(class_names))]

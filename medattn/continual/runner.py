@@ -1,0 +1,321 @@
+"""Run one method through a domain stream: evaluate, train experience by experience, checkpoint, resume.
+
+Layout of a method's folder (``RUN/<method>/``)::
+
+    state.pt                 strategy state after the last finished experience (weights-only loadable)
+    <ii>_<domain>/model.pt   the model after experience ii (a self-contained medattn model file)
+    joint/model.pt           joint training's single model
+    metrics.json, matrix.csv, summary.csv, matrix.png    written by medattn.continual.adapt
+    csv/, tensorboard/, log.txt                          Avalanche loggers
+
+Before each experience every random source is reseeded from ``(seed, experience)``: PyTorch, NumPy and Python's
+generators, the experience's MONAI transforms and the replay augmentation. A run stopped between experiences and
+resumed from ``state.pt`` therefore trains exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medattn.continual.config import AdaptConfig
+from medattn.continual.methods import MethodContext, MethodSpec, build_method, strategy_class
+from medattn.continual.metrics import DiceMatrix
+from medattn.continual.plugin_metrics import ExperienceDice
+from medattn.data.io import atomic_write_with
+from medattn.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "medattn-adapt-state"
+STATE_VERSION = 1
+
+
+@dataclass
+class MethodRun:
+    """The outcome of :func:`run_method`.
+
+    Attributes:
+        name: the method.
+        folder: its output folder.
+        matrix: the Dice matrix (rows so far; complete unless ``finished`` is False).
+        finished: every experience was trained.
+        models: model files written, in training order.
+        extras: method-specific facts (replay: stored patches and fraction of the old data).
+    """
+
+    name: str
+    folder: Path
+    matrix: DiceMatrix
+    finished: bool
+    models: list[Path] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed PyTorch, NumPy and Python's global generators (the MONAI transforms are seeded per experience)."""
+    seed = int(seed) % (2**32)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def experience_seed(seed: int, index: int) -> int:
+    return int(seed) * 1_000_003 + int(index)
+
+
+def augment_factory(plan: Any, cfg: AdaptConfig) -> Any:
+    """A factory of the replay augmentation: the training augmentations, then plain float32 tensors."""
+
+    def make() -> Any:
+        from monai.transforms import Compose, EnsureTyped
+
+        from medattn.data.transforms import augment_transforms
+
+        return Compose(
+            [
+                *augment_transforms(plan, cfg.augment_config()),
+                EnsureTyped(keys=["image", "label"], dtype=torch.float32, track_meta=False),
+            ]
+        )
+
+    return make
+
+
+def dice_metric(strategy: Any) -> ExperienceDice:
+    for m in strategy.evaluator.metrics:
+        if isinstance(m, ExperienceDice):
+            return m
+    raise ConfigError("the strategy's evaluator has no ExperienceDice metric")
+
+
+def evaluate(strategy: Any, test_stream: Any) -> np.ndarray:
+    """Dice (T, C) of the current model on every test experience (whole volumes, sliding window)."""
+    metric = dice_metric(strategy)
+    metric.clear_results()
+    strategy.eval(test_stream)
+    names = strategy.class_names[1:]
+    rows = []
+    for exp in test_stream:
+        res = metric.results[int(exp.current_experience)]
+        rows.append([res["per_class"][c] for c in names])
+    return np.asarray(rows, dtype=float)
+
+
+def build_strategy(
+    name: str, start: Any, cfg: AdaptConfig, patch: tuple[int, int, int], loggers: Sequence[Any] = ()
+) -> tuple[Any, MethodSpec]:
+    """The segmentation strategy for method ``name``, from the start model (a ``LoadedModel``)."""
+    from avalanche.training.plugins import LRSchedulerPlugin
+
+    from medattn.continual.template import segmentation_evaluator
+    from medattn.models.registry import model_from_checkpoint
+    from medattn.train.losses import DeepSupervisionLoss
+    from medattn.train.optim import make_optimizer, make_poly_schedule
+
+    device = resolve_device(cfg.device)
+    model = model_from_checkpoint(start.doc).to(device)
+    k = int(start.doc["config"]["out_channels"])
+    if start.doc["config"].get("norm") == "batch":
+        log.warning(
+            "%s: the model uses batch norm; its running statistics will follow the latest domain's scanner "
+            "(instance or group norm, the default, normalises each volume by itself)",
+            name,
+        )
+    names = [start.labels.get(i, f"class{i}") for i in range(k)]
+    plan = start.plan if cfg.patch_size is None else dataclasses.replace(start.plan, patch_size=patch)
+    context = MethodContext(
+        num_classes=k,
+        train_mb_size=cfg.batch_size,
+        samples_per_volume=cfg.samples_per_volume,
+        patch_size=patch,
+        seed=cfg.seed,
+        augment_transform=augment_factory(plan, cfg),
+    )
+    spec = build_method(name, cfg.method_params(name), context)
+    optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+    plugins = list(spec.plugins)
+    if cfg.poly_power > 0:
+        sched = make_poly_schedule(optimizer, cfg.epochs, cfg.poly_power)
+        plugins.append(LRSchedulerPlugin(sched, reset_scheduler=True, reset_lr=True))
+    scales = getattr(model, "output_scales", None)
+    strategy = strategy_class(spec.base)(
+        model=model,
+        optimizer=optimizer,
+        criterion=DeepSupervisionLoss(scales=scales),
+        window=patch,
+        num_classes=k,
+        class_names=names,
+        overlap=cfg.overlap,
+        window_batch=cfg.window_batch,
+        precision=cfg.precision,
+        grad_clip=cfg.grad_clip,
+        train_mb_size=cfg.batch_size,
+        train_epochs=cfg.epochs,
+        eval_mb_size=1,
+        device=device,
+        plugins=plugins,
+        evaluator=segmentation_evaluator(names, loggers),
+    )
+    return strategy, spec
+
+
+def _save_state(path: Path, doc: dict[str, Any]) -> None:
+    atomic_write_with(path, lambda tmp: torch.save(doc, tmp))
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    try:
+        doc = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip/pickle errors come in many types
+        raise DataError(f"cannot read the run state ({type(e).__name__}: {e}); start a new --out", path) from e
+    if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT or int(doc.get("version", 0)) > STATE_VERSION:
+        raise DataError("not a medattn adapt state (or from a newer medattn)", path)
+    return doc
+
+
+def run_method(
+    name: str,
+    start: Any,
+    bench: Any,
+    cfg: AdaptConfig,
+    folder: str | Path,
+    *,
+    resume: bool = False,
+    loggers: Sequence[Any] = (),
+    stop_after: int | None = None,
+) -> MethodRun:
+    """Adapt ``start`` (a ``LoadedModel``) through ``bench``'s streams with method ``name``.
+
+    Args:
+        name: method name.
+        start: the loaded start model (``medattn.train.checkpoint.load_model``).
+        bench: the Avalanche benchmark of :func:`~medattn.continual.scenario.domain_scenario`.
+        cfg: the run configuration.
+        folder: this method's output folder.
+        resume: continue from ``folder/state.pt`` (required when it exists).
+        loggers: Avalanche loggers for the strategy's evaluator.
+        stop_after: stop once this many experiences are finished (the state is saved; resume continues).
+
+    Returns:
+        :class:`MethodRun`; ``finished`` is False when stopped early.
+    """
+    from medattn.train.checkpoint import save_model
+
+    folder = Path(folder)
+    state_path = folder / "state.pt"
+    train_stream, test_stream = list(bench.train_stream), list(bench.test_stream)
+    domains = [e.domain for e in train_stream]
+    patch = train_stream[0].patch_size
+    strategy, spec = build_strategy(name, start, cfg, patch, loggers)
+    classes = strategy.class_names[1:]
+    rows: list[list[list[float]]] = []
+    before: list[list[float]] | None = None
+    done = 0
+    if state_path.exists():
+        if not resume:
+            raise ConfigError(f"{folder} holds an earlier run of {name}; pass --resume to continue it, or a new --out")
+        st = _load_state(state_path)
+        if st["method"] != name or st["domains"] != domains:
+            raise ConfigError(
+                f"{state_path}: the saved run is {st['method']} over {st['domains']}, not {name} over {domains}"
+            )
+        strategy.load_state_dict(st["strategy"])
+        rows, before, done = st["rows"], st["before"], int(st["done"])
+        if spec.restore is not None:
+            spec.restore(strategy, train_stream[:done])
+        log.info("%s: resuming after %d of %d experience(s)", name, done, len(domains))
+    plan = start.plan if cfg.patch_size is None else dataclasses.replace(start.plan, patch_size=patch)
+
+    def checkpoint() -> None:
+        _save_state(
+            state_path,
+            {
+                "format": STATE_FORMAT,
+                "version": STATE_VERSION,
+                "method": name,
+                "domains": domains,
+                "done": done,
+                "rows": rows,
+                "before": before,
+                "strategy": strategy.state_dict(),
+            },
+        )
+
+    if before is None and cfg.eval_before and done == 0:
+        log.info("%s: evaluating the start model on %s", name, ", ".join(domains))
+        before = evaluate(strategy, test_stream).tolist()
+        checkpoint()
+    models: list[Path] = []
+    total = 1 if spec.joint else len(domains)
+    while done < total and (stop_after is None or done < stop_after):
+        seed = experience_seed(cfg.seed, done)
+        seed_everything(seed)
+        if spec.joint:
+            for i, exp in enumerate(train_stream):
+                exp.seed(experience_seed(cfg.seed, i))
+            log.info("%s: training on %s jointly", name, ", ".join(domains))
+            strategy.train(train_stream, eval_streams=[])
+            tag, trained = "joint", domains
+        else:
+            exp = train_stream[done]
+            exp.seed(seed)
+            log.info("%s: experience %d/%d, domain %s", name, done + 1, total, exp.domain)
+            strategy.train(exp, eval_streams=[])
+            tag, trained = f"{done:02d}_{exp.domain}", domains[: done + 1]
+        rows.append(evaluate(strategy, test_stream).tolist())
+        meta = {
+            "adapt": {
+                "method": name,
+                "params": spec.params,
+                "trained_on": trained,
+                "experience": done,
+                "dice": dict(zip(domains, _row_means(rows[-1]))),
+            }
+        }
+        save_model(folder / tag / "model.pt", strategy.model, plan, meta)
+        done = total if spec.joint else done + 1
+        checkpoint()
+    models = [p for p in sorted(folder.glob("*/model.pt"))]
+    matrix = DiceMatrix(
+        method=name,
+        domains=domains,
+        classes=classes,
+        rows=["joint"] if spec.joint else domains[: len(rows)],
+        values=np.asarray(rows, dtype=float).reshape(len(rows), len(domains), len(classes)),
+        before=None if before is None else np.asarray(before, dtype=float),
+    )
+    extras: dict[str, Any] = {}
+    policy = next((getattr(p, "storage_policy", None) for p in strategy.plugins if hasattr(p, "storage_policy")), None)
+    if policy is not None and hasattr(policy, "stored_fraction"):
+        extras = {
+            "stored_patches": sum(len(g.case_ids) for g in policy.buffer_groups.values()),
+            "stored_fraction": round(float(policy.stored_fraction), 6),
+        }
+    return MethodRun(name, folder, matrix, done >= total, models, extras)
+
+
+def _row_means(row: Sequence[Sequence[float]]) -> list[float | None]:
+    out: list[float | None] = []
+    for r in row:
+        vals = [v for v in r if not math.isnan(v)]
+        out.append(round(sum(vals) / len(vals), 6) if vals else None)
+    return out

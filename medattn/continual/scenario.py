@@ -1,0 +1,260 @@
+"""A manifest as an Avalanche domain-incremental benchmark: one experience per domain, in the order given.
+
+``domain_scenario(manifest, plan)`` returns an Avalanche ``CLScenario`` with a ``train_stream`` and a
+``test_stream``; experience ``i`` of both streams is domain ``i`` (its train split and its test split). Each
+experience is a :class:`DomainExperience` (an Avalanche ``DatasetExperience``) whose ``dataset`` is an
+``AvalancheDataset`` over MONAI data:
+
+* **train**: the plan's deterministic preprocessing (load, orient, resample, normalise, crop to the body, pad to the
+  patch) cached once per volume (``make_dataset``: memory, disk or none), then, per access, the random part of
+  :func:`~medattn.data.transforms.train_transforms`: ``samples_per_volume`` foreground-oversampled patches and the
+  augmentations. ``experience.volumes`` exposes the cached whole volumes (replay draws its patches from them).
+* **test**: whole preprocessed volumes with labels (:func:`~medattn.data.transforms.eval_transforms`), cached,
+  evaluated by sliding window.
+
+Every sample carries Avalanche task label 0: the scenario is domain-incremental (the same classes everywhere, no
+task id at test time). Mini-batches come from :func:`~medattn.continual.collate.collate_segmentation`.
+
+Splits: a domain's own ``train``/``test`` split when the manifest has one, else a deterministic split of its
+labelled cases (sorted ids, the last ``test_fraction`` tested), logged so the choice is visible.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from avalanche.benchmarks import CLScenario, DatasetExperience
+from avalanche.benchmarks.scenarios.generic_scenario import EagerCLStream
+from avalanche.benchmarks.scenarios.task_aware import with_task_labels
+from avalanche.benchmarks.utils import AvalancheDataset
+from avalanche.benchmarks.utils.data_attribute import TaskLabels
+from avalanche.benchmarks.utils.flat_data import ConstantSequence
+from torch.utils.data import Dataset
+
+from medattn.continual.collate import SampleGroup, collate_segmentation
+from medattn.data.manifest import Manifest
+from medattn.data.plan import Plan
+from medattn.data.transforms import AugmentConfig, eval_transforms, make_dataset, train_transforms
+from medattn.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+#: Domain-incremental: every experience shares task label 0.
+TASK_LABEL = 0
+
+
+class DomainExperience(DatasetExperience[AvalancheDataset]):
+    """One domain's data in a stream (an Avalanche ``DatasetExperience``).
+
+    Attributes:
+        dataset: the ``AvalancheDataset`` (train: random patches; test: whole volumes).
+        domain: the manifest's domain name.
+        split: ``"train"`` or ``"test"``.
+        case_ids: the cases of this split, in order.
+        volumes: train experiences only: the cached, preprocessed whole volumes (dicts with ``image`` (C, X, Y, Z)
+            and ``label`` (1, X, Y, Z), padded to at least the patch size), or None.
+        random_transform: train experiences only: the random part of the pipeline (reseed it with
+            :meth:`seed`), or None.
+        patch_size: the training patch (X, Y, Z) in voxels.
+    """
+
+    def __init__(
+        self,
+        *,
+        dataset: AvalancheDataset,
+        domain: str,
+        split: str,
+        case_ids: Sequence[str],
+        patch_size: tuple[int, int, int],
+        volumes: Dataset | None = None,
+        random_transform: Any = None,
+    ) -> None:
+        super().__init__(dataset=dataset)
+        self.domain = domain
+        self.split = split
+        self.case_ids = tuple(case_ids)
+        self.patch_size = patch_size
+        self.volumes = volumes
+        self.random_transform = random_transform
+
+    def seed(self, seed: int) -> None:
+        """Reseed the MONAI random transforms (patch sampling, augmentation) of this experience."""
+        if self.random_transform is not None:
+            self.random_transform.set_random_state(seed=int(seed) % (2**32))
+
+
+class PatchDataset(Dataset):
+    """Random patches of cached volumes: ``transform(deepcopy(volumes[i]))``.
+
+    The copy keeps the cache intact: MONAI's cropping returns views of the cached tensors, and an augmentation
+    that worked in place would otherwise write into the cache.
+    """
+
+    def __init__(self, volumes: Any, transform: Any) -> None:
+        self.volumes = volumes
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, index: int) -> Any:
+        from monai.transforms import apply_transform
+
+        return apply_transform(self.transform, copy.deepcopy(self.volumes[index]))
+
+
+def avalanche_dataset(data: Dataset) -> AvalancheDataset:
+    """An ``AvalancheDataset`` over a MONAI dataset: task label 0 per item, :func:`collate_segmentation`."""
+    group = SampleGroup(data)
+    return AvalancheDataset(
+        [group],
+        data_attributes=[TaskLabels(ConstantSequence(TASK_LABEL, len(group)))],
+        collate_fn=collate_segmentation,
+    )
+
+
+def domain_split(
+    manifest: Manifest, domain: str, train_split: str = "train", test_split: str = "test", test_fraction: float = 0.25
+) -> tuple[list[str], list[str]]:
+    """(train ids, test ids) of a domain's labelled cases; see the module docstring."""
+    d = manifest.domain(domain)
+    labelled = [c.id for c in d.cases if c.label is not None]
+    if len(labelled) < 2:
+        raise DataError(f"domain {domain!r} has {len(labelled)} labelled case(s); adapting needs at least 2")
+    if train_split in d.splits and test_split in d.splits:
+        train = [i for i in d.splits[train_split] if i in labelled]
+        test = [i for i in d.splits[test_split] if i in labelled]
+    else:
+        ids = sorted(labelled)
+        n_test = max(1, round(test_fraction * len(ids)))
+        train, test = ids[: len(ids) - n_test], ids[len(ids) - n_test :]
+        log.info(
+            "domain %r has no %r/%r split; testing on its last %d case(s): %s",
+            domain,
+            train_split,
+            test_split,
+            len(test),
+            ", ".join(test),
+        )
+    if not train or not test:
+        raise DataError(f"domain {domain!r}: the split leaves {len(train)} train and {len(test)} test case(s)")
+    return train, test
+
+
+@dataclass(frozen=True)
+class ScenarioOptions:
+    """How experiences are built.
+
+    Attributes:
+        domains: domain names in stream order; None: the manifest's order.
+        patch_size: training patch (X, Y, Z); None: the plan's.
+        samples_per_volume: patches drawn per volume access.
+        augment: augmentation settings; None: the defaults.
+        cache: ``"memory"``, ``"disk"`` (in ``cache_dir``) or ``"none"``.
+        cache_dir: folder for ``"disk"`` caching.
+        test_fraction: share of a domain's cases tested when the manifest has no split.
+        workers: threads filling the memory cache.
+        progress: show caching progress.
+    """
+
+    domains: tuple[str, ...] | None = None
+    patch_size: tuple[int, int, int] | None = None
+    samples_per_volume: int = 2
+    augment: AugmentConfig | None = None
+    cache: str = "memory"
+    cache_dir: str | None = None
+    test_fraction: float = 0.25
+    workers: int = 0
+    progress: bool = False
+
+
+def _split_random(transform: Any) -> tuple[Any, Any]:
+    """(deterministic prefix, random suffix) of a MONAI Compose, split at the first random transform."""
+    from monai.transforms import Compose, Randomizable
+
+    first = transform.get_index_of_first(lambda t: isinstance(t, Randomizable))
+    if first is None:
+        return transform, Compose([])
+    return Compose(transform.transforms[:first]), Compose(transform.transforms[first:])
+
+
+def domain_scenario(
+    manifest: Manifest, plan: Plan, options: ScenarioOptions | None = None, data_root: str | Path | None = None
+) -> CLScenario:
+    """Build the domain-incremental Avalanche benchmark (see the module docstring).
+
+    Args:
+        manifest: the dataset; its domains (or ``options.domains``) become the experiences, in that order.
+        plan: the model's plan (preprocessing and patch geometry).
+        options: see :class:`ScenarioOptions`.
+        data_root: overrides the manifest's data root.
+
+    Returns:
+        An Avalanche ``CLScenario`` with ``train_stream`` and ``test_stream`` of :class:`DomainExperience`,
+        decorated with task labels (``experience.task_label == 0``).
+    """
+    opts = options or ScenarioOptions()
+    names = list(opts.domains) if opts.domains else manifest.domain_names
+    if len(set(names)) != len(names):
+        raise ConfigError(f"domains: each domain may appear once in the stream, got {names}")
+    for n in names:
+        manifest.domain(n)  # raises a ManifestError naming the known domains
+    if opts.samples_per_volume < 1:
+        raise ConfigError(f"samples_per_volume: expected >= 1, got {opts.samples_per_volume}")
+    if int(manifest.num_channels) != plan.num_channels:
+        raise DataError(
+            f"the data have {manifest.num_channels} channel(s) {[c.name for c in manifest.channels]}, the model's "
+            f"plan expects {plan.num_channels} ({[c.name for c in plan.channels]})"
+        )
+    train_plan = plan if opts.patch_size is None else dataclasses.replace(plan, patch_size=_triple(opts.patch_size))
+    patch = tuple(int(v) for v in train_plan.patch_size)
+    train_exps: list[DomainExperience] = []
+    test_exps: list[DomainExperience] = []
+    for name in names:
+        train_ids, test_ids = domain_split(manifest, name, test_fraction=opts.test_fraction)
+        items = {d["case_id"]: d for d in manifest.datalist(name, data_root=data_root)}
+        train_items = [items[i] for i in train_ids]
+        test_items = [items[i] for i in test_ids]
+        det, rand = _split_random(train_transforms(train_plan, opts.augment, opts.samples_per_volume))
+        cache_dir = None if opts.cache_dir is None else Path(opts.cache_dir) / "train" / name
+        volumes = make_dataset(train_items, det, opts.cache, cache_dir, opts.workers, opts.progress)
+        train_exps.append(
+            DomainExperience(
+                dataset=avalanche_dataset(PatchDataset(volumes, rand)),
+                domain=name,
+                split="train",
+                case_ids=train_ids,
+                patch_size=(patch[0], patch[1], patch[2]),
+                volumes=volumes,
+                random_transform=rand,
+            )
+        )
+        test_dir = None if opts.cache_dir is None else Path(opts.cache_dir) / "test" / name
+        tests = make_dataset(test_items, eval_transforms(plan), opts.cache, test_dir, opts.workers, opts.progress)
+        test_exps.append(
+            DomainExperience(
+                dataset=avalanche_dataset(tests),
+                domain=name,
+                split="test",
+                case_ids=test_ids,
+                patch_size=(patch[0], patch[1], patch[2]),
+            )
+        )
+    bench = CLScenario([EagerCLStream("train", train_exps), EagerCLStream("test", test_exps)])
+    return with_task_labels(bench)
+
+
+def _triple(v: Sequence[int]) -> tuple[int, int, int]:
+    a, b, c = (int(x) for x in v)
+    return (a, b, c)
+
+
+def stream_domains(stream: Any) -> list[str]:
+    """Domain names of a stream's experiences, in order."""
+    return [exp.domain for exp in stream]

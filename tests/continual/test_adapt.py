@@ -1,0 +1,134 @@
+"""``medattn adapt`` end to end: forgetting under a designed shift, resuming, the command line."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.continual.conftest import tiny_config
+
+
+def test_naive_forgets_the_old_scanner_and_replay_keeps_it(shift_manifest: Path, model_a: Path, tmp_path: Path) -> None:
+    """Domain B inverts A's contrast. Starting from a model trained on A, fine-tuning on B alone loses A; replaying
+    a small memory of A's foreground patches keeps most of it, at the same Dice on B."""
+    from medattn.continual.adapt import adapt
+    from medattn.data.importers import load_dataset
+
+    manifest = load_dataset(f"{shift_manifest}:A,B")
+    cfg = tiny_config(strategies="naive,replay", epochs=10, methods={"replay": {"mem_size": 8}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = adapt(model_a, manifest, tmp_path / "run", cfg, quiet=True)
+    naive, replay = result.runs["naive"].matrix, result.runs["replay"].matrix
+    before_a = naive.baseline()[0]
+    assert before_a > 0.7  # the start model knows A ...
+    assert naive.baseline()[1] < 0.1  # ... and nothing of B
+    # rows: after A, after B; columns: A, B
+    assert naive.matrix()[0, 0] > 0.7
+    assert naive.matrix()[1, 0] < before_a - 0.3, "naive fine-tuning on B should forget A"
+    assert replay.matrix()[1, 0] > naive.matrix()[1, 0] + 0.2, "replay should keep more of A"
+    assert replay.matrix()[1, 1] > 0.2 and naive.matrix()[1, 1] > 0.2  # both learned B
+    s_naive, s_replay = naive.summary()["overall"], replay.summary(naive)["overall"]
+    assert s_naive["bwt"] < -0.3 and s_replay["bwt"] > s_naive["bwt"] + 0.2
+    assert 0 < result.runs["replay"].extras["stored_fraction"] <= 0.6
+    rows = {r["method"]: r for r in result.comparison}
+    assert rows["replay"]["average_dice"] > rows["naive"]["average_dice"]
+    assert (tmp_path / "run" / "comparison.md").read_text().startswith("| method |")
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]  # type: ignore[no-any-return]
+
+
+def test_a_run_interrupted_between_experiences_resumes_to_the_same_result(
+    shift_manifest: Path, start_model: Path, tmp_path: Path
+) -> None:
+    from medattn.continual.runner import run_method
+    from medattn.continual.scenario import ScenarioOptions, domain_scenario
+    from medattn.data.importers import load_dataset
+    from medattn.errors import ConfigError
+    from medattn.train.checkpoint import load_model
+
+    start = load_model(start_model)
+    cfg = tiny_config(epochs=2, methods={"replay": {"mem_size": 4}}, augment="default")
+    opts = ScenarioOptions(patch_size=(16, 16, 16), samples_per_volume=2, augment=cfg.augment_config())  # type: ignore[attr-defined]
+
+    bench = domain_scenario(load_dataset(str(shift_manifest)), start.plan, opts)
+    whole = run_method("replay", start, bench, cfg, tmp_path / "whole")
+    assert whole.finished
+    part = run_method("replay", start, bench, cfg, tmp_path / "cut", stop_after=1)
+    assert not part.finished and part.matrix.rows == ["A"]
+    state = torch.load(tmp_path / "cut" / "state.pt", weights_only=True)  # a weights-only checkpoint
+    assert state["done"] == 1 and state["method"] == "replay"
+    with pytest.raises(ConfigError, match="--resume"):
+        run_method("replay", start, bench, cfg, tmp_path / "cut")
+    resumed = run_method("replay", start, bench, cfg, tmp_path / "cut", resume=True)
+    assert resumed.finished
+    np.testing.assert_allclose(resumed.matrix.values, whole.matrix.values, atol=1e-6)
+    for key, value in _weights(tmp_path / "whole" / "01_B" / "model.pt").items():
+        torch.testing.assert_close(_weights(tmp_path / "cut" / "01_B" / "model.pt")[key], value)
+
+
+def test_command_line_runs_several_strategies_and_writes_everything(
+    shift_manifest: Path, start_model: Path, tmp_path: Path
+) -> None:
+    from medattn.cli import main
+
+    out = tmp_path / "run"
+    argv = [
+        "adapt",
+        str(start_model),
+        f"{shift_manifest}:B,A",
+        "--strategies",
+        "naive,replay",
+        "--out",
+        str(out),
+        "--config",
+        str(Path(__file__).resolve().parents[2] / "pipelines" / "adapt.yaml"),
+        "--epochs",
+        "1",
+        "--patch-size",
+        "16,16,16",
+        "--augment",
+        "none",
+        "--methods",
+        "{replay: {mem_size: 2}}",
+        "--loggers",
+        "text,csv,tensorboard",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["strategies"] == ["naive", "replay"] and config["methods"]["replay"]["mem_size"] == 2
+    assert config["methods"]["ewc"]["ewc_lambda"] == 1.0e6  # the rest of the YAML's methods section
+    for method in ("naive", "replay"):
+        folder = out / method
+        doc = json.loads((folder / "metrics.json").read_text())
+        assert doc["domains"] == ["B", "A"] and doc["rows"] == ["B", "A"] and doc["classes"] == ["left", "right"]
+        assert len(doc["before"]["overall"]) == 2
+        assert (folder / "00_B" / "model.pt").is_file() and (folder / "01_A" / "model.pt").is_file()
+        assert (folder / "matrix.png").stat().st_size > 1000
+        assert (folder / "matrix.csv").read_text().startswith("after,evaluated_on,class,dice")
+        eval_csv = (folder / "csv" / "eval_results.csv").read_text().splitlines()
+        assert eval_csv[0] == "eval_exp,training_exp,eval_dice,eval_loss,forgetting" and len(eval_csv) > 2
+        assert any((folder / "tensorboard").iterdir())
+        assert "Dice_Exp" in (folder / "log.txt").read_text()
+    adapted = torch.load(out / "replay" / "01_A" / "model.pt", weights_only=True)
+    assert adapted["meta"]["adapt"]["trained_on"] == ["B", "A"]
+    table = json.loads((out / "comparison.json").read_text())
+    assert [r["method"] for r in table] == ["naive", "replay"]
+    assert table[1]["plasticity"] is not None  # against naive, run alongside
+    # the same out again without --resume is refused with a usage error; a wrong method name too
+    assert main([*argv[:-1], "--quiet"]) == 2
+    assert (
+        main(["adapt", str(start_model), str(shift_manifest), "--strategy", "gem", "--out", str(tmp_path / "x")]) == 2
+    )
