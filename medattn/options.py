@@ -41,7 +41,8 @@ def add_device(p: argparse.ArgumentParser) -> None:
 
 
 def add_epochs(p: argparse.ArgumentParser, default: int | None = None) -> None:
-    p.add_argument("--epochs", type=int, default=default, help="training epochs" + (f" (default {default})" if default else ""))
+    suffix = f" (default {default})" if default else ""
+    p.add_argument("--epochs", type=int, default=default, help="training epochs" + suffix)
 
 
 def add_fold(p: argparse.ArgumentParser) -> None:
