@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medattn.configdoc import config_fields, save_config
 from medattn.errors import ConfigError
 
 CONFIG_FORMAT = "medattn-adapt-config"
@@ -159,20 +160,11 @@ class AdaptConfig:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> AdaptConfig:
-        body = dict(doc)
-        if body.pop("format", CONFIG_FORMAT) != CONFIG_FORMAT:
-            raise ConfigError(f"not a medattn adapt config (format {doc.get('format')!r})")
-        body.pop("version", None)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(body) - known)
-        if unknown:
-            raise ConfigError(f"unknown adapt option(s) {unknown}; known: {sorted(known)}")
+        body = config_fields(cls, doc, fmt=CONFIG_FORMAT, version=CONFIG_VERSION, what="adapt")
         return cls(**body)
 
     def save(self, path: str | Path) -> Path:
-        from medattn.data.io import atomic_write_text
-
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return save_config(path, self.to_dict())
 
 
 def _names(value: Any, what: str) -> tuple[str, ...]:

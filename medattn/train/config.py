@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medattn.configdoc import config_fields, save_config
 from medattn.errors import ConfigError
 
 CONFIG_FORMAT = "medattn-train-config"
@@ -191,22 +192,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_dict`; an unknown key raises :class:`ConfigError` listing the known ones."""
-        body = dict(doc)
-        if body.pop("format", CONFIG_FORMAT) != CONFIG_FORMAT:
-            raise ConfigError(f"not a medattn training config (format {doc.get('format')!r})")
-        version = body.pop("version", CONFIG_VERSION)
-        if not isinstance(version, int) or version > CONFIG_VERSION:
-            raise ConfigError(f"training config version {version!r} is newer than this medattn ({CONFIG_VERSION})")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(body) - known)
-        if unknown:
-            raise ConfigError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
+        body = config_fields(cls, doc, fmt=CONFIG_FORMAT, version=CONFIG_VERSION, what="training")
         return cls(**body)
 
     def save(self, path: str | Path) -> Path:
-        from medattn.data.io import atomic_write_text
-
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return save_config(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
