@@ -7,7 +7,7 @@ model's ``.config`` is always fully explicit and is what a checkpoint stores::
 
     net = build_model("ag_unet", in_channels=1, out_channels=3, channels=(16, 32, 64, 128))
     torch.save({"config": net.config, "state_dict": net.state_dict()}, "model.pt")
-    net2 = model_from_checkpoint(torch.load("model.pt"))   # same network, same weights
+    net2 = model_from_checkpoint(torch.load("model.pt", weights_only=True))   # same network, same weights
 """
 
 from __future__ import annotations
