@@ -54,7 +54,6 @@ def arguments(name: str) -> Callable[[Callable[[argparse.ArgumentParser], None]]
 from medattn.options import add_data as _add_data  # noqa: E402
 from medattn.options import add_import_options as _add_import_options  # noqa: E402
 from medattn.options import add_seed as _add_seed  # noqa: E402
-from medattn.options import add_workers as _add_workers  # noqa: E402,F401
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

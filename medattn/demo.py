@@ -7,6 +7,7 @@ prediction, drift and adaptation steps join as they land (issues 4 to 7).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; returns the process exit code."""
     from medattn.data.importers import load_dataset
+    from medattn.data.io import atomic_write_text
     from medattn.data.plan import format_plan, make_plan
     from medattn.data.synth import synth_phantom
     from medattn.data.validate import format_report, validate_manifest
@@ -41,7 +43,7 @@ def run_demo(args: argparse.Namespace) -> int:
         )
 
     report = validate_manifest(manifest, data_root=data_root, progress=False)
-    (out / "validation.json").write_text(__import__("json").dumps(report.to_dict(), indent=2))
+    atomic_write_text(out / "validation.json", json.dumps(report.to_dict(), indent=2) + "\n")
     print(f"[2/3] validate: {format_report(report, max_rows=10).splitlines()[-1]}")
     if not report.ok:
         print(format_report(report, max_rows=20))

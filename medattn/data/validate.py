@@ -50,7 +50,7 @@ import time
 from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -125,8 +125,25 @@ class Problem:
         return f"{where}: [{self.check}] {self.severity}: {self.message}"
 
 
+class _BySeverity:
+    """``errors`` and ``warnings`` views of a ``problems`` list (shared by a case and a whole report)."""
+
+    if TYPE_CHECKING:  # a field on CaseResult, a derived property on ValidationReport
+
+        @property
+        def problems(self) -> list[Problem]: ...
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+
 @dataclass
-class CaseResult:
+class CaseResult(_BySeverity):
     """The outcome of :func:`validate_case`.
 
     Attributes:
@@ -149,14 +166,6 @@ class CaseResult:
     seconds: float = 0.0
 
     @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "warning"]
-
-    @property
     def ok(self) -> bool:
         return not self.errors
 
@@ -175,7 +184,7 @@ class CaseResult:
 
 
 @dataclass
-class ValidationReport:
+class ValidationReport(_BySeverity):
     """All case results of one validation run.
 
     ``ok`` is True when no case has an error (warnings do not fail). ``to_dict`` gives the JSON report: a summary,
@@ -192,14 +201,6 @@ class ValidationReport:
     @property
     def problems(self) -> list[Problem]:
         return [p for c in self.cases for p in c.problems]
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "warning"]
 
     @property
     def failed(self) -> list[CaseResult]:
