@@ -27,9 +27,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check medattn tests bench
 	$(BIN)/mypy
 
+# The benchmark suite (about 10 minutes on 2 idle cores): one table, JSON in runs/bench/run_all.json.
+# `make bench BENCH_ARGS=--quick` for the short version; bench/bench_models.py (model costs) runs on its own.
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python bench/bench_models.py
-	$(BIN)/python bench/bench_predict.py --quick
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

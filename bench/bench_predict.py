@@ -1,7 +1,8 @@
 """Benchmark: ``medattn predict``'s sliding-window inferer against MONAI's ``sliding_window_inference``.
 
-    .venv/bin/python bench/bench_predict.py            # throughput + memory up to 512x512x300 (a few minutes)
-    .venv/bin/python bench/bench_predict.py --quick    # smaller volumes, fewer rounds (about a minute)
+    .venv/bin/python bench/bench_predict.py                  # throughput + memory up to 512x512x300 (a few minutes)
+    .venv/bin/python bench/bench_predict.py --quick          # fewer rounds, one process per memory point
+    .venv/bin/python bench/bench_predict.py --only memory    # the memory sweep alone (what bench/run_all.py runs)
 
 Both contenders produce a label volume from the same network, volume, window, overlap (0.5), Gaussian blending
 and window batch: ours is ``SlidingWindowPredictor(...)(image).labels`` (slab stitching, labels only); MONAI's is
@@ -13,42 +14,61 @@ process's default threads.
    disturbed by other processes on a shared machine; the target must hold on both): on a small ``ag_unet``
    (network-bound) and on a per-voxel linear classifier (:class:`Pointwise`, stitching-bound: any overhead of ours
    shows).
-2. **Peak memory against volume size**, fresh subprocesses per (contender, size) so peaks do not mix (median of
-   three below 20 Mvoxel, one above): the growth of the resident set's high-water mark (``VmHWM``, reset through
-   ``/proc/self/clear_refs``) over the resident set before the call, after the input is allocated and the
-   network warmed up (Linux only). Bytes per voxel exclude
-   the float32 input (4 B/voxel, the same for both). The network is :class:`Pointwise`, so the number is the
-   stitching's own cost; a real network adds its per-window activations, the same for both contenders.
+2. **Peak memory against volume size**, a fresh process per (contender, size, repeat) so peaks do not mix
+   (forked from a server with torch and MONAI already imported; the contenders alternate, ``--repeats`` times
+   each): the growth of the resident set's high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``)
+   over the resident set before the call, after the input is allocated and the network warmed up (Linux only).
+   Bytes per voxel exclude the float32 input (4 B/voxel, the same for both). The network is :class:`Pointwise`,
+   so the number is the stitching's own cost; a real network adds its per-window activations, the same for both
+   contenders. With ``--device cuda`` the volume, the network and (where it fits) the stitching live on the GPU
+   and the peak is CUDA's allocated-memory high-water mark instead.
 
-Targets (issue 4): throughput ratio >= 1.0; peak bytes per voxel of ours <= 0.5 x MONAI's.
+Targets (issue 4): throughput ratio >= 1.0; peak bytes per voxel of ours <= 0.5 x MONAI's (at the largest volume of
+the sweep; the ratio of each repeat pair is summarised by its median and quartiles).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import Stats, environment, format_table, paired_ratio, time_interleaved, write_json
+from bench._common import (
+    Headline,
+    Stats,
+    common_parser,
+    finish,
+    format_table,
+    headline,
+    paired_ratio,
+    run_fresh,
+    start,
+    synchronizer,
+    time_interleaved_clocks,
+)
 
 TARGET_THROUGHPUT = 1.0
 TARGET_MEMORY = 0.5
 CLASSES = 3
 OVERLAP = 0.5
-FULL_SIZES = [(64, 64, 64), (128, 128, 128), (256, 256, 160), (512, 512, 300)]
-QUICK_SIZES = [(64, 64, 64), (128, 128, 128), (256, 256, 128)]
+SIZES = {
+    "full": [(64, 64, 64), (128, 128, 128), (256, 256, 160), (512, 512, 300)],
+    "quick": [(128, 128, 128), (256, 256, 160), (512, 512, 300)],  # one process each: peaks repeat exactly
+    "smoke": [(96, 96, 64)],
+}
+MEMORY_WINDOW = {"full": 128, "quick": 128, "smoke": 32}
 
 
 class Pointwise(nn.Module):
@@ -82,20 +102,26 @@ def unet_network(channels: tuple[int, ...], classes: int = CLASSES) -> nn.Module
     return build_model("ag_unet", 1, classes, channels=channels).eval()
 
 
-def ours(net: nn.Module, window: tuple[int, ...], batch: int) -> Any:
+def ours(net: nn.Module, window: tuple[int, ...], batch: int, device: torch.device) -> Callable[[torch.Tensor], Any]:
+    """medattn's labels-only prediction: ``SlidingWindowPredictor(...)(x).labels`` (stitching device: auto)."""
     from medattn.infer.sliding import SlidingWindowPredictor
 
-    predictor = SlidingWindowPredictor(net, window, overlap=OVERLAP, window_batch=batch, sw_device="cpu")
+    predictor = SlidingWindowPredictor(net, window, overlap=OVERLAP, window_batch=batch, sw_device=device)
     return lambda x: predictor(x).labels
 
 
-def monai(net: nn.Module, window: tuple[int, ...], batch: int) -> Any:
+def monai(
+    net: nn.Module, window: tuple[int, ...], batch: int, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """MONAI's default way to labels: ``sliding_window_inference(...).argmax(1)`` (Gaussian blending)."""
     from monai.inferers import sliding_window_inference
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            out = sliding_window_inference(x[None], window, batch, net, overlap=OVERLAP, mode="gaussian")
-            return out.argmax(1)[0]
+            out = sliding_window_inference(
+                x[None], window, batch, net, overlap=OVERLAP, mode="gaussian", sw_device=device, device=device
+            )
+            return cast(torch.Tensor, out).argmax(1)[0]
 
     return run
 
@@ -107,47 +133,41 @@ CONTENDERS = {"medattn": ours, "monai": monai}
 
 
 def throughput(
-    name: str, net: nn.Module, size: tuple[int, ...], window: tuple[int, ...], batch: int, rounds: int
+    name: str,
+    net: nn.Module,
+    size: tuple[int, ...],
+    window: tuple[int, ...],
+    batch: int,
+    rounds: int,
+    device: torch.device,
 ) -> dict[str, Any]:
-    """Interleaved wall-clock timing (bench._common) plus each call's CPU time (all threads of this process),
-    which other processes on a shared machine disturb far less than the wall clock."""
-    x = torch.randn(1, *size)
-    fns = {k: make(net, window, batch) for k, make in CONTENDERS.items()}
+    """Interleaved timing on the wall clock and on this process's CPU time (all its threads), which other
+    processes on a shared machine disturb far less than the wall clock."""
+    x = torch.randn(1, *size, device=device)
+    fns = {k: make(net, window, batch, device) for k, make in CONTENDERS.items()}
     a, b = fns["medattn"](x), fns["monai"](x)
     agree = float((a.long() == b.long()).float().mean())
-    cpu: dict[str, list[float]] = {k: [] for k in fns}
-
-    def timed(key: str) -> Any:
-        def call() -> None:
-            t = time.process_time()
-            fns[key](x)
-            cpu[key].append(time.process_time() - t)
-
-        return call
-
-    warmup = 1
-    stats, raw = time_interleaved({k: timed(k) for k in fns}, rounds=rounds, warmup=warmup)
-    cpu_raw = {k: v[warmup:] for k, v in cpu.items()}
+    calls: dict[str, Callable[[], Any]] = {k: functools.partial(f, x) for k, f in fns.items()}
+    raw = time_interleaved_clocks(calls, rounds=rounds, sync=synchronizer(device))
     voxels = math.prod(size)
-    wall = paired_ratio(raw, "medattn", "monai")  # ours / MONAI seconds, per round
-    cpu_ratio = paired_ratio(cpu_raw, "medattn", "monai")
+    wall = paired_ratio(raw["wall"], "monai", "medattn")  # MONAI seconds / ours, per round: > 1, ours is faster
+    cpu = paired_ratio(raw["cpu"], "monai", "medattn")
+    seconds = {k: Stats.of(v) for k, v in raw["wall"].items()}
     return {
         "scenario": name,
         "size": size,
         "window": window,
         "window_batch": batch,
         "label_agreement": agree,
-        "seconds": dict(stats.items()),
-        "cpu_seconds": {k: Stats.of(v) for k, v in cpu_raw.items()},
-        "voxels_per_s": {k: voxels / v.median for k, v in stats.items()},
-        "speedup_median": 1.0 / wall.median,
-        "speedup_q1_q3": (1.0 / wall.q3, 1.0 / wall.q1),
-        "cpu_speedup_median": 1.0 / cpu_ratio.median,
-        "cpu_speedup_q1_q3": (1.0 / cpu_ratio.q3, 1.0 / cpu_ratio.q1),
+        "seconds": seconds,
+        "cpu_seconds": {k: Stats.of(v) for k, v in raw["cpu"].items()},
+        "voxels_per_s": {k: voxels / v.median for k, v in seconds.items()},
+        "speedup": wall,
+        "cpu_speedup": cpu,
     }
 
 
-# ---- peak memory (child process) -------------------------------------------------------------------------------
+# ---- peak memory (fresh process) -------------------------------------------------------------------------------
 
 
 def _status_kb(key: str) -> int:
@@ -157,54 +177,57 @@ def _status_kb(key: str) -> int:
     raise KeyError(key)
 
 
-def child(contender: str, size: tuple[int, ...], window: tuple[int, ...], batch: int) -> dict[str, Any]:
-    """Run one contender once on one volume and report the growth of the resident set's peak."""
-    net = pointwise_network()
-    fn = CONTENDERS[contender](net, window, batch)
-    fn(torch.randn(1, *(w + 3 for w in window)))  # warm up: allocator, kernels, imports
-    x = torch.randn(1, *size)
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident set
-    base = _status_kb("VmRSS")
+def child(contender: str, size: tuple[int, ...], window: tuple[int, ...], batch: int, device: str) -> dict[str, Any]:
+    """Run one contender once on one volume (in a fresh process) and report the growth of the memory peak: the
+    resident set's on the CPU, CUDA's allocated bytes on a GPU."""
+    dev = torch.device(device)
+    net = pointwise_network().to(dev)
+    fn = CONTENDERS[contender](net, window, batch, dev)
+    fn(torch.randn(1, *(w + 3 for w in window), device=dev))  # warm up: allocator, kernels, imports
+    x = torch.randn(1, *size, device=dev)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident set
+        base = _status_kb("VmRSS") * 1024
     start = time.perf_counter()
     labels = fn(x)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        peak = torch.cuda.max_memory_allocated(dev)
+    else:
+        peak = _status_kb("VmHWM") * 1024
     seconds = time.perf_counter() - start
-    peak = _status_kb("VmHWM")
     del labels
-    return {"peak_kib": peak - base, "seconds": seconds}
+    return {"peak_bytes": peak - base, "seconds": seconds}
 
 
-def memory(size: tuple[int, ...], window: tuple[int, ...], batch: int, repeats: int) -> dict[str, Any]:
-    """Median over ``repeats`` fresh processes per contender (interleaved) of the peak growth and the time."""
-    out: dict[str, Any] = {"size": size, "voxels": math.prod(size)}
+def memory(
+    size: tuple[int, ...], window: tuple[int, ...], batch: int, repeats: int, device: torch.device
+) -> dict[str, Any]:
+    """Per contender, ``repeats`` fresh processes (contenders alternating): the median peak growth, bytes per voxel
+    and seconds, and the per-repeat ratio ours / MONAI of the peaks."""
+    voxels = math.prod(size)
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in CONTENDERS}
-    for _ in range(repeats):
-        for contender in CONTENDERS:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--child",
-                contender,
-                "--size",
-                ",".join(map(str, size)),
-                "--window",
-                ",".join(map(str, window)),
-                "--batch",
-                str(batch),
-            ]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{contender} at {size} failed:\n{proc.stderr[-2000:]}")
-            runs[contender].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    for r in range(repeats):
+        order = list(CONTENDERS) if r % 2 == 0 else list(reversed(CONTENDERS))
+        for contender in order:
+            runs[contender].append(run_fresh(child, contender, size, window, batch, str(device)))
+    out: dict[str, Any] = {"size": size, "voxels": voxels, "window": window, "repeats": repeats}
     for contender, rs in runs.items():
-        peaks = [r["peak_kib"] for r in rs]
-        res = {
-            "peak_kib": statistics.median(peaks),
-            "peak_kib_runs": peaks,
+        peaks = [r["peak_bytes"] for r in rs]
+        out[contender] = {
+            "peak_bytes": statistics.median(peaks),
+            "peak_bytes_runs": peaks,
+            "bytes_per_voxel": statistics.median(peaks) / voxels,
             "seconds": statistics.median(r["seconds"] for r in rs),
         }
-        res["bytes_per_voxel"] = res["peak_kib"] * 1024 / out["voxels"]
-        out[contender] = res
-    out["ratio"] = out["medattn"]["bytes_per_voxel"] / out["monai"]["bytes_per_voxel"]
+    pairs = [
+        a / b if b > 0 else math.inf for a, b in zip(out["medattn"]["peak_bytes_runs"], out["monai"]["peak_bytes_runs"])
+    ]
+    out["ratio"] = Stats.of(pairs)
     return out
 
 
@@ -213,119 +236,139 @@ def memory(size: tuple[int, ...], window: tuple[int, ...], batch: int, repeats: 
 
 def _triple(text: str) -> tuple[int, int, int]:
     v = [int(s) for s in text.split(",")]
-    return (v[0],) * 3 if len(v) == 1 else (v[0], v[1], v[2])  # type: ignore[return-value]
+    if len(v) not in (1, 3):
+        raise argparse.ArgumentTypeError(f"expected one or three integers, got {text!r}")
+    return (v[0], v[0], v[0]) if len(v) == 1 else (v[0], v[1], v[2])
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="smaller volumes and fewer rounds")
-    p.add_argument("--rounds", type=int, default=None, help="timed rounds per contender (default 7, quick 3)")
-    p.add_argument("--batch", type=int, default=2, help="window batch of both contenders (default 2)")
-    p.add_argument("--channels", default="8,16,32,64", help="ag_unet stage widths for the throughput run")
-    p.add_argument("--out", default="runs/bench/bench_predict.json", help="JSON results")
-    p.add_argument("--child", choices=list(CONTENDERS), help=argparse.SUPPRESS)
-    p.add_argument("--size", help=argparse.SUPPRESS)
-    p.add_argument("--window", default=None, help="window for the memory sweep (default 128)")
-    args = p.parse_args()
+def _sizes(text: str) -> list[tuple[int, int, int]]:
+    return [_triple(s) for s in text.split(";")]
 
-    if args.child:
-        print(json.dumps(child(args.child, _triple(args.size), _triple(args.window), args.batch)))
-        return 0
 
-    rounds = args.rounds or (3 if args.quick else 7)
+def run_throughput(args: argparse.Namespace, mode: str, device: torch.device, dev_name: str) -> tuple[Any, Any]:
+    rounds = args.rounds or {"full": 7, "quick": 3, "smoke": 1}[mode]
     channels = tuple(int(c) for c in args.channels.split(","))
-    env = environment()
-    print(
-        f"cpu: {env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads), "
-        f"load {env['load_average']}, torch {env['torch']}, monai {env['monai']}"
-    )
-
+    tiny = mode == "smoke"
     scenarios = [
-        (f"ag_unet {channels}", unet_network(channels), (96, 96, 64), (64,) * 3),
+        (
+            f"ag_unet {channels}",
+            unet_network(channels).to(device),
+            (40, 40, 32) if tiny else (96, 96, 64),
+            32 if tiny else 64,
+        ),
         (
             "pointwise (stitching-bound)",
-            pointwise_network(),
-            (128, 128, 96) if args.quick else (256, 256, 160),
-            (64,) * 3,
+            pointwise_network().to(device),
+            {"full": (256, 256, 160), "quick": (128, 128, 96), "smoke": (48, 48, 40)}[mode],
+            32 if tiny else 64,
         ),
     ]
     tput = []
-    for name, net, size, window in scenarios:
-        print(f"throughput: {name}, volume {size}, window {window} ...", flush=True)
-        tput.append(throughput(name, net, size, window, args.batch, rounds))
-    rows = []
-    for t in tput:
-        rows.append(
-            [
-                t["scenario"],
-                "x".join(map(str, t["size"])),
-                f"{t['voxels_per_s']['medattn'] / 1e6:.2f}",
-                f"{t['voxels_per_s']['monai'] / 1e6:.2f}",
-                f"{t['speedup_median']:.2f} [{t['speedup_q1_q3'][0]:.2f}, {t['speedup_q1_q3'][1]:.2f}]",
-                f"{t['cpu_speedup_median']:.2f} [{t['cpu_speedup_q1_q3'][0]:.2f}, {t['cpu_speedup_q1_q3'][1]:.2f}]",
-                f"{t['label_agreement']:.6f}",
-            ]
-        )
+    for name, net, size, w in scenarios:
+        print(f"throughput: {name}, volume {size}, window {w}^3 ...", flush=True)
+        tput.append(throughput(name, net, size, (w, w, w), args.batch, rounds, device))
+    rows = [
+        [
+            t["scenario"],
+            "x".join(map(str, t["size"])),
+            f"{t['voxels_per_s']['medattn'] / 1e6:.2f}",
+            f"{t['voxels_per_s']['monai'] / 1e6:.2f}",
+            f"{t['speedup'].median:.2f} [{t['speedup'].q1:.2f}, {t['speedup'].q3:.2f}]",
+            f"{t['cpu_speedup'].median:.2f} [{t['cpu_speedup'].q1:.2f}, {t['cpu_speedup'].q3:.2f}]",
+            f"{t['label_agreement']:.6f}",
+        ]
+        for t in tput
+    ]
     print()
     header = ["network", "volume", "ours Mvox/s", "MONAI Mvox/s", "wall ratio [IQR]", "CPU-time ratio [IQR]"]
     print(format_table([*header, "labels equal"], rows))
     print("(ratios are MONAI's time over ours per round, > 1: ours is faster; Mvox/s: input voxels per wall second)")
+    met = all(min(t["speedup"].median, t["cpu_speedup"].median) >= TARGET_THROUGHPUT for t in tput)
+    heads = [
+        headline(
+            "inference",
+            f"medattn inferer, {t['scenario']}",
+            "MONAI SWI, same network",
+            "throughput x",
+            t["speedup"],
+            f">= {TARGET_THROUGHPUT}",
+            f"CPU-time ratio {t['cpu_speedup'].median:.2f}; labels equal on {t['label_agreement']:.4%} of voxels",
+            dev_name,
+        )
+        for t in tput
+    ]
+    return {"rounds": rounds, "results": tput, "met": met}, heads
 
-    window = _triple(args.window) if args.window else (128, 128, 128)
-    sizes = QUICK_SIZES if args.quick else FULL_SIZES
+
+def run_memory(args: argparse.Namespace, mode: str, device: torch.device, dev_name: str) -> tuple[Any, Headline]:
+    w = args.window or MEMORY_WINDOW[mode]
+    window = (w, w, w)
+    sizes = args.sizes or SIZES[mode]
+    repeats = args.repeats or {"full": 3, "quick": 1, "smoke": 1}[mode]
     mem = []
     for size in sizes:
-        print(f"peak memory: volume {size}, window {window} ...", flush=True)
-        repeats = 1 if math.prod(size) > 20e6 else 3  # small volumes are cheap and noisier
-        mem.append(memory(size, window, args.batch, repeats))
-    mrows = []
-    for m in mem:
-        mrows.append(
-            [
-                "x".join(map(str, m["size"])),
-                f"{m['voxels'] / 1e6:.1f}",
-                f"{m['medattn']['peak_kib'] / 1024:.0f}",
-                f"{m['monai']['peak_kib'] / 1024:.0f}",
-                f"{m['medattn']['bytes_per_voxel']:.2f}",
-                f"{m['monai']['bytes_per_voxel']:.2f}",
-                f"{m['ratio']:.2f}",
-                f"{m['medattn']['seconds']:.1f}/{m['monai']['seconds']:.1f}",
-            ]
-        )
+        print(f"peak memory: volume {size}, window {window}, {repeats} fresh process(es) each ...", flush=True)
+        mem.append(memory(size, window, args.batch, repeats, device))
+    rows = [
+        [
+            "x".join(map(str, m["size"])),
+            f"{m['voxels'] / 1e6:.1f}",
+            f"{m['medattn']['peak_bytes'] / 2**20:.0f}",
+            f"{m['monai']['peak_bytes'] / 2**20:.0f}",
+            f"{m['medattn']['bytes_per_voxel']:.2f}",
+            f"{m['monai']['bytes_per_voxel']:.2f}",
+            f"{m['ratio'].median:.2f} [{m['ratio'].q1:.2f}, {m['ratio'].q3:.2f}]",
+            f"{m['medattn']['seconds']:.1f}/{m['monai']['seconds']:.1f}",
+        ]
+        for m in mem
+    ]
     print()
-    print(
-        format_table(
-            ["volume", "Mvoxel", "ours MiB", "MONAI MiB", "ours B/vox", "MONAI B/vox", "ratio", "s ours/MONAI"], mrows
-        )
-    )
+    header = ["volume", "Mvoxel", "ours MiB", "MONAI MiB", "ours B/vox", "MONAI B/vox", "ratio [IQR]", "s ours/MONAI"]
+    print(format_table(header, rows))
     print("(peak growth over the input; add 4 B/voxel for the float32 input itself)")
-
-    speed_ok = all(min(t["speedup_median"], t["cpu_speedup_median"]) >= TARGET_THROUGHPUT for t in tput)
     largest = mem[-1]
-    mem_ok = largest["ratio"] <= TARGET_MEMORY
+    head = headline(
+        "memory",
+        "medattn predict",
+        "MONAI SWI + argmax",
+        f"B/voxel ratio, {'x'.join(map(str, largest['size']))}",
+        largest["ratio"],
+        f"<= {TARGET_MEMORY}",
+        f"{largest['medattn']['bytes_per_voxel']:.2f} vs {largest['monai']['bytes_per_voxel']:.2f} B/voxel, "
+        f"window {w}^3, {repeats} fresh process(es) each; peak growth over the input, labels only",
+        dev_name,
+    )
+    return {"window": window, "repeats": repeats, "results": mem, "met": head.met}, head
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = common_parser(__doc__, "runs/bench/bench_predict.json")
+    p.add_argument("--only", choices=["throughput", "memory"], default=None, help="run one of the two parts")
+    p.add_argument("--batch", type=int, default=2, help="window batch of both contenders (default 2)")
+    p.add_argument("--channels", default="8,16,32,64", help="ag_unet stage widths for the throughput run")
+    p.add_argument("--window", type=int, default=None, help="cubic window edge of the memory sweep (default 128)")
+    p.add_argument("--sizes", type=_sizes, default=None, help="memory sweep volumes, e.g. '64;128,128,96'")
+    p.add_argument(
+        "--repeats", type=int, default=None, help="fresh processes per contender and size (default 3, quick 1)"
+    )
+    args = p.parse_args(argv)
+
+    setup = start(args)
+    device, mode, dev_name, env = setup.device, setup.mode, setup.device_name, setup.env
+    doc: dict[str, Any] = {"environment": env, "mode": mode, "device": dev_name}
+    heads: list[Headline] = []
+    if args.only in (None, "throughput"):
+        doc["throughput"], tput_heads = run_throughput(args, mode, device, dev_name)
+        heads += tput_heads
+    if args.only in (None, "memory"):
+        doc["memory"], mem_head = run_memory(args, mode, device, dev_name)
+        heads.append(mem_head)
     print()
-    print(
-        f"target throughput ratio >= {TARGET_THROUGHPUT}: {'met' if speed_ok else 'NOT met'} "
-        "(" + ", ".join(f"wall {t['speedup_median']:.2f}, CPU {t['cpu_speedup_median']:.2f}" for t in tput) + ")"
-    )
-    print(
-        f"target memory ratio <= {TARGET_MEMORY} at {'x'.join(map(str, largest['size']))}: "
-        f"{'met' if mem_ok else 'NOT met'} ({largest['ratio']:.2f})"
-    )
-    doc = {
-        "environment": env,
-        "quick": args.quick,
-        "rounds": rounds,
-        "throughput": tput,
-        "memory": mem,
-        "targets": {
-            "throughput": TARGET_THROUGHPUT,
-            "memory": TARGET_MEMORY,
-            "throughput_met": speed_ok,
-            "memory_met": mem_ok,
-        },
-    }
-    print(f"results written to {write_json(args.out, doc)}")
+    for h in heads:
+        verdict = "met" if h.met else "NOT met"
+        print(f"target {h.quantity} {h.goal}: {verdict} ({h.median:.2f}) - {h.contender}")
+    doc["headlines"] = heads
+    finish(args.out, doc)
     return 0
 
 

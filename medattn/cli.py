@@ -327,10 +327,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 @arguments("demo")
 def _args_demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="dataset to run on instead of the embedded phantom")
-    p.add_argument("--data-root", help="data root for --data's manifest")
-    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    _add_seed(p)
+    from medattn.demo import add_demo_arguments
+
+    add_demo_arguments(p)
 
 
 # ---- entry point -----------------------------------------------------------------------------------------------

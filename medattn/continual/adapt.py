@@ -11,7 +11,12 @@ Output::
     RUN/<method>/...                     see medattn.continual.runner (models per experience, state, logs)
     RUN/<method>/metrics.json            Dice matrix, per class and overall, with ACC, BWT, forgetting, FWT, plasticity
     RUN/<method>/matrix.csv, summary.csv, matrix.png
+    RUN/<method>/decisions.json          with --auto: per domain, adapted or skipped, and the drift evidence
     RUN/comparison.json, .csv, .md       one row per method (always written; one row for a single method)
+
+With ``--auto`` (``AdaptConfig.auto``) each domain after the first is tested for drift against the domains the
+model has been trained on so far, and trained on only when it has drifted (:mod:`medattn.drift.gate`); the
+comparison table then names the domains each method adapted to and skipped.
 """
 
 from __future__ import annotations
@@ -79,6 +84,9 @@ def comparison_rows(runs: dict[str, MethodRun], naive: DiceMatrix | None) -> lis
         final = run.matrix.matrix()[-1] if len(run.matrix.rows) else []
         row: dict[str, Any] = {"method": name, **s, "finished": run.finished}
         row["memory_fraction"] = run.extras.get("stored_fraction")
+        if run.decisions:
+            row["adapted"] = ",".join(d["domain"] for d in run.decisions if d["adapt"])
+            row["skipped"] = ",".join(d["domain"] for d in run.decisions if not d["adapt"])
         for dom, v in zip(run.matrix.domains, final):
             row[f"dice_{dom}"] = None if v != v else round(float(v), 6)
         rows.append(row)
@@ -159,11 +167,12 @@ def adapt(
         data_root=data_root,
     )
     kinds = [k for k in cfg.loggers if not (quiet and k == "interactive")]
+    gate = _drift_gate(manifest, cfg, data_root) if cfg.auto else None
     runs: dict[str, MethodRun] = {}
     for name in cfg.strategies:
         loggers = make_loggers(kinds, out / name)
         try:
-            runs[name] = run_method(name, start, bench, cfg, out / name, resume=resume, loggers=loggers)
+            runs[name] = run_method(name, start, bench, cfg, out / name, resume=resume, loggers=loggers, gate=gate)
         finally:
             close_loggers(loggers)
     naive = runs["naive"].matrix if "naive" in runs else _saved_matrix(out / "naive" / "metrics.json")
@@ -173,6 +182,17 @@ def adapt(
     rows = comparison_rows(runs, naive)
     _write_comparison(out, rows)
     return AdaptResult(runs, rows, out)
+
+
+def _drift_gate(manifest: Manifest, cfg: AdaptConfig, data_root: str | Path | None) -> Any:
+    """The :class:`~medattn.drift.gate.DriftGate` of ``--auto`` (the sliding-window overlap of the evaluation)."""
+    from medattn.drift.gate import DriftGate
+    from medattn.drift.report import DriftOptions
+
+    options = DriftOptions(
+        alpha=cfg.drift_alpha, permutations=cfg.drift_permutations, overlap=cfg.overlap, seed=cfg.seed
+    )
+    return DriftGate(manifest, options, max_reference=cfg.drift_max_reference, data_root=data_root)
 
 
 def _saved_matrix(path: Path) -> DiceMatrix | None:
@@ -216,6 +236,10 @@ def config_from_args(args: Any) -> AdaptConfig:
         "momentum",
         "poly_power",
         "grad_clip",
+        "auto",
+        "drift_alpha",
+        "drift_max_reference",
+        "drift_permutations",
     ):
         v = getattr(args, name, None)
         if v is not None:
@@ -277,6 +301,8 @@ def adapt_command(args: Any) -> int:
             grid = np.vstack([run.matrix.baseline()[None], grid])  # type: ignore[index]
         for label, row in zip(labels, grid):
             print(f"  {label:>12}  " + "  ".join("  nan " if v != v else f"{v:.4f}" for v in row))
+        for d in run.decisions:
+            print(f"  {d['decision']:>5} {d['domain']}: {d['reason']}")
     print(format_comparison(result.comparison))
     print(f"results written to {result.out}")
     return 0 if all(r.finished for r in result.runs.values()) else 1

@@ -48,6 +48,12 @@ class AdaptConfig:
         seed: seed of sampling, augmentation and shuffling (reseeded per experience, so resumed runs match).
         workers: threads filling the memory cache.
         device: ``cpu``, ``cuda``, ``cuda:N``; None: CUDA when available.
+        auto: before each domain after the first, test it for drift against the domains trained on so far and
+            train on it only when it has drifted (:mod:`medattn.drift.gate`); every decision is recorded.
+        drift_alpha: significance level of that test (the rule of ``medattn drift``: either test below alpha / 2).
+        drift_max_reference: reference volumes at most (a domain-balanced sample of the trained domains'
+            training volumes), bounding the cost of each test.
+        drift_permutations: MMD permutations of each test.
     """
 
     strategies: tuple[str, ...] = ("naive",)
@@ -73,6 +79,10 @@ class AdaptConfig:
     seed: int = 0
     workers: int = 0
     device: str | None = None
+    auto: bool = False
+    drift_alpha: float = 0.05
+    drift_max_reference: int = 40
+    drift_permutations: int = 1000
 
     def __post_init__(self) -> None:
         from medattn.continual.loggers import LOGGERS
@@ -132,6 +142,16 @@ class AdaptConfig:
         set_(self, "augment", _augment_doc(self.augment))
         if not isinstance(self.eval_before, bool):
             raise ConfigError(f"eval_before: expected true or false, got {self.eval_before!r}")
+        if not isinstance(self.auto, bool):
+            raise ConfigError(f"auto: expected true or false, got {self.auto!r}")
+        a = self.drift_alpha
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a < 1:
+            raise ConfigError(f"drift_alpha: expected a number in (0, 1), got {a!r}")
+        set_(self, "drift_alpha", float(a))
+        for name, minimum in (("drift_max_reference", 4), ("drift_permutations", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+                raise ConfigError(f"{name}: expected an integer >= {minimum}, got {v!r}")
 
     def augment_config(self) -> Any:
         """The :class:`~medattn.data.transforms.AugmentConfig` of the run."""

@@ -65,6 +65,21 @@ def add_adapt_arguments(p: argparse.ArgumentParser) -> None:
         help="Avalanche loggers: interactive,text,csv,tensorboard (default "
         "interactive,csv,tensorboard; --quiet drops interactive)",
     )
+    p.add_argument(
+        "--auto",
+        action="store_const",
+        const=True,
+        default=None,
+        help="drift-gated adaptation: test each domain after the first for drift against the domains trained on so "
+        "far and train on it only when it has drifted; decisions and evidence in RUN/<method>/decisions.json",
+    )
+    p.add_argument("--drift-alpha", type=float, help="with --auto: significance level of the drift test (default 0.05)")
+    p.add_argument(
+        "--drift-max-reference",
+        type=int,
+        help="with --auto: reference volumes at most, balanced over the trained domains (default 40)",
+    )
+    p.add_argument("--drift-permutations", type=int, help="with --auto: MMD permutations per test (default 1000)")
     add_seed(p)
     add_workers(p)
     add_device(p)

@@ -4,6 +4,7 @@ Layout of a method's folder (``RUN/<method>/``)::
 
     state.pt                 strategy state after the last finished experience (weights-only loadable)
     <ii>_<domain>/model.pt   the model after experience ii (a self-contained medattn model file)
+    decisions.json           with a gate (``medattn adapt --auto``): per experience, adapt or skip, and why
     joint/model.pt           joint training's single model
     metrics.json, matrix.csv, summary.csv, matrix.png    written by medattn.continual.adapt
     csv/, tensorboard/, log.txt                          Avalanche loggers
@@ -11,18 +12,23 @@ Layout of a method's folder (``RUN/<method>/``)::
 Before each experience every random source is reseeded from ``(seed, experience)``: PyTorch, NumPy and Python's
 generators, the experience's MONAI transforms and the replay augmentation. A run stopped between experiences and
 resumed from ``state.pt`` therefore trains exactly as an uninterrupted one.
+
+A gate (:class:`ExperienceGate`, e.g. :class:`medattn.drift.gate.DriftGate`) decides before each experience after
+the first whether to train on it; a skipped experience is still evaluated (its Dice matrix row exists) and its
+model file is the unchanged model. The decisions are saved in ``state.pt`` so a resumed run keeps them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -31,7 +37,7 @@ from medattn.continual.config import AdaptConfig
 from medattn.continual.methods import MethodContext, MethodSpec, build_method, strategy_class
 from medattn.continual.metrics import DiceMatrix
 from medattn.continual.plugin_metrics import ExperienceDice
-from medattn.data.io import atomic_write_with
+from medattn.data.io import atomic_write_text, atomic_write_with
 from medattn.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -51,6 +57,7 @@ class MethodRun:
         finished: every experience was trained.
         models: model files written, in training order.
         extras: method-specific facts (replay: stored patches and fraction of the old data).
+        decisions: with a gate, one record per experience (``adapt``: trained on it or not, and the evidence).
     """
 
     name: str
@@ -59,6 +66,19 @@ class MethodRun:
     finished: bool
     models: list[Path] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ExperienceGate(Protocol):
+    """Decides whether to train on an incoming experience; returns a JSON-ready record with ``adapt`` (bool).
+
+    Called with the current network, the evaluation plan, the incoming train experience, the train experiences
+    trained on so far, and the current model's mean test Dice per domain (None before any evaluation).
+    """
+
+    def __call__(
+        self, model: Any, plan: Any, incoming: Any, trained: Sequence[Any], dice_row: dict[str, float | None] | None
+    ) -> dict[str, Any]: ...
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -126,7 +146,7 @@ def build_strategy(
     """The segmentation strategy for method ``name``, from the start model (a ``LoadedModel``)."""
     from avalanche.training.plugins import LRSchedulerPlugin
 
-    from medattn.continual.template import segmentation_evaluator
+    from medattn.continual.template import batch_norm_layers, segmentation_evaluator
     from medattn.models.registry import model_from_checkpoint
     from medattn.train.losses import DeepSupervisionLoss
     from medattn.train.optim import make_optimizer, make_poly_schedule
@@ -134,11 +154,14 @@ def build_strategy(
     device = resolve_device(cfg.device)
     model = model_from_checkpoint(start.doc).to(device)
     k = int(start.doc["config"]["out_channels"])
-    if start.doc["config"].get("norm") == "batch":
+    bn = batch_norm_layers(model)
+    if bn:  # the config's norm field misses networks with hard-coded batch norm (monai_attention_unet)
         log.warning(
-            "%s: the model uses batch norm; its running statistics will follow the latest domain's scanner "
-            "(instance or group norm, the default, normalises each volume by itself)",
+            "%s: the model has %d batch-norm layer(s) (%s); their running statistics will follow the latest "
+            "domain's scanner (instance norm, medattn's default, or group norm normalises each volume by itself)",
             name,
+            len(bn),
+            bn[0],
         )
     names = [start.labels.get(i, f"class{i}") for i in range(k)]
     plan = start.plan if cfg.patch_size is None else dataclasses.replace(start.plan, patch_size=patch)
@@ -202,6 +225,7 @@ def run_method(
     resume: bool = False,
     loggers: Sequence[Any] = (),
     stop_after: int | None = None,
+    gate: ExperienceGate | None = None,
 ) -> MethodRun:
     """Adapt ``start`` (a ``LoadedModel``) through ``bench``'s streams with method ``name``.
 
@@ -214,6 +238,7 @@ def run_method(
         resume: continue from ``folder/state.pt`` (required when it exists).
         loggers: Avalanche loggers for the strategy's evaluator.
         stop_after: stop once this many experiences are finished (the state is saved; resume continues).
+        gate: decides before each experience after the first whether to train on it (not for joint training).
 
     Returns:
         :class:`MethodRun`; ``finished`` is False when stopped early.
@@ -229,6 +254,7 @@ def run_method(
     classes = strategy.class_names[1:]
     rows: list[list[list[float]]] = []
     before: list[list[float]] | None = None
+    decisions: list[dict[str, Any]] = []
     done = 0
     if state_path.exists():
         if not resume:
@@ -240,8 +266,9 @@ def run_method(
             )
         strategy.load_state_dict(st["strategy"])
         rows, before, done = st["rows"], st["before"], int(st["done"])
+        decisions = list(st.get("decisions") or [])
         if spec.restore is not None:
-            spec.restore(strategy, train_stream[:done])
+            spec.restore(strategy, [e for i, e in enumerate(train_stream[:done]) if _adapted(decisions, i)])
         log.info("%s: resuming after %d of %d experience(s)", name, done, len(domains))
     plan = start.plan if cfg.patch_size is None else dataclasses.replace(start.plan, patch_size=patch)
 
@@ -256,10 +283,14 @@ def run_method(
                 "done": done,
                 "rows": rows,
                 "before": before,
+                "decisions": decisions,
                 "strategy": strategy.state_dict(),
             },
         )
 
+    if gate is not None and spec.joint:
+        log.info("%s: joint training sees every domain at once; the gate does not apply", name)
+        gate = None
     if before is None and cfg.eval_before and done == 0:
         log.info("%s: evaluating the start model on %s", name, ", ".join(domains))
         before = evaluate(strategy, test_stream).tolist()
@@ -278,9 +309,28 @@ def run_method(
         else:
             exp = train_stream[done]
             exp.seed(seed)
-            log.info("%s: experience %d/%d, domain %s", name, done + 1, total, exp.domain)
-            strategy.train(exp, eval_streams=[])
-            tag, trained = f"{done:02d}_{exp.domain}", domains[: done + 1]
+            adapt_here = True
+            if gate is not None and done > 0:
+                seen = [e for i, e in enumerate(train_stream[:done]) if _adapted(decisions, i)]
+                latest = rows[-1] if rows else before
+                row = None if latest is None else dict(zip(domains, _row_means(latest)))
+                record = _plain(
+                    {"experience": done, "domain": exp.domain, **gate(strategy.model, plan, exp, seen, row)}
+                )
+                adapt_here = bool(record["adapt"])
+                record.setdefault("decision", "adapt" if adapt_here else "skip")
+                record.setdefault("reason", "")
+                decisions.append(record)
+                log.info("%s: %s %s (%s)", name, record["decision"], exp.domain, record["reason"])
+            elif gate is not None:
+                decisions.append(_first_decision(exp.domain))
+            if adapt_here:
+                log.info("%s: experience %d/%d, domain %s", name, done + 1, total, exp.domain)
+                strategy.train(exp, eval_streams=[])
+            else:
+                log.info("%s: experience %d/%d, domain %s: skipped (no drift)", name, done + 1, total, exp.domain)
+            tag = f"{done:02d}_{exp.domain}"
+            trained = [d for i, d in enumerate(domains[: done + 1]) if _adapted(decisions, i)]
         rows.append(evaluate(strategy, test_stream).tolist())
         meta = {
             "adapt": {
@@ -291,6 +341,8 @@ def run_method(
                 "dice": dict(zip(domains, _row_means(rows[-1]))),
             }
         }
+        if decisions and not spec.joint:
+            meta["adapt"]["decision"] = decisions[-1]["decision"]
         save_model(folder / tag / "model.pt", strategy.model, plan, meta)
         done = total if spec.joint else done + 1
         checkpoint()
@@ -310,7 +362,32 @@ def run_method(
             "stored_patches": sum(len(g.case_ids) for g in policy.buffer_groups.values()),
             "stored_fraction": round(float(policy.stored_fraction), 6),
         }
-    return MethodRun(name, folder, matrix, done >= total, models, extras)
+    if decisions:
+        atomic_write_text(folder / "decisions.json", json.dumps(decisions, indent=2) + "\n")
+    return MethodRun(name, folder, matrix, done >= total, models, extras, decisions)
+
+
+def _adapted(decisions: Sequence[dict[str, Any]], index: int) -> bool:
+    """Whether experience ``index`` was trained on (always, without a gate's record for it)."""
+    for d in decisions:
+        if int(d.get("experience", -1)) == index:
+            return bool(d["adapt"])
+    return True
+
+
+def _plain(record: dict[str, Any]) -> dict[str, Any]:
+    """A JSON round trip: NumPy scalars become Python ones, so the record is weights-only loadable in ``state.pt``."""
+    return json.loads(json.dumps(record, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def _first_decision(domain: str) -> dict[str, Any]:
+    return {
+        "experience": 0,
+        "domain": domain,
+        "adapt": True,
+        "decision": "adapt",
+        "reason": "first experience: no reference to test against",
+    }
 
 
 def _row_means(row: Sequence[Sequence[float]]) -> list[float | None]:

@@ -20,7 +20,9 @@ What changes against the classification template:
 
 Norm layers: the default network uses instance norm, which normalises each volume with its own statistics, so a
 scanner's intensity profile is not baked into running averages that the last domain would overwrite (as batch norm's
-are). A batch-norm model still works here, but its running statistics drift to the latest scanner.
+are). A batch-norm model still works here, but its running statistics drift to the latest scanner; ``medattn adapt``
+warns when :func:`batch_norm_layers` finds any (``norm: batch`` in a medattn config, or a network such as
+``monai_attention_unet`` whose batch norm is hard-coded).
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ _CLOCK_FIELDS = (
 def full_resolution(output: Any) -> torch.Tensor:
     """The finest logits of a network output (a tensor, or a deep-supervision list whose first item it is)."""
     return output[0] if isinstance(output, (list, tuple)) else output
+
+
+def batch_norm_layers(model: nn.Module) -> list[str]:
+    """Names of the batch-norm modules of ``model`` (whose running statistics follow the latest training data)."""
+    return [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 def segmentation_evaluator(class_names: Sequence[str], loggers: Sequence[Any] = ()) -> EvaluationPlugin:

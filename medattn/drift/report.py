@@ -1,10 +1,11 @@
 """``medattn drift``: does a target set of volumes differ from the reference the model knows, and what does it cost?
 
-Decision rule: drift when either set-level test (MMD or KS on principal components) on the model features has a
-p-value below ``alpha / 2`` (Bonferroni over the two tests, so the false-alarm rate stays at most ``alpha``).
-Volume-level: each target volume's Mahalanobis score against a threshold calibrated on held-out reference volumes
-for the chosen false-positive rate. Image-statistics tests and metadata changes are reported beside the decision,
-not in it. Where labels exist, the mean Dice of reference and target volumes and the drop between them.
+Decision rule: drift when either set-level test (MMD on whitened features, or KS on the reference's principal
+components) on the model features has a p-value below ``alpha / 2`` (Bonferroni over the two tests, so the
+false-alarm rate stays at most ``alpha``). Volume-level: each target volume's Mahalanobis score against a threshold
+calibrated on held-out reference volumes for the chosen false-positive rate. Image-statistics tests and metadata
+changes are reported beside the decision, not in it. Where labels exist, the mean Dice of reference and target
+volumes and the drop between them.
 
 Exit codes of the command: 0 no drift, 4 drift, 1 too few readable volumes to test, 3 data error (model file,
 dataset description). Volumes that cannot be read are named in the report and left out.
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 EXIT_NO_DRIFT = 0
 EXIT_DRIFT = 4
 EXIT_TOO_FEW = 1
+#: The decision rule, as written into every report.
+DECISION_RULE = "drift when MMD (whitened) or KS-on-PCA p-value < alpha/2 on the model features"
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,18 @@ class DriftOptions:
     pca_components: int = 8
     overlap: float = 0.25
     seed: int = 0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DriftOptions:
+        """From parsed ``--alpha --fpr --features --permutations --overlap --seed`` (``medattn drift``, benchmarks)."""
+        return cls(
+            alpha=args.alpha,
+            fpr=args.fpr,
+            features=tuple(s.strip() for s in args.features.split(",") if s.strip()),
+            permutations=args.permutations,
+            overlap=args.overlap,
+            seed=args.seed,
+        )
 
 
 @dataclass
@@ -83,7 +98,7 @@ class DriftReport:
         return {
             "format": "medattn-drift",
             "drift": self.drift,
-            "decision_rule": "drift when MMD or KS-on-PCA p-value < alpha/2 on the model features",
+            "decision_rule": DECISION_RULE,
             "options": asdict(self.options),
             "tests": {k: v.to_dict() for k, v in self.tests.items()},
             "image_tests": {k: v.to_dict() for k, v in self.image_tests.items()},
@@ -405,14 +420,7 @@ def run_drift(
 def drift_command(args: argparse.Namespace) -> int:
     from medattn.data.io import atomic_write_text
 
-    options = DriftOptions(
-        alpha=args.alpha,
-        fpr=args.fpr,
-        features=tuple(s.strip() for s in args.features.split(",") if s.strip()),
-        permutations=args.permutations,
-        overlap=args.overlap,
-        seed=args.seed,
-    )
+    options = DriftOptions.from_args(args)
     try:
         report = run_drift(
             args.model,

@@ -3,7 +3,8 @@
 Set level:
 
 * :func:`mmd_test`: kernel maximum mean discrepancy with an RBF kernel whose bandwidth is the median pairwise
-  distance of the pooled sample (median heuristic), with a permutation p-value. Effect size: the unbiased MMD².
+  distance of the pooled sample (median heuristic), with a permutation p-value, on whitened features (below).
+  Effect size: the unbiased MMD².
 * :func:`ks_pca_test`: project both samples on the reference's leading principal components, run a
   Kolmogorov-Smirnov test per component and correct with Bonferroni. Effect size: the largest KS statistic.
 
@@ -15,6 +16,15 @@ Volume level:
 Features are standardised before every test, so no feature dominates because of its units: with the pooled
 sample's statistics for MMD (keeps the permutation null exact), with the reference's for the PCA and Mahalanobis
 projections (fitted on the reference only). Arrays are float64 (N, F): one row per volume.
+
+MMD goes one step further and whitens the pooled sample with its Ledoit-Wolf shrunk covariance (:func:`whiten`),
+so every direction of feature space counts alike. Network features are strongly correlated: in merely standardised
+coordinates a few high-variance directions make up most of every pairwise distance, and a scanner shift that moves
+the features along a low-variance direction is hard for the kernel to see. Hippocampus, simulated low-field
+scanner (profile D, 0.10 Dice lost), 10-volume targets, 200 splits (bench/drift_calibration.py): detected in 72%
+of them before whitening and in all of them after with a model at a third of its training, 98.5% and 100% with
+the trained one; the false-alarm rate stayed below alpha either way. The KS test keeps the reference's leading
+principal components, the high-variance directions, so the two tests complement each other.
 
 Why not a library: alibi-detect and torchdrift implement these but pull TensorFlow or an unmaintained stack; the
 tests are a few dozen lines of NumPy/SciPy each and are checked against their null distributions in the tests.
@@ -30,6 +40,8 @@ import numpy as np
 from scipy import stats as sps
 
 Array = np.ndarray
+#: Permutations evaluated per matrix product in :func:`mmd_test` (bounds memory at 8 * chunk * N bytes).
+_PERMUTATION_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -91,9 +103,28 @@ def _sq_dists(z: Array) -> Array:
 
 def median_bandwidth(z: Array) -> float:
     """Median heuristic: the median of the pairwise Euclidean distances (off-diagonal) of the pooled sample."""
-    d = np.sqrt(_sq_dists(z))
-    iu = np.triu_indices(len(z), k=1)
-    med = float(np.median(d[iu])) if len(iu[0]) else 1.0
+    return _median_distance(_sq_dists(z))
+
+
+def whiten(pooled: Array) -> tuple[Array, float]:
+    """The pooled sample standardised, then whitened with its Ledoit-Wolf shrunk covariance; and the shrinkage.
+
+    Rows are mapped to ``z @ W`` with ``W W^T`` the inverse shrunk covariance of the standardised sample, so the
+    Euclidean distance of two rows is their Mahalanobis distance. The statistics come from the pooled sample
+    only, so they do not depend on which rows are labelled reference (the permutation null stays exact).
+    """
+    from sklearn.covariance import LedoitWolf
+
+    z = standardise(pooled)[0]
+    lw = LedoitWolf(assume_centered=True, store_precision=False).fit(z)
+    vals, vecs = np.linalg.eigh(lw.covariance_)
+    floor = 1e-10 * max(float(vals.max()), 1e-300)
+    return z @ (vecs / np.sqrt(np.maximum(vals, floor))), float(lw.shrinkage_)
+
+
+def _median_distance(sq_dists: Array) -> float:
+    iu = np.triu_indices(len(sq_dists), k=1)
+    med = float(np.median(np.sqrt(sq_dists[iu]))) if len(iu[0]) else 1.0
     return med if med > 1e-12 else 1.0
 
 
@@ -107,6 +138,24 @@ def _mmd2_unbiased(k: Array, idx_x: Array, idx_y: Array) -> float:
     return float(sxx + syy - 2.0 * kxy.mean())
 
 
+def _mmd2_assignments(k: Array, a: Array) -> Array:
+    """Unbiased MMD² for each row of ``a`` (P, N): 1 marks the first sample, 0 the second; the (N, N) kernel ``k``.
+
+    With ``b = 1 - a``: the within-sample sums are ``a K a`` and ``b K b``, the cross sum ``a K b``, so all P
+    assignments cost one (P, N) x (N, N) product instead of P gathers of sub-matrices.
+    """
+    m = a[0].sum()
+    n = a.shape[1] - m
+    ka = a @ k
+    diag = np.diag(k)
+    sxx = np.einsum("pn,pn->p", ka, a)
+    sxy = ka.sum(axis=1) - sxx
+    syy = k.sum() - sxx - 2.0 * sxy
+    dx = a @ diag
+    dy = diag.sum() - dx
+    return np.asarray((sxx - dx) / (m * (m - 1)) + (syy - dy) / (n * (n - 1)) - 2.0 * sxy / (m * n))
+
+
 def mmd_test(
     reference: Array,
     target: Array,
@@ -115,6 +164,7 @@ def mmd_test(
     n_permutations: int = 1000,
     bandwidth: float | None = None,
     seed: int = 0,
+    whitened: bool = True,
 ) -> TestResult:
     """Kernel two-sample test (unbiased MMD², RBF kernel, permutation p-value).
 
@@ -123,29 +173,33 @@ def mmd_test(
         alpha: significance level.
         n_permutations: label permutations for the null distribution; the p-value is
             (1 + #{perm >= observed}) / (1 + n_permutations), so it is never 0.
-        bandwidth: RBF bandwidth in standardised units; None uses the median heuristic on the pooled sample.
+        bandwidth: RBF bandwidth in the test's units; None uses the median heuristic on the pooled sample.
         seed: permutation seed.
+        whitened: whiten the pooled sample (:func:`whiten`, see the module docstring); False: only standardise.
     """
     x, y = _check(reference, target)
     assert y is not None
     if len(x) < 2 or len(y) < 2:
         raise ValueError(f"MMD needs at least 2 volumes per side, got {len(x)} and {len(y)}")
-    # Standardise with the pooled sample's statistics: they do not depend on which volumes are labelled
-    # reference, so the permutation null stays exact (reference-only scaling breaks exchangeability).
+    # Scale with the pooled sample's statistics: they do not depend on which volumes are labelled reference, so
+    # the permutation null stays exact (reference-only scaling breaks exchangeability).
     pooled = np.concatenate([x, y])
-    z = standardise(pooled)[0]
-    xs, ys = z[: len(x)], z[len(x) :]
-    bw = median_bandwidth(z) if bandwidth is None else float(bandwidth)
-    k = np.exp(-_sq_dists(z) / (2.0 * bw * bw))
-    m = len(xs)
-    n_all = len(z)
+    z, shrinkage = whiten(pooled) if whitened else (standardise(pooled)[0], float("nan"))
+    d2 = _sq_dists(z)
+    bw = _median_distance(d2) if bandwidth is None else float(bandwidth)
+    k = np.exp(-d2 / (2.0 * bw * bw))
+    m, n_all = len(x), len(z)
     observed = _mmd2_unbiased(k, np.arange(m), np.arange(m, n_all))
+    # A permuted statistic equal to the observed one up to rounding counts as exceeding it.
+    tol = 1e-12 * max(1.0, abs(observed))
     rng = np.random.default_rng(seed)
     exceed = 0
-    for _ in range(n_permutations):
-        perm = rng.permutation(n_all)
-        if _mmd2_unbiased(k, perm[:m], perm[m:]) >= observed:
-            exceed += 1
+    for start in range(0, n_permutations, _PERMUTATION_CHUNK):
+        count = min(_PERMUTATION_CHUNK, n_permutations - start)
+        a = np.zeros((count, n_all))
+        for row in range(count):
+            a[row, rng.permutation(n_all)[:m]] = 1.0
+        exceed += int(np.sum(_mmd2_assignments(k, a) >= observed - tol))
     p = (1 + exceed) / (1 + n_permutations)
     return TestResult(
         "mmd",
@@ -154,7 +208,14 @@ def mmd_test(
         observed,
         bool(p < alpha),
         alpha,
-        {"bandwidth": bw, "n_permutations": n_permutations, "n_reference": m, "n_target": len(ys)},
+        {
+            "bandwidth": bw,
+            "n_permutations": n_permutations,
+            "n_reference": m,
+            "n_target": n_all - m,
+            "whitened": whitened,
+            "shrinkage": shrinkage,
+        },
     )
 
 

@@ -48,3 +48,30 @@ def test_cpu_runs_in_float32_and_bad_arguments_are_refused() -> None:
         _strategy(class_names=["background", "a"])
     with pytest.raises(ConfigError, match="num_classes"):
         _strategy(num_classes=1)
+
+
+def test_batch_norm_is_found_whether_configured_or_hard_coded(caplog: pytest.LogCaptureFixture) -> None:
+    """The warning that batch-norm statistics follow the last scanner must not depend on a ``norm`` config field:
+    MONAI's AttentionUnet (``monai_attention_unet``) hard-codes batch norm and has none."""
+    import logging
+    from types import SimpleNamespace
+
+    from medattn.continual.config import AdaptConfig
+    from medattn.continual.runner import build_strategy
+    from medattn.continual.template import batch_norm_layers
+    from medattn.models.registry import build_model
+
+    assert batch_norm_layers(build_model("unet", 1, 3, channels=(4, 8), deep_supervision=0)) == []
+    assert batch_norm_layers(build_model("unet", 1, 3, channels=(4, 8), deep_supervision=0, norm="batch"))
+    monai = build_model("monai_attention_unet", 1, 3, channels=(4, 8))
+    assert "norm" not in monai.config and batch_norm_layers(monai)
+
+    plan = SimpleNamespace(patch_size=(16, 16, 16))  # build_strategy reads only the patch size of the plan
+    for net, warned in ((monai, True), (build_model("unet", 1, 3, channels=(4, 8), deep_supervision=0), False)):
+        start = SimpleNamespace(
+            doc={"config": net.config, "state_dict": net.state_dict()}, labels={0: "bg", 1: "a", 2: "b"}, plan=plan
+        )
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="medattn.continual.runner"):
+            build_strategy("naive", start, AdaptConfig(device="cpu", loggers=()), (16, 16, 16))
+        assert ("batch-norm" in caplog.text) is warned, caplog.text

@@ -119,6 +119,12 @@ def test_cli_exit_codes_plots_and_named_failures(setup: dict, tmp_path: Path) ->
     doc = json.loads(out.read_text())
     assert doc["drift"] is True and doc["dice"]["reference_mean"] is not None
     assert all(Path(p).is_file() for p in doc["plots"])
+    # No drift, exit 0: a target that is the reference itself (MMD and KS see no difference at all).
+    same = tmp_path / "aa.json"
+    argv = ["drift", model, "--reference", f"{manifest}:A", "--target", f"{manifest}:A", "-o", str(same)]
+    assert main([*argv, "--permutations", "300", "--quiet"]) == 0
+    doc = json.loads(same.read_text())
+    assert doc["drift"] is False and min(t["p_value"] for t in doc["tests"].values()) > 0.5
 
     # A target folder of images with one corrupt file: the report names it and the rest is still tested.
     folder = tmp_path / "incoming"

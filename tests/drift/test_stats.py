@@ -49,25 +49,53 @@ def test_power_on_a_mean_shift(test: str) -> None:
 
 def test_mmd_statistic_matches_direct_formula() -> None:
     rng = np.random.default_rng(2)
-    x, y = rng.normal(size=(7, 3)), rng.normal(size=(5, 3)) + 0.5
+    mix = np.array([[1.0, 0.9, 0.0], [0.0, 0.3, 1.0]])  # correlated features: the shrinkage stays below 1
+    x = rng.normal(size=(30, 2)) @ mix + 0.1 * rng.normal(size=(30, 3))
+    y = rng.normal(size=(20, 2)) @ mix + 0.1 * rng.normal(size=(20, 3)) + 0.3
     r = mmd_test(x, y, n_permutations=10)
-    # Independent computation: standardise with the pooled sample, RBF with the reported bandwidth, unbiased MMD².
+    assert 0.0 < r.details["shrinkage"] < 0.5 and r.details["whitened"] is True
+    # Independent computation: standardise with the pooled sample, Mahalanobis distances under its Ledoit-Wolf
+    # covariance, RBF with the median distance, unbiased MMD².
+    from sklearn.covariance import LedoitWolf
+
     pooled = np.concatenate([x, y])
-    mu, sd = pooled.mean(0), pooled.std(0)
-    xs, ys = (x - mu) / sd, (y - mu) / sd
+    z = (pooled - pooled.mean(0)) / pooled.std(0)
+    prec = np.linalg.inv(LedoitWolf(assume_centered=True).fit(z).covariance_)
+    diff = z[:, None] - z[None]
+    d = np.sqrt(np.einsum("ijk,kl,ijl->ij", diff, prec, diff))
     bw = r.details["bandwidth"]
-
-    def k(a, b):
-        return np.exp(-((a[:, None, :] - b[None, :, :]) ** 2).sum(-1) / (2 * bw * bw))
-
-    kxx, kyy, kxy = k(xs, xs), k(ys, ys), k(xs, ys)
-    m, n = len(xs), len(ys)
+    assert bw == pytest.approx(np.median(d[np.triu_indices(len(z), 1)]), rel=1e-9)
+    k = np.exp(-(d**2) / (2 * bw * bw))
+    m, n = len(x), len(y)
+    kxx, kyy, kxy = k[:m, :m], k[m:, m:], k[:m, m:]
     expected = (kxx.sum() - m) / (m * (m - 1)) + (kyy.sum() - n) / (n * (n - 1)) - 2 * kxy.mean()
     assert r.statistic == pytest.approx(expected, rel=1e-9)
-    z = np.concatenate([xs, ys])
-    d = np.sqrt(((z[:, None] - z[None]) ** 2).sum(-1))
-    assert bw == pytest.approx(np.median(d[np.triu_indices(len(z), 1)]))
-    assert median_bandwidth(z) == pytest.approx(bw)
+    # Without whitening: plain pooled standardisation and the median heuristic.
+    plain = mmd_test(x, y, n_permutations=10, whitened=False)
+    assert plain.details["bandwidth"] == pytest.approx(median_bandwidth(z))
+
+
+def test_whitening_finds_a_shift_along_a_low_variance_direction() -> None:
+    """Correlated features (one strong factor): a shift across the factor, small in feature units but large in
+    the direction's own spread, is what a new scanner can do to network features. Standardised MMD misses it;
+    whitened MMD does not, and its false-alarm rate stays at alpha."""
+    rng = np.random.default_rng(5)
+    f = 20
+    load = rng.normal(size=f)
+    across = np.linalg.qr(np.stack([load, rng.normal(size=f)], 1))[0][:, 1]  # orthogonal to the factor
+
+    def sample(n: int, shift: float) -> np.ndarray:
+        return rng.normal(size=(n, 1)) * load * 3 + 0.2 * rng.normal(size=(n, f)) + shift * across
+
+    hits = {True: 0, False: 0}
+    alarms = 0
+    for s in range(20):
+        ref, tgt = sample(60, 0.0), sample(10, 0.6)
+        for w in (True, False):
+            hits[w] += mmd_test(ref, tgt, n_permutations=200, seed=s, whitened=w).p_value < 0.025
+        alarms += mmd_test(ref, sample(10, 0.0), n_permutations=200, seed=s).p_value < 0.025
+    assert hits[True] >= 18 and hits[False] <= 6
+    assert alarms <= 3
 
 
 def test_mahalanobis_threshold_controls_false_positives_and_flags_outliers() -> None:

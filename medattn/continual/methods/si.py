@@ -1,9 +1,10 @@
 """Synaptic intelligence: Avalanche's ``SynapticIntelligencePlugin``, used as is, with resumable state.
 
 Importance is the path integral of gradient times update along training, so it costs no extra pass over the data
-and works with any loss, deep supervision included. Avalanche leaves normalisation layers out (``_NormBase``,
-which covers instance norm), and reads the gradients after the optimiser step: the template unscales them first
-under fp16, so the integral sees true gradients.
+and works with any loss, deep supervision included. Every trainable parameter takes part, the affine scale and
+shift of medattn's instance norm included (it is a ``GroupNorm`` with one group per channel, so Avalanche's
+``_NormBase`` check does not apply; the norm holds no running statistics either way). Avalanche reads the gradients
+after the optimiser step: the template unscales them first under fp16, so the integral sees true gradients.
 """
 
 from __future__ import annotations

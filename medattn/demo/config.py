@@ -1,0 +1,198 @@
+"""The demo's knobs: :class:`DemoConfig` (saved as ``OUT/demo_config.json``) and the ``medattn demo`` options.
+
+Light on purpose (argparse and dataclasses only): the command-line parser imports it to build ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from medattn.errors import ConfigError
+
+CONFIG_FORMAT = "medattn-demo-config"
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The demo's knobs (``pipelines/demo.yaml``); saved as ``OUT/demo_config.json``.
+
+    Attributes:
+        seed: seeds the phantom, the scanner simulation, training, drift tests and adaptation.
+        cases: phantom cases per scanner (a quarter of them, at least one, are held out).
+        size: phantom volume edge in voxels (1 mm isotropic before the scanner shift).
+        scanners: scanner profiles (``medattn synth --list-profiles``); None: A, B, C, D for the phantom, B, C, D
+            simulated from a one-domain ``--data``.
+        max_cases: ``--data`` only: the first labelled cases of each domain used (None: all).
+        model: model preset (``medattn models``).
+        widths: feature widths per stage, finest first (their count must match the plan's stages); None: the preset's.
+        patch_size: training patch and sliding window (X, Y, Z); None: the plan's.
+        steps: optimiser steps of training on the first scanner.
+        epochs: the steps are split over this many epochs, each followed by validation (points of the curve).
+        lr: learning rate of training (AdamW, poly decay).
+        augment: ``"spatial"`` (flips, rotation, scaling), ``"none"``, ``"default"`` or a mapping of augmentation
+            options, for training and adaptation. ``"spatial"`` leaves out the intensity and scanner-style
+            augmentations on purpose: they would teach the model the very shifts the drift step tests for.
+        strategies: continual-learning methods, each adapting the trained model through all scanners.
+        adapt_epochs: epochs per scanner in adaptation (an epoch is one pass over the scanner's training volumes).
+        adapt_lr: learning rate of adaptation.
+        replay_patches: replay's memory, in training patches over all scanners seen (replay's own default, a
+            tenth of the training voxels seen, is less than one patch on a dataset this small).
+        replay_batch: memory patches drawn per step beside the current scanner's four. With replay's default (as
+            many as the current scanner's), ten epochs of A then B on the phantom kept A (held-out Dice 0.46) but
+            never learned B's inverted contrast (0.00); two kept A at 0.40 and reached 0.17 on B.
+        figure_cases: held-out volumes shown as orthogonal slices (one per scanner in turn).
+        threads: PyTorch intra-op threads, fixed so that two runs compute in the same order. One by default: on a
+            shared 2-core machine a second thread spins waiting for a core (a training step measured 5-7 s with two
+            threads against 0.1 s CPU with one, at load average 13), and the demo's 32^3 patches gain little from it.
+        device: ``cpu``, ``cuda`` or ``cuda:N``; None: CUDA when available.
+    """
+
+    seed: int = 0
+    cases: int = 16
+    size: int = 32
+    scanners: tuple[str, ...] | None = None
+    max_cases: int | None = 40
+    model: str = "ag_unet"
+    widths: tuple[int, ...] | None = (8, 16, 32, 64)
+    patch_size: tuple[int, ...] | None = None
+    steps: int = 800
+    epochs: int = 10
+    lr: float = 1e-2
+    augment: Any = "spatial"
+    strategies: tuple[str, ...] = ("replay", "naive")
+    adapt_epochs: int = 10
+    adapt_lr: float = 1e-2
+    replay_patches: int = 8
+    replay_batch: int = 2
+    figure_cases: int = 4
+    threads: int = 1
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        for name in ("scanners", "strategies"):
+            value = getattr(self, name)
+            if value is not None:
+                set_(self, name, _names(value, name))
+        for name in ("widths", "patch_size"):
+            value = getattr(self, name)
+            if value is not None:
+                set_(self, name, _ints(value, name))
+        for name, minimum in (
+            ("seed", 0),
+            ("cases", 2),
+            ("size", 1),
+            ("steps", 1),
+            ("epochs", 1),
+            ("adapt_epochs", 1),
+            ("figure_cases", 0),
+            ("threads", 1),
+            ("replay_patches", 1),
+            ("replay_batch", 1),
+        ):
+            _check_int(getattr(self, name), name, minimum)
+        if self.max_cases is not None:
+            _check_int(self.max_cases, "max_cases", 2)
+        for name in ("lr", "adapt_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"{name}: expected a number > 0, got {value!r}")
+            set_(self, name, float(value))
+        if not self.strategies:
+            raise ConfigError("strategies: give at least one continual-learning method")
+
+    @property
+    def augment_options(self) -> Any:
+        """``augment`` as :class:`~medattn.train.config.TrainConfig` and ``AdaptConfig`` take it."""
+        if isinstance(self.augment, str) and self.augment.lstrip().startswith("{"):
+            import yaml
+
+            try:
+                return yaml.safe_load(self.augment)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"augment: not valid JSON/YAML: {e}") from e
+        if self.augment != "spatial":
+            return self.augment
+        from medattn.data.transforms import AugmentConfig
+
+        off = {f.name: 0.0 for f in dataclasses.fields(AugmentConfig) if f.name.endswith("_prob")}
+        return {**off, "flip_prob": 0.5, "rotate_prob": 0.2, "scale_prob": 0.2}
+
+    @property
+    def iterations(self) -> int:
+        """Optimiser steps per training epoch (``steps`` spread over ``epochs``, rounded up)."""
+        return -(-self.steps // self.epochs)
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"format": CONFIG_FORMAT, "version": CONFIG_VERSION}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            doc[f.name] = list(v) if isinstance(v, tuple) else v
+        return doc
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DemoConfig:
+        """From parsed ``medattn demo`` arguments (values may come from ``--config`` YAML; None: the default)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{n: getattr(args, n) for n in names if getattr(args, n, None) is not None})
+
+
+def _names(value: Any, what: str) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, Sequence):
+        raise ConfigError(f"{what}: expected comma-separated names, got {value!r}")
+    return tuple(str(v).strip() for v in items if str(v).strip())
+
+
+def _ints(value: Any, what: str) -> tuple[int, ...]:
+    items = value.replace("x", ",").split(",") if isinstance(value, str) else value
+    try:
+        out = tuple(int(v) for v in items)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what}: expected comma-separated integers, got {value!r}") from None
+    if not out or min(out) < 1:
+        raise ConfigError(f"{what}: expected positive integers, got {value!r}")
+    return out
+
+
+def _check_int(value: Any, what: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{what}: expected an integer >= {minimum}, got {value!r}")
+
+
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``medattn demo``; defaults are None so that ``--config`` and then :class:`DemoConfig` fill them."""
+    from medattn.options import add_device, add_seed
+
+    p.add_argument("--data", help="dataset to run on instead of the embedded phantom (its first domain is trained on)")
+    p.add_argument("--data-root", help="data root for --data's manifest")
+    p.add_argument("--out", "-o", default="demo_out", help="output folder (default demo_out)")
+    add_seed(p)
+    g = p.add_argument_group("data")
+    g.add_argument("--cases", type=int, help="phantom cases per scanner (default 16)")
+    g.add_argument("--size", type=int, help="phantom volume edge in voxels (default 32)")
+    g.add_argument("--scanners", help="scanner profiles, e.g. A,B,C,D (default: all for the phantom, B,C,D for --data)")
+    g.add_argument("--max-cases", type=int, help="--data: use the first N labelled cases of each domain (default 40)")
+    m = p.add_argument_group("training and adaptation")
+    m.add_argument("--model", help="model preset (default ag_unet)")
+    m.add_argument("--widths", help="feature widths per stage, e.g. 8,16,32,64 (default)")
+    m.add_argument("--patch-size", help="training patch and window X,Y,Z (default: the plan's)")
+    m.add_argument("--steps", type=int, help="training steps on the first scanner (default 800)")
+    m.add_argument("--epochs", type=int, help="epochs the steps are split into, one validation each (default 10)")
+    m.add_argument("--lr", type=float, help="training learning rate (default 0.01)")
+    m.add_argument("--augment", help="augmentation: spatial (default), none, default, or JSON of options")
+    m.add_argument("--strategies", help="continual-learning methods (default replay,naive)")
+    m.add_argument("--adapt-epochs", type=int, help="adaptation epochs per scanner (default 10)")
+    m.add_argument("--adapt-lr", type=float, help="adaptation learning rate (default 0.01)")
+    m.add_argument("--replay-patches", type=int, help="replay memory in patches over all scanners (default 8)")
+    m.add_argument("--replay-batch", type=int, help="memory patches replayed per step (default 2)")
+    r = p.add_argument_group("report and machine")
+    r.add_argument("--figure-cases", type=int, help="held-out volumes drawn as orthogonal slices (default 4)")
+    r.add_argument("--threads", type=int, help="PyTorch threads (default 1; fixed so runs repeat exactly)")
+    add_device(p)
+    p.set_defaults(seed=None)

@@ -1,0 +1,358 @@
+"""Steps 4 to 8 of the demo (train, predict, drift, adapt, report) over the state they share.
+
+Each step calls the library function the matching command calls (``train``, ``run_predict`` and
+``evaluate_folder``, ``extract_features`` and ``analyse``, ``adapt``), prints ``[k/8] ...`` when it starts and a
+one-line result with its time when it ends, and records its numbers for ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medattn.demo.config import DemoConfig
+from medattn.demo.data import safe_name
+from medattn.errors import MedattnError
+
+SUMMARY_FORMAT = "medattn-demo-summary"
+#: Steps of a demo run, in order.
+STEPS = ("data", "validate", "plan", "train", "predict", "drift", "adapt", "report")
+
+
+@dataclass
+class StepLog:
+    """Prints ``[k/N] title`` when a step starts and its result with wall and CPU seconds when it ends."""
+
+    echo: Callable[[str], None] = print
+    total: int = len(STEPS)
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
+    _k: int = 0
+    _name: str = ""
+    _t: tuple[float, float] = (0.0, 0.0)
+
+    def start(self, name: str, title: str) -> None:
+        self._k += 1
+        self._name = name
+        self._t = (time.perf_counter(), time.process_time())
+        self.echo(f"[{self._k}/{self.total}] {title}")
+
+    def done(self, result: str) -> None:
+        wall, cpu = time.perf_counter() - self._t[0], time.process_time() - self._t[1]
+        self.timings[self._name] = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}
+        self.echo(f"      {result}  ({wall:.1f} s)")
+
+
+@dataclass
+class DemoSteps:
+    """The state the later steps share: the dataset, the trained model and what each step found."""
+
+    cfg: DemoConfig
+    out: Path
+    manifest: Any
+    first: str
+    progress: bool
+    steps: StepLog
+    model_path: Path = Path()
+    results: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [self.manifest.labels[k] for k in sorted(self.manifest.labels) if k != 0]
+
+    def train(self, plan: Any) -> None:
+        from medattn.train.config import TrainConfig
+        from medattn.train.trainer import train
+
+        cfg = self.cfg
+        domain = self.manifest.domain(self.first)
+        self.steps.start(
+            "train",
+            f"train {cfg.model} on scanner {self.first} ({len(domain.splits['train'])} cases, {cfg.epochs} x "
+            f"{cfg.iterations} steps; validation on its {len(domain.splits['test'])} held-out cases)",
+        )
+        config = TrainConfig(
+            data=str(self.out / "data" / "manifest.json"),
+            model=cfg.model,
+            widths=cfg.widths,
+            patch_size=cfg.patch_size,  # type: ignore[arg-type]  # validated by TrainConfig
+            epochs=cfg.epochs,
+            iterations=cfg.iterations,
+            lr=cfg.lr,
+            augment=cfg.augment_options,
+            fold="fixed",
+            val_every=1,
+            seed=cfg.seed,
+            device=cfg.device,
+            workers=0,
+        )
+        result = train(
+            config, self.manifest.select([self.first]), self.out / "runs" / "train", plan=plan, progress=self.progress
+        )
+        self.model_path = result.out / "model_last.pt"
+        last = result.history[-1]
+        self.results["train"] = {
+            "model": cfg.model,
+            "steps": cfg.epochs * cfg.iterations,
+            "epochs": cfg.epochs,
+            "train_cases": len(result.split.train),
+            "final_train_loss": _round(last["train_loss"]),
+            "final_val_dice": _round(last.get("val_dice")),
+            "patch_size": list(result.plan.patch_size),
+        }
+        self.steps.done(
+            f"loss {last['train_loss']:.3f}, validation Dice {_fmt(last.get('val_dice'))} after the last epoch; "
+            f"model {self.model_path}"
+        )
+
+    def predict(self) -> None:
+        from medattn.data.io import atomic_write_text
+        from medattn.evaluate.report import EvaluateOptions, evaluate_folder
+        from medattn.infer.predict import PredictOptions, run_predict
+
+        heldout = dataclasses.replace(
+            self.manifest,
+            domains=tuple(
+                dataclasses.replace(d, cases=tuple(c for c in d.cases if c.id in d.splits["test"]), splits={})
+                for d in self.manifest.domains
+            ),
+        )
+        spec = heldout.save(self.out / "heldout.json")
+        self.steps.start(
+            "predict", f"predict the {heldout.num_cases} held-out volumes of every scanner (sliding window)"
+        )
+        pred_dir = self.out / "predictions"
+        options = PredictOptions(window_batch=2, device=self.cfg.device, progress=self.progress)
+        summary = run_predict(self.model_path, spec, pred_dir, options)
+        labels = {int(k): str(v) for k, v in self.manifest.labels.items() if int(k) != 0}
+        per_domain: dict[str, Any] = {}
+        docs = {}
+        for d in heldout.domains:
+            doc = evaluate_folder(pred_dir, heldout.datalist(d.name), labels, EvaluateOptions(seed=self.cfg.seed))
+            docs[d.name] = doc
+            s = doc["summary"]
+            per_domain[d.name] = {
+                "cases": doc["num_evaluated"],
+                "dice": _round(s["mean"]["dice"]["mean"]),
+                "per_class": {s[str(v)]["name"]: _round(s[str(v)]["dice"]["mean"]) for v in labels},
+            }
+        atomic_write_text(pred_dir / "evaluation.json", json.dumps(docs, indent=2, default=_jsonable) + "\n")
+        self.results["heldout"] = per_domain
+        self.results["predictions"] = sorted(
+            f"predictions/{Path(c['output']).name}" for c in summary["cases"] if c["status"] == "ok"
+        )
+        dice = ", ".join(f"{k} {_fmt(v['dice'])}" for k, v in per_domain.items())
+        self.steps.done(f"{summary['num_written']} masks in {pred_dir}; held-out Dice per scanner: {dice}")
+        if summary["num_failed"]:
+            raise MedattnError(f"{summary['num_failed']} held-out volume(s) could not be predicted; see {pred_dir}")
+
+    def drift(self) -> None:
+        from medattn.data.io import atomic_write_text
+        from medattn.drift.report import DriftOptions, analyse, extract_features, write_plots
+        from medattn.errors import DataError
+        from medattn.train.checkpoint import load_model
+
+        others = [d.name for d in self.manifest.domains if d.name != self.first]
+        self.steps.start("drift", f"drift tests: scanner {self.first} as reference, {', '.join(others)} as targets")
+        device = self.cfg.device or "cpu"
+        loaded = load_model(self.model_path, device=device)
+        options = DriftOptions(seed=self.cfg.seed)
+        ref, ref_fail = extract_features(
+            loaded, self.manifest.datalist(self.first), overlap=options.overlap, device=device, progress=self.progress
+        )
+        found: dict[str, Any] = {}
+        lines = []
+        for name in others:
+            tgt, fail = extract_features(
+                loaded, self.manifest.datalist(name), overlap=options.overlap, device=device, progress=self.progress
+            )
+            try:
+                rep = analyse(ref, tgt, options, ref_fail + fail)
+            except DataError as e:  # too few readable volumes to test
+                found[name] = {"drift": None, "note": e.problem}
+                lines.append(f"{name}: not tested ({e.problem})")
+                continue
+            rep.plots = [str(p) for p in write_plots(rep, self.out, f"drift_{safe_name(name)}")]
+            atomic_write_text(
+                self.out / "drift" / f"{safe_name(name)}.json",
+                json.dumps(rep.to_dict(), indent=2, default=_jsonable) + "\n",
+            )
+            found[name] = {
+                "drift": rep.drift,
+                "p_mmd": _round(rep.tests["mmd"].p_value),
+                "p_ks": _round(rep.tests["ks_pca"].p_value),
+                "flagged": len(rep.flagged),
+                "volumes": len(rep.target),
+                "dice_reference": _round(rep.dice.get("reference_mean")),
+                "dice_target": _round(rep.dice.get("target_mean")),
+                "dice_drop": _round(rep.dice.get("drop")),
+            }
+            self.figures.setdefault("drift", []).extend(
+                (Path(p).name, f"scanner {name}: {caption}")
+                for p, caption in zip(
+                    rep.plots,
+                    (
+                        "model features on the reference's first two principal components",
+                        "per-volume Mahalanobis scores against the threshold calibrated on held-out reference volumes",
+                    ),
+                )
+            )
+            lines.append(
+                f"{name}: {'DRIFT' if rep.drift else 'no drift'} (MMD p {rep.tests['mmd'].p_value:.3g}, "
+                f"Dice drop {_fmt(rep.dice.get('drop'), signed=True)})"
+            )
+        self.results["drift"] = found
+        self.steps.done("; ".join(lines))
+
+    def adapt(self) -> None:
+        from medattn.continual.adapt import adapt
+        from medattn.continual.config import AdaptConfig
+        from medattn.continual.metrics import heatmap
+
+        cfg = self.cfg
+        names = self.manifest.domain_names
+        self.steps.start(
+            "adapt",
+            f"adapt through {' -> '.join(names)} with {', '.join(cfg.strategies)} ({cfg.adapt_epochs} epochs each)",
+        )
+        config = AdaptConfig(
+            strategies=cfg.strategies,
+            epochs=cfg.adapt_epochs,
+            lr=cfg.adapt_lr,
+            methods={"replay": {"mem_size": cfg.replay_patches, "mem_batch": cfg.replay_batch}},
+            augment=cfg.augment_options,
+            seed=cfg.seed,
+            device=cfg.device,
+            loggers=("csv",),
+            workers=0,
+        )
+        result = adapt(self.model_path, self.manifest, self.out / "runs" / "adapt", config, quiet=not self.progress)
+        naive = result.runs["naive"].matrix if "naive" in result.runs else None
+        found: dict[str, Any] = {}
+        for method, run_ in result.runs.items():
+            m = run_.matrix
+            s = m.summary(naive)["overall"]
+            before = m.baseline()
+            found[method] = {
+                "domains": list(m.domains),
+                "rows": list(m.rows),
+                "before": None if before is None else [_round(v) for v in before],
+                "matrix": [[_round(v) for v in row] for row in m.matrix()],
+                "average_dice": s["average_dice"],
+                "bwt": s["bwt"],
+                "forgetting": s["forgetting"],
+                "fwt": s["fwt"],
+            }
+            png = heatmap(m, self.out / f"dice_matrix_{safe_name(method)}.png")
+            self.figures.setdefault("adapt", []).append(
+                (png.name, f"{method}: mean Dice on each scanner's held-out cases (columns) after each step (rows)")
+            )
+        self.results["adapt"] = found
+        self.steps.done(
+            "; ".join(
+                f"{k}: average Dice {_fmt(v['average_dice'])}, BWT {_fmt(v['bwt'], signed=True)}, "
+                f"forgetting {_fmt(v['forgetting'])}"
+                for k, v in found.items()
+            )
+        )
+
+    def report(self) -> tuple[dict[str, Any], Path]:
+        from medattn.data.io import atomic_write_text
+        from medattn.report.demo_report import write_report
+
+        self.steps.start("report", "report: figures, report.html, summary.json")
+        self._figures()
+        summary = self.summary()
+        atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        report = write_report(summary, self.figures, self.steps.timings, self.out / "report.html")
+        self.steps.done(f"{len(list(self.out.glob('*.png')))} figures; {report}")
+        atomic_write_text(self.out / "timings.json", json.dumps(self.steps.timings, indent=2) + "\n")
+        return summary, report
+
+    def _figures(self) -> None:
+        from medattn.report.figures import orthogonal_slices, training_curves
+        from medattn.report.volumes import volume_view
+        from medattn.train.checkpoint import load_model
+        from medattn.train.logs import read_csv
+
+        run_dir = self.out / "runs" / "train"
+        png = training_curves(read_csv(run_dir / "log.csv"), self.out / "training_curves.png", f"scanner {self.first}")
+        self.figures["train"] = [(png.name, f"training on scanner {self.first}: loss and validation Dice per epoch")]
+        device = self.cfg.device or "cpu"
+        loaded = load_model(self.model_path, device=device)
+        queues = [
+            [i for i in self.manifest.datalist(d.name) if i["case_id"] in d.splits["test"]]
+            for d in self.manifest.domains
+        ]
+        chosen = [q[k] for k in range(max(map(len, queues))) for q in queues if k < len(q)][: self.cfg.figure_cases]
+        for item in chosen:
+            view = volume_view(loaded, item, device=device)
+            png = orthogonal_slices(
+                view.image,
+                view.label,
+                view.prediction,
+                view.attention,
+                self.out / f"slices_{safe_name(view.case_id)}.png",
+                spacing=view.spacing,
+                class_names=self.class_names,
+                title=f"{view.case_id} (scanner {item['domain']}), model trained on {self.first}",
+            )
+            self.figures.setdefault("slices", []).append(
+                (png.name, f"{view.case_id}, scanner {item['domain']}: preprocessed grid")
+            )
+
+    def summary(self) -> dict[str, Any]:
+        """Every number of the run; relative paths only, no timings, so the same seed gives the same document."""
+        return {
+            "format": SUMMARY_FORMAT,
+            "version": 1,
+            "config": self.cfg.to_dict(),
+            "dataset": {
+                "name": self.manifest.name,
+                "labels": {str(k): v for k, v in self.manifest.labels.items()},
+                "scanners": [
+                    {
+                        "name": d.name,
+                        "cases": len(d.cases),
+                        "train": len(d.splits["train"]),
+                        "test": len(d.splits["test"]),
+                        "description": str(d.metadata.get("description", "")),
+                    }
+                    for d in self.manifest.domains
+                ],
+            },
+            "first_scanner": self.first,
+            **self.results,
+            "figures": {k: [name for name, _ in v] for k, v in self.figures.items()},
+        }
+
+
+def _round(v: Any) -> float | None:
+    if v is None:
+        return None
+    v = float(v)
+    return None if v != v else round(v, 6)
+
+
+def _fmt(v: Any, signed: bool = False) -> str:
+    if v is None or v != v:
+        return "-"
+    return f"{v:+.3f}" if signed else f"{v:.3f}"
+
+
+def _jsonable(o: Any) -> Any:
+    """numpy scalars and arrays in the drift and evaluation documents, as JSON numbers and lists."""
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

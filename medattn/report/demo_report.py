@@ -1,0 +1,217 @@
+"""The demo's summary, twice: a short table for the terminal and ``report.html`` for a browser.
+
+Both read the ``summary.json`` document of :mod:`medattn.demo` (keys ``train``, ``heldout``, ``drift``, ``adapt``,
+``dataset``, ``predictions``); the page adds the figures the demo wrote beside it, embedded, and the step timings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from medattn.report import html as h
+
+Figures = Mapping[str, Sequence[tuple[str, str]]]
+"""Per section (``train``, ``slices``, ``drift``, ``adapt``), the PNG file names in the report's folder and their
+captions."""
+
+
+def _num(v: Any, signed: bool = False) -> str:
+    if v is None:
+        return "-"
+    return f"{v:+.3f}" if signed else f"{v:.3f}"
+
+
+def _text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    line = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    return [line.format(*headers), *(line.format(*r) for r in rows)]
+
+
+def _drift_rows(doc: Mapping[str, Any]) -> list[list[str]]:
+    """Per scanner: the drift decision, its p-values, the held-out Dice and its drop from the first scanner's."""
+    held = doc.get("heldout", {})
+    first = held.get(doc["first_scanner"], {}).get("dice")
+    rows = []
+    for name, d in doc.get("drift", {}).items():
+        verdict = "-" if d.get("drift") is None else ("DRIFT" if d["drift"] else "no drift")
+        dice = held.get(name, {}).get("dice")
+        drop = None if dice is None or first is None else first - dice
+        rows.append([name, verdict, _num(d.get("p_mmd")), _num(d.get("p_ks")), _num(dice), _num(drop, signed=True)])
+    return rows
+
+
+def _adapt_rows(doc: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    for method, a in doc.get("adapt", {}).items():
+        final = a["matrix"][-1] if a.get("matrix") else []
+        rows.append(
+            [
+                method,
+                *(_num(v) for v in final),
+                _num(a.get("average_dice")),
+                _num(a.get("bwt"), signed=True),
+                _num(a.get("forgetting")),
+            ]
+        )
+    return rows
+
+
+def _adapt_headers(doc: Mapping[str, Any]) -> list[str]:
+    runs: list[Mapping[str, Any]] = list(doc.get("adapt", {}).values())
+    domains = runs[0]["domains"] if runs else []
+    return ["strategy", *(f"final {d}" for d in domains), "avg Dice", "BWT", "forgetting"]
+
+
+def format_summary(doc: Mapping[str, Any]) -> str:
+    """The terminal summary: Dice on the first scanner, drift per scanner, the adaptation strategies."""
+    first = doc["first_scanner"]
+    held = doc.get("heldout", {}).get(first, {})
+    per = ", ".join(f"{k} {_num(v)}" for k, v in held.get("per_class", {}).items())
+    lines = [f"Trained on scanner {first}: held-out Dice {_num(held.get('dice'))} ({per})", ""]
+    lines += [
+        f"Drift against scanner {first} (Dice: held-out cases, model trained on {first}; drop: {first}'s minus it):",
+        *("  " + s for s in _text_table(["scanner", "decision", "p MMD", "p KS", "Dice", "drop"], _drift_rows(doc))),
+        "",
+    ]
+    if doc.get("adapt"):
+        lines += [
+            "Adaptation (final Dice per scanner; BWT < 0 and forgetting > 0 mean old scanners were forgotten):",
+            *("  " + s for s in _text_table(_adapt_headers(doc), _adapt_rows(doc))),
+        ]
+    return "\n".join(lines)
+
+
+def _verdict(drift: bool | None) -> str | h.Markup:
+    if drift is None:
+        return "not tested"
+    return h.span("DRIFT", "bad") if drift else h.span("no drift", "good")
+
+
+def _figures(folder: Path, entries: Sequence[tuple[str, str]]) -> str:
+    return "".join(h.figure(folder / name, caption) for name, caption in entries)
+
+
+def write_report(
+    doc: Mapping[str, Any], figures: Figures, timings: Mapping[str, Mapping[str, float]], path: str | Path
+) -> Path:
+    """Write ``report.html`` for the summary ``doc``; figure files are read from ``path``'s folder and embedded."""
+    path = Path(path)
+    first = doc["first_scanner"]
+    ds = doc["dataset"]
+    classes = [v for k, v in sorted(ds["labels"].items(), key=lambda kv: int(kv[0])) if int(k) != 0]
+    sections = []
+
+    sections.append(
+        h.section(
+            "Data",
+            h.paragraph(
+                f"{ds['name']}: {sum(s['cases'] for s in ds['scanners'])} cases from {len(ds['scanners'])} scanners. "
+                f"The model is trained on scanner {first} only; every scanner's test split is held out."
+            ),
+            h.table(
+                ["scanner", "cases", "train", "held out", "acquisition"],
+                [[s["name"], s["cases"], s["train"], s["test"], s["description"]] for s in ds["scanners"]],
+            ),
+        )
+    )
+
+    t = doc.get("train", {})
+    held = doc.get("heldout", {})
+    sections.append(
+        h.section(
+            f"Training on scanner {first}",
+            h.paragraph(
+                f"{t.get('model')}: {t.get('steps')} optimiser steps on {t.get('train_cases')} cases, patch "
+                f"{'x'.join(str(v) for v in t.get('patch_size', []))}. The last epoch's model is used below."
+            ),
+            _figures(path.parent, figures.get("train", ())),
+            h.table(
+                ["scanner", "held-out cases", "mean Dice", *classes],
+                [[name, v["cases"], v["dice"], *(v["per_class"].get(c) for c in classes)] for name, v in held.items()],
+                caption="Held-out Dice of the model trained on " + first + " (masks in each input's geometry)",
+            ),
+            h.paragraph(
+                "Predictions (NIfTI, the input's shape and affine; open them over the images in 3D Slicer or ITK-SNAP):"
+            ),
+            "<p>" + ", ".join(h.link(p, Path(p).name) for p in doc.get("predictions", [])) + "</p>",
+            _figures(path.parent, figures.get("slices", ())),
+        )
+    )
+
+    drift = doc.get("drift", {})
+    sections.append(
+        h.section(
+            "Drift",
+            h.paragraph(
+                f"Each scanner's volumes against scanner {first}'s, on the model's bottleneck features and its "
+                "predictions: drift when the MMD or the KS-on-PCA test has p < alpha/2 (alpha 0.05). The reference "
+                f"is every case of scanner {first}, training cases included, so its Dice is higher than the held-out "
+                "Dice above; drop: the reference volumes' mean Dice minus the target volumes' (preprocessed grid; "
+                "positive: worse on the target)."
+            ),
+            h.table(
+                [
+                    "scanner",
+                    "decision",
+                    "p (MMD)",
+                    "p (KS, PCA)",
+                    "volumes flagged",
+                    "Dice ref.",
+                    "Dice target",
+                    "drop",
+                ],
+                [
+                    [
+                        name,
+                        _verdict(d.get("drift")),
+                        d.get("p_mmd"),
+                        d.get("p_ks"),
+                        f"{d['flagged']}/{d['volumes']}" if "flagged" in d else None,
+                        d.get("dice_reference"),
+                        d.get("dice_target"),
+                        d.get("dice_drop"),
+                    ]
+                    for name, d in drift.items()
+                ],
+            ),
+            _figures(path.parent, figures.get("drift", ())),
+        )
+    )
+
+    adapt = doc.get("adapt", {})
+    parts = [
+        h.paragraph(
+            "Continual learning from the trained model through the scanners in order. Row 'before' is the starting "
+            "model; row 'after X' the model after adapting to X. BWT: mean change on earlier scanners between "
+            "learning them and the end (negative: forgetting); forgetting: mean drop from a scanner's best Dice."
+        ),
+        h.table(
+            ["strategy", "average Dice", "BWT", "forgetting", "FWT"],
+            [[m, a["average_dice"], a["bwt"], a["forgetting"], a["fwt"]] for m, a in adapt.items()],
+        ),
+    ]
+    for method, a in adapt.items():
+        rows = ([["before", *a["before"]]] if a.get("before") else []) + [
+            [f"after {r}", *vals] for r, vals in zip(a["rows"], a["matrix"])
+        ]
+        parts.append(h.table(["", *(f"on {d}" for d in a["domains"])], rows, caption=f"{method}: Dice matrix"))
+    parts.append(_figures(path.parent, figures.get("adapt", ())))
+    sections.append(h.section("Adaptation", *parts))
+
+    sections.append(
+        h.section(
+            "Run",
+            h.table(
+                ["step", "wall s", "CPU s"],
+                [[k, v["wall_s"], v["cpu_s"]] for k, v in timings.items()],
+                caption="Time per step",
+            ),
+            h.paragraph(
+                "Settings: " + ", ".join(f"{k}={v}" for k, v in doc["config"].items() if k not in ("format", "version"))
+            ),
+        )
+    )
+    subtitle = f"medattn demo: train on scanner {first}, predict, test drift, adapt (seed {doc['config']['seed']})"
+    return h.write_page(path, "medattn demo report", subtitle, sections)

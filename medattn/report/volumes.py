@@ -1,0 +1,112 @@
+"""What a slice figure shows of one volume: the preprocessed image, its label, the prediction and the attention.
+
+``medattn predict`` writes masks in the input's geometry and keeps no attention; a figure needs everything on one
+grid, so this runs the model once more on the preprocessed volume (the grid the network sees: RAS, the plan's
+spacing) and asks it for its gates' coefficients (``return_attention=True``). Windows are blended with MONAI's
+``sliding_window_inference`` (Gaussian weights), which averages the attention maps of overlapping windows exactly
+as it averages logits; the arg-max of the blended logits is the label map ``medattn predict`` computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class VolumeView:
+    """One volume on the preprocessed grid, ready to draw.
+
+    Attributes:
+        case_id: the case.
+        image: float32 (X, Y, Z), first channel, normalised as the network sees it.
+        label: class indices (X, Y, Z) uint8, or None when the case has no label.
+        prediction: class indices (X, Y, Z) uint8.
+        attention: float32 (X, Y, Z) in [0, 1], the finest gate's coefficients, or None for a model without gates.
+        spacing: voxel size (mm) along x, y, z.
+    """
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray | None
+    prediction: np.ndarray
+    attention: np.ndarray | None
+    spacing: tuple[float, float, float]
+
+
+def _with_attention(model: torch.nn.Module, num_classes: int) -> Any:
+    """A network for ``sliding_window_inference``: logits, then the finest gate's map as one more channel."""
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        logits, maps = model(x, return_attention=True)
+        if isinstance(logits, (list, tuple)):
+            logits = logits[0]
+        extra = maps[0] if maps else torch.full_like(logits[:, :1], float("nan"))
+        return torch.cat([logits[:, :num_classes], extra.to(logits.dtype)], dim=1)
+
+    return run
+
+
+def volume_view(
+    loaded: Any,
+    item: Mapping[str, Any],
+    *,
+    overlap: float = 0.5,
+    window_batch: int = 2,
+    device: str | torch.device = "cpu",
+) -> VolumeView:
+    """Preprocess ``item`` with the model's plan and segment it, keeping the attention of the finest gate.
+
+    Args:
+        loaded: a :class:`~medattn.train.checkpoint.LoadedModel` (network in eval mode on ``device``).
+        item: a ``Manifest.datalist`` dict (``image`` paths, optional ``label``, ``case_id``).
+        overlap: sliding-window overlap.
+        window_batch: windows per network call.
+        device: where the network runs.
+
+    Raises:
+        DataError: the case cannot be read or preprocessed (from :func:`medattn.data.transforms.apply`).
+    """
+    from monai.inferers import sliding_window_inference
+
+    from medattn.data.transforms import apply, eval_transforms, inference_transforms
+
+    plan = loaded.plan
+    images = list(item["image"])
+    src: dict[str, Any] = {"image": images[0] if len(images) == 1 else images}
+    if item.get("label"):
+        src["label"] = item["label"]
+    data = apply(eval_transforms(plan) if "label" in src else inference_transforms(plan), src)
+    k = plan.num_classes
+    x = torch.as_tensor(data["image"]).float()[None].to(device)
+    with torch.inference_mode():
+        out = sliding_window_inference(
+            x,
+            tuple(plan.patch_size),
+            window_batch,
+            _with_attention(loaded.model, k),
+            overlap=overlap,
+            mode="gaussian",
+        )
+    out = torch.as_tensor(out)[0].float().cpu()
+    attention = out[k].numpy()
+    label = None
+    if "label" in src:
+        label = np.rint(np.asarray(data["label"][0])).astype(np.uint8)
+    return VolumeView(
+        case_id=str(item.get("case_id", images[0])),
+        image=np.asarray(data["image"][0], dtype=np.float32),
+        label=label,
+        prediction=out[:k].argmax(0).numpy().astype(np.uint8),
+        attention=None if np.isnan(attention).all() else np.clip(attention, 0.0, 1.0).astype(np.float32),
+        spacing=_spacing(plan.target_spacing),
+    )
+
+
+def _spacing(values: Sequence[float]) -> tuple[float, float, float]:
+    a, b, c = (float(v) for v in values)
+    return (a, b, c)

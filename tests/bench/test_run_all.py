@@ -1,0 +1,76 @@
+"""The benchmark suite runs end to end at its smoke sizes and writes the JSON ``bench/run_all.py`` promises.
+
+Timings are not checked here (they live in ``bench/``): only that every script ran, that the document names the
+machine, the versions and the commit, and that every headline is a finite ratio with a well-formed goal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+QUESTIONS = {"inference", "training", "memory", "loading"}
+
+
+def run_smoke(*argv: str) -> int:
+    """``run_all --smoke --in-process`` on one thread (tiny networks are quickest so on a busy machine), then the
+    test process's thread setting restored."""
+    import torch
+
+    from bench import run_all
+
+    threads = torch.get_num_threads()
+    try:
+        return run_all.main(["--smoke", "--in-process", "--threads", "1", *argv])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_smoke_suite_writes_machine_versions_commit_and_finite_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "run_all.json"
+    assert run_smoke("--out", str(out)) == 0
+
+    doc = json.loads(out.read_text())
+    assert doc["format"] == "medattn-bench-suite" and doc["version"] == 1 and doc["mode"] == "smoke"
+    time.strptime(doc["date"][:19], "%Y-%m-%dT%H:%M:%S")
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?|unknown", doc["git_commit"])
+    assert isinstance(doc["machine"]["cpu"], str) and doc["machine"]["cpu_count"] >= 1
+    assert doc["machine"]["ram_gib"] is None or doc["machine"]["ram_gib"] > 0
+    for lib in ("python", "torch", "monai", "avalanche", "numpy"):
+        assert re.match(r"\d+\.\d+", doc["versions"][lib]), lib
+
+    assert set(doc["scripts"]) == QUESTIONS
+    for question, entry in doc["scripts"].items():
+        assert entry["exit_status"] == 0 and "error" not in entry, (question, entry.get("error"))
+        assert entry["seconds"] > 0 and entry["results"]["mode"] == "smoke"
+
+    heads = doc["headlines"]
+    assert {h["question"] for h in heads} == QUESTIONS
+    for h in heads:
+        assert all(math.isfinite(h[k]) and h[k] > 0 for k in ("median", "q1", "q3")), h
+        assert h["q1"] <= h["median"] <= h["q3"], h
+        if h["goal"] is None:
+            assert h["met"] is None, h
+        else:
+            assert re.fullmatch(r"(>=|<=) \d+(\.\d+)?", h["goal"]) and isinstance(h["met"], bool), h
+    assert (tmp_path / "run_all_parts" / "bench_inference.json").is_file()
+
+
+def test_a_failing_script_is_reported_and_the_others_still_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import bench_loading
+
+    def broken(argv: list[str] | None = None) -> int:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(bench_loading, "main", broken)
+    out = tmp_path / "run_all.json"
+    assert run_smoke("--only", "training", "loading", "--out", str(out)) == 1
+    doc = json.loads(out.read_text())
+    assert doc["scripts"]["loading"]["error"] == "RuntimeError: disk on fire"
+    assert doc["scripts"]["training"]["exit_status"] == 0
+    assert [h["question"] for h in doc["headlines"]] == ["training"]
