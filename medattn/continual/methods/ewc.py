@@ -20,7 +20,10 @@ from medattn.continual.methods._params import move_params, params_from_state, pa
 from medattn.errors import ConfigError
 
 DESCRIPTION = "elastic weight consolidation (Avalanche EWCPlugin)"
-DEFAULTS: dict[str, Any] = {"ewc_lambda": 1.0e6, "mode": "separate", "decay_factor": None}
+#: ``ewc_lambda`` 1e5: on the hippocampus stream (original -> inverted contrast -> thick slices; issue 5 study) 1e6
+#: charged naive's drift 12x the segmentation loss and ended below naive (final Dice 0.651 against 0.663); 1e5
+#: ended at 0.681 (BWT -0.058 against naive's -0.121). See pipelines/adapt.yaml.
+DEFAULTS: dict[str, Any] = {"ewc_lambda": 1.0e5, "mode": "separate", "decay_factor": None}
 
 
 class ResumableEWCPlugin(EWCPlugin):
