@@ -54,33 +54,42 @@ def shift_case(seed: int, invert: bool) -> tuple[np.ndarray, np.ndarray]:
     return image.astype(np.float32), label
 
 
-def write_shift_dataset(root: Path) -> Path:
-    """Domains A and B (inverted contrast) with fixed train/test splits; returns the manifest path."""
-    domains = []
-    for name, invert in (("A", False), ("B", True)):
-        cases = []
-        for i in range(CASES):
-            image, label = shift_case(1000 * invert + i, invert)
-            write_nifti(root / name / f"{name}_{i}.nii.gz", image)
-            write_nifti(root / name / f"{name}_{i}_seg.nii.gz", label)
-            meta = {"Manufacturer": "Acme", "index": i} if i % 2 else {}  # differing keys must not break collation
-            cases.append(
-                {
-                    "id": f"{name}_{i}",
-                    "images": [f"{name}/{name}_{i}.nii.gz"],
-                    "label": f"{name}/{name}_{i}_seg.nii.gz",
-                    "metadata": meta,
-                }
-            )
-        ids = [c["id"] for c in cases]
-        domains.append({"name": name, "cases": cases, "splits": {"train": ids[:4], "test": ids[4:]}})
+def write_shift_dataset(
+    root: Path,
+    domains: dict[str, tuple[int, bool]] | None = None,
+    cases: int = CASES,
+    test_cases: int = 2,
+    name: str = "inverted-contrast shift",
+    metadata: bool = True,
+) -> Path:
+    """Domains of :func:`shift_case` volumes, each ``name: (seed offset, inverted)`` (default: A, then B with its
+    contrast inverted), with fixed train/test splits (the last ``test_cases`` of each domain are its test split);
+    returns the manifest path. ``metadata`` gives odd cases a metadata dict whose keys differ from the even ones'."""
+    domains = {"A": (0, False), "B": (1000, True)} if domains is None else domains
+    docs = []
+    for dom, (offset, invert) in domains.items():
+        items = []
+        for i in range(cases):
+            image, label = shift_case(offset + i, invert)
+            write_nifti(root / dom / f"{dom}_{i}.nii.gz", image)
+            write_nifti(root / dom / f"{dom}_{i}_seg.nii.gz", label)
+            item: dict[str, object] = {
+                "id": f"{dom}_{i}",
+                "images": [f"{dom}/{dom}_{i}.nii.gz"],
+                "label": f"{dom}/{dom}_{i}_seg.nii.gz",
+            }
+            if metadata:  # differing keys must not break collation
+                item["metadata"] = {"Manufacturer": "Acme", "index": i} if i % 2 else {}
+            items.append(item)
+        ids = [c["id"] for c in items]
+        docs.append({"name": dom, "cases": items, "splits": {"train": ids[:-test_cases], "test": ids[-test_cases:]}})
     doc = {
         "format": "medattn-manifest",
         "version": 1,
-        "name": "inverted-contrast shift",
+        "name": name,
         "channels": [{"name": "MR", "modality": "MR"}],
         "labels": LABELS,
-        "domains": domains,
+        "domains": docs,
     }
     path = root / "manifest.json"
     path.write_text(json.dumps(doc))

@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import write_nifti
-from tests.continual.conftest import LABELS, shift_case, tiny_config
+from tests.continual.conftest import tiny_config, write_shift_dataset
 
 CASES = 8  # per domain: 6 train, 2 test
 DOMAINS = {"A": (0, False), "A2": (500, False), "B": (1000, True)}
@@ -26,29 +25,13 @@ DOMAINS = {"A": (0, False), "A2": (500, False), "B": (1000, True)}
 
 @pytest.fixture(scope="module")
 def stream_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("auto")
-    domains = []
-    for name, (offset, invert) in DOMAINS.items():
-        cases = []
-        for i in range(CASES):
-            image, label = shift_case(offset + i, invert)
-            write_nifti(root / name / f"{name}_{i}.nii.gz", image)
-            write_nifti(root / name / f"{name}_{i}_seg.nii.gz", label)
-            cases.append(
-                {"id": f"{name}_{i}", "images": [f"{name}/{name}_{i}.nii.gz"], "label": f"{name}/{name}_{i}_seg.nii.gz"}
-            )
-        ids = [c["id"] for c in cases]
-        domains.append({"name": name, "cases": cases, "splits": {"train": ids[:6], "test": ids[6:]}})
-    doc = {
-        "format": "medattn-manifest",
-        "version": 1,
-        "name": "same scanner, then inverted contrast",
-        "channels": [{"name": "MR", "modality": "MR"}],
-        "labels": LABELS,
-        "domains": domains,
-    }
-    (root / "manifest.json").write_text(json.dumps(doc))
-    return root / "manifest.json"
+    return write_shift_dataset(
+        tmp_path_factory.mktemp("auto"),
+        DOMAINS,
+        cases=CASES,
+        name="same scanner, then inverted contrast",
+        metadata=False,
+    )
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
