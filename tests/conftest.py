@@ -43,6 +43,20 @@ def blob_case(shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.nd
     return image, label
 
 
+def split_manifest(root: Path, test: list[str]) -> Path:
+    """Write ``root/split_manifest.json``: the one-domain dataset at ``root`` with ``test`` as its test split and
+    the other cases as its train split; returns the path."""
+    import dataclasses
+
+    from medattn.data.importers import load_dataset
+
+    m = load_dataset(str(root))
+    d = m.domains[0]
+    train = tuple(c.id for c in d.cases if c.id not in test)
+    d = dataclasses.replace(d, splits={"train": train, "test": tuple(test)})
+    return dataclasses.replace(m, domains=(d,)).save(root / "split_manifest.json")
+
+
 @pytest.fixture
 def make_msd(tmp_path: Path) -> Callable[..., Path]:
     """Factory for a small MSD-layout dataset: ``make_msd(n=4, shape=(16, 18, 20))`` returns its folder."""

@@ -190,6 +190,22 @@ class Manifest:
                 out.append(item)
         return out
 
+    def split_datalist(self, split: str | None, data_root: str | Path | None = None) -> list[dict[str, Any]]:
+        """:meth:`datalist` of every domain, restricted to the split named ``split`` when given (what the
+        ``--split`` options of predict, evaluate and drift select).
+
+        Raises:
+            ManifestError: a domain without that split (so a typo never selects nothing in silence).
+        """
+        if split is not None:
+            missing = [d.name for d in self.domains if split not in d.splits]
+            if missing:
+                have = sorted({k for d in self.domains for k in d.splits})
+                raise ManifestError(
+                    f"domain(s) {missing} have no split {split!r} (splits in this dataset: {have or 'none'})"
+                )
+        return self.datalist(split=split, data_root=data_root)
+
     # ---- (de)serialisation -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {

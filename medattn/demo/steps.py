@@ -301,6 +301,7 @@ class DemoSteps:
                 spacing=view.spacing,
                 class_names=self.class_names,
                 title=f"{view.case_id} (scanner {item['domain']}), model trained on {self.first}",
+                attention_title=f"attention (gate {(view.attention_gate or 0) + 1} of {view.gates}, finest = 1)",
             )
             self.figures.setdefault("slices", []).append(
                 (png.name, f"{view.case_id}, scanner {item['domain']}: preprocessed grid")

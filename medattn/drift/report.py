@@ -33,7 +33,7 @@ from medattn.drift.features import (
     prediction_statistics,
 )
 from medattn.drift.stats import MahalanobisScorer, TestResult, auroc, ks_pca_test, mmd_test, pca_fit, standardise
-from medattn.errors import DataError
+from medattn.errors import DataError, ManifestError
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,6 @@ def dataset_items(
     ``split`` keeps only the cases the manifest's split of that name lists (in every selected domain).
     """
     from medattn.data.importers import load_dataset
-    from medattn.errors import ManifestError
 
     try:
         manifest = load_dataset(spec)
@@ -147,11 +146,10 @@ def dataset_items(
             {"image": [str(p) for p in c.images], "case_id": c.case_id, "domain": c.domain, "metadata": {}}
             for c in cases
         ]
-    if split is not None:
-        missing = [d.name for d in manifest.domains if split not in d.splits]
-        if missing:
-            raise DataError(f"domain(s) {missing} have no split {split!r}", spec)
-    return manifest.datalist(split=split, data_root=data_root)
+    try:
+        return manifest.split_datalist(split, data_root)
+    except ManifestError as e:
+        raise DataError(str(e), spec) from None
 
 
 def extract_features(

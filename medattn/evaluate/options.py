@@ -11,6 +11,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pred", help="folder of predicted masks named <case>.nii.gz (as written by `medattn predict`)")
     add_data(p, help_extra="; its labelled cases are the reference")
     add_import_options(p)
+    p.add_argument("--split", help="only the labelled cases of this split of the dataset (e.g. test)")
     p.add_argument("-o", "--out", default="metrics.json", help="metrics JSON to write (default metrics.json)")
     p.add_argument("--csv", help="per-case-and-class CSV to write (default: the JSON's path with .csv)")
     p.add_argument(

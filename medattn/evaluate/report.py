@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from medattn.data.io import IMAGE_SUFFIXES, has_suffix, strip_suffix
-from medattn.errors import ConfigError, DataError
+from medattn.errors import ConfigError, DataError, ManifestError
 from medattn.evaluate.metrics import DEFAULT_NSD_TOLERANCE_MM, METRICS, ClassScores, segmentation_scores, summarise
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,14 @@ def evaluate_command(args: argparse.Namespace) -> int:
         label_name=getattr(args, "label_name", None),
         modality=getattr(args, "modality", None),
     )
-    items = [d for d in manifest.datalist(data_root=args.data_root) if d.get("label")]
+    split = getattr(args, "split", None)
+    try:
+        items = [d for d in manifest.split_datalist(split, args.data_root) if d.get("label")]
+    except ManifestError as e:
+        raise DataError(str(e), args.data) from None
     if not items:
-        raise DataError("the dataset has no labelled cases to evaluate against", args.data)
+        where = f"split {split!r} of the dataset" if split else "the dataset"
+        raise DataError(f"{where} has no labelled cases to evaluate against", args.data)
     labels = {int(k): str(v) for k, v in manifest.labels.items() if int(k) != 0}
     doc = evaluate_folder(args.pred, items, labels, options, progress=not getattr(args, "quiet", False))
     doc["data"] = str(args.data)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from medattn.data.io import IMAGE_SUFFIXES, has_suffix, strip_suffix
-from medattn.errors import DataError
+from medattn.errors import DataError, ManifestError
 
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -50,6 +50,7 @@ def collect_inputs(
     num_channels: int = 1,
     data_root: str | Path | None = None,
     import_options: dict[str, Any] | None = None,
+    split: str | None = None,
 ) -> list[InputCase]:
     """The cases ``spec`` names, in a stable order.
 
@@ -60,9 +61,11 @@ def collect_inputs(
         num_channels: channels the model expects (used to group nnU-Net-style channel files).
         data_root: overrides a manifest's root.
         import_options: ``domain_from``, ``channels``, ``label_name``, ``modality`` for folder datasets.
+        split: only the cases of the dataset's split of this name (e.g. ``test``); needs a dataset input.
 
     Raises:
-        DataError: nothing to predict, or two inputs that would write the same output name.
+        DataError: nothing to predict, two inputs that would write the same output name, or ``split`` given for
+            image files or a dataset without that split.
         ManifestError: a dataset that cannot be understood (from the importers).
     """
     from medattn.data.importers import load_dataset, split_spec
@@ -79,10 +82,14 @@ def collect_inputs(
         raise DataError(f"the folder holds no image files ({', '.join(IMAGE_SUFFIXES)})", path)
     else:
         manifest = load_dataset(spec, **(import_options or {}))
-        cases = [
-            InputCase(d["case_id"], tuple(Path(p) for p in d["image"]), d.get("domain"))
-            for d in manifest.datalist(data_root=data_root)
-        ]
+        try:
+            items = manifest.split_datalist(split, data_root)
+        except ManifestError as e:
+            raise DataError(str(e), path) from None
+        cases = [InputCase(d["case_id"], tuple(Path(p) for p in d["image"]), d.get("domain")) for d in items]
+        split = None  # applied
+    if split is not None:
+        raise DataError(f"--split {split!r} needs a dataset with splits (a manifest), not image files", path)
     if not cases:
         raise DataError("no image files to predict", path)
     dupes = sorted(k for k, n in Counter(c.case_id for c in cases).items() if n > 1)

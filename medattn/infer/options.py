@@ -16,6 +16,7 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("output", help="output folder for the masks (created); OUTPUT/<case>.nii.gz + predictions.json")
     p.add_argument("--data-root", help="data root for a manifest input")
+    p.add_argument("--split", help="only the cases of this split of a dataset input (e.g. test)")
     add_import_options(p)
     add_device(p)
     add_workers(p)

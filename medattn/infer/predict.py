@@ -167,6 +167,7 @@ def predict_command(args: argparse.Namespace) -> int:
         data_root=getattr(args, "data_root", None),
         import_options=import_options,
         rank=rank,
+        split=getattr(args, "split", None),
     )
     if rank.is_main:
         print(
@@ -188,10 +189,12 @@ def run_predict(
     data_root: str | Path | None = None,
     import_options: dict[str, Any] | None = None,
     rank: Rank | None = None,
+    split: str | None = None,
 ) -> dict[str, Any]:
     """Predict every case of ``input_spec`` (this rank's share of them) into ``output_dir``.
 
     Returns the summary document (all ranks' cases); rank 0 also writes it to ``OUTPUT/predictions.json``.
+    ``split`` keeps only the cases of that split of a dataset input.
 
     Raises:
         DataError, ManifestError: the model or the input cannot be read at all (not per-case failures).
@@ -208,7 +211,7 @@ def run_predict(
     loaded = load_model(model_path, device)
     plan = loaded.plan
     cases = collect_inputs(
-        input_spec, num_channels=plan.num_channels, data_root=data_root, import_options=import_options
+        input_spec, num_channels=plan.num_channels, data_root=data_root, import_options=import_options, split=split
     )
     protected = [p for c in cases for p in c.images] + [Path(model_path)]
     _check_outputs(cases, out, options, protected)

@@ -26,6 +26,14 @@ StageSelector = Mapping[str, Any]
 """Per-stage values relative to the depth: ``{"rest": v}`` plus any of ``"first"``, ``"last"`` and stage indices
 (``"1"``, ``"-2"``), e.g. ``{"last": "mhsa", "rest": "none"}``; expanded to one value per stage."""
 
+#: The full-resolution stem: one convolution at the input's resolution, its skip fused by addition.
+FULLRES: dict[str, Any] = {
+    "strides": {"first": 1, "rest": 2},
+    "encoder_convs": {"first": 1, "rest": 2},
+    "decoder_convs": {"first": 0, "rest": 1},
+    "fusion": "add",
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "unet": {
         "description": "the same U-Net without gates (the baseline)",
@@ -41,10 +49,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "description": "ag_unet with a full-resolution stem and skip (one conv there, additive fusion)",
         "arch": unet_config.ARCH,
         "gates": True,
-        "strides": {"first": 1, "rest": 2},
-        "encoder_convs": {"first": 1, "rest": 2},
-        "decoder_convs": {"first": 0, "rest": 1},
-        "fusion": "add",
+        **FULLRES,
+    },
+    "unet_fullres": {
+        "description": "ag_unet_fullres without gates (its baseline)",
+        "arch": unet_config.ARCH,
+        "gates": False,
+        **FULLRES,
     },
     "ag_unet_scse": {
         "description": "gates + scSE after every encoder and decoder block below the stem",

@@ -104,6 +104,7 @@ def orthogonal_slices(
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     class_names: Sequence[str] = (),
     title: str = "",
+    attention_title: str = "attention",
 ) -> Path:
     """Sagittal, coronal and axial cuts: image, ground truth, prediction and attention, each over the image.
 
@@ -116,6 +117,7 @@ def orthogonal_slices(
         spacing: voxel size (mm) along x, y, z; sets each panel's aspect ratio.
         class_names: foreground class names for the legend, class 1 first.
         title: figure title.
+        attention_title: heading of the attention column (which gate it shows).
 
     The cuts go through the centre of the ground truth (or, without one, of the prediction).
     """
@@ -128,7 +130,7 @@ def orthogonal_slices(
         columns.append(("ground truth", label, "label"))
     columns.append(("prediction", prediction, "label"))
     if attention is not None:
-        columns.append(("attention (finest gate)", attention, "attention"))
+        columns.append((attention_title, attention, "attention"))
     fig = _figure(2.3 * len(columns), 2.3 * len(VIEWS) + 0.6)
     for r, (view, axis, (a, b)) in enumerate(VIEWS):
         base = _plane(image, axis, centre[axis])

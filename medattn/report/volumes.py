@@ -5,6 +5,12 @@ grid, so this runs the model once more on the preprocessed volume (the grid the 
 spacing) and asks it for its gates' coefficients (``return_attention=True``). Windows are blended with MONAI's
 ``sliding_window_inference`` (Gaussian weights), which averages the attention maps of overlapping windows exactly
 as it averages logits; the arg-max of the blended logits is the label map ``medattn predict`` computes.
+
+Which gate is drawn: the finest one that selects, i.e. whose coefficients spread over at least
+:data:`SELECTIVE_SPREAD` between their 5th and 95th percentiles in the volume (else the one with the widest spread).
+A gate at full resolution can learn to pass almost everything (``ag_unet_fullres`` on the demo phantom: every
+coefficient of its finest gate between 0.97 and 1), and an all-bright overlay says nothing; the next gate there
+ranged from 0 to 0.9 around the structure.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+#: The 5th-to-95th percentile spread of a gate's coefficients from which it counts as selective (see above).
+SELECTIVE_SPREAD = 0.25
+
 
 @dataclass(frozen=True)
 class VolumeView:
@@ -26,8 +35,11 @@ class VolumeView:
         image: float32 (X, Y, Z), first channel, normalised as the network sees it.
         label: class indices (X, Y, Z) uint8, or None when the case has no label.
         prediction: class indices (X, Y, Z) uint8.
-        attention: float32 (X, Y, Z) in [0, 1], the finest gate's coefficients, or None for a model without gates.
+        attention: float32 (X, Y, Z) in [0, 1], the coefficients of the gate drawn (see the module docstring), or
+            None for a model without gates.
         spacing: voxel size (mm) along x, y, z.
+        attention_gate: which gate ``attention`` is, 0 the finest (None without gates).
+        gates: how many gates the model has.
     """
 
     case_id: str
@@ -36,19 +48,28 @@ class VolumeView:
     prediction: np.ndarray
     attention: np.ndarray | None
     spacing: tuple[float, float, float]
+    attention_gate: int | None = None
+    gates: int = 0
 
 
 def _with_attention(model: torch.nn.Module, num_classes: int) -> Any:
-    """A network for ``sliding_window_inference``: logits, then the finest gate's map as one more channel."""
+    """A network for ``sliding_window_inference``: logits, then every gate's map (finest first) as more channels."""
 
     def run(x: torch.Tensor) -> torch.Tensor:
         logits, maps = model(x, return_attention=True)
         if isinstance(logits, (list, tuple)):
             logits = logits[0]
-        extra = maps[0] if maps else torch.full_like(logits[:, :1], float("nan"))
-        return torch.cat([logits[:, :num_classes], extra.to(logits.dtype)], dim=1)
+        return torch.cat([logits[:, :num_classes], *(m.to(logits.dtype) for m in maps)], dim=1)
 
     return run
+
+
+def selective_gate(maps: Sequence[np.ndarray]) -> int | None:
+    """Index of the gate to draw among ``maps`` (finest first); see the module docstring. None when empty."""
+    if not len(maps):
+        return None
+    spreads = [float(np.subtract(*np.percentile(m, (95, 5)))) for m in maps]
+    return next((i for i, s in enumerate(spreads) if s >= SELECTIVE_SPREAD), int(np.argmax(spreads)))
 
 
 def volume_view(
@@ -59,7 +80,7 @@ def volume_view(
     window_batch: int = 2,
     device: str | torch.device = "cpu",
 ) -> VolumeView:
-    """Preprocess ``item`` with the model's plan and segment it, keeping the attention of the finest gate.
+    """Preprocess ``item`` with the model's plan and segment it, keeping the attention of its selective gate.
 
     Args:
         loaded: a :class:`~medattn.train.checkpoint.LoadedModel` (network in eval mode on ``device``).
@@ -93,7 +114,8 @@ def volume_view(
             mode="gaussian",
         )
     out = torch.as_tensor(out)[0].float().cpu()
-    attention = out[k].numpy()
+    maps = [np.clip(m, 0.0, 1.0).astype(np.float32) for m in out[k:].numpy()]
+    gate = selective_gate(maps)
     label = None
     if "label" in src:
         label = np.rint(np.asarray(data["label"][0])).astype(np.uint8)
@@ -102,8 +124,10 @@ def volume_view(
         image=np.asarray(data["image"][0], dtype=np.float32),
         label=label,
         prediction=out[:k].argmax(0).numpy().astype(np.uint8),
-        attention=None if np.isnan(attention).all() else np.clip(attention, 0.0, 1.0).astype(np.float32),
+        attention=None if gate is None else maps[gate],
         spacing=_spacing(plan.target_spacing),
+        attention_gate=gate,
+        gates=len(maps),
     )
 
 

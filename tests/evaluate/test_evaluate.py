@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from medattn.cli import main
 from medattn.evaluate.metrics import binary_scores, bootstrap_ci, summarise
-from tests.conftest import blob_case, write_nifti
+from tests.conftest import blob_case, split_manifest, write_nifti
 
 LABELS = {0: "background", 63: "anterior", 117: "posterior"}
 SPACING = (0.8, 1.0, 2.5)
@@ -176,6 +176,23 @@ def test_no_matching_prediction_is_a_data_error(tmp_path: Path) -> None:
     root = _dataset(tmp_path / "data", n=1)
     write_nifti(tmp_path / "pred" / "other.nii.gz", np.zeros((16, 18, 20), np.uint8))
     assert main(["evaluate", str(tmp_path / "pred"), str(root), "-o", str(tmp_path / "m.json"), "--quiet"]) == 3
+
+
+def test_split_option_scores_only_that_split(tmp_path: Path, capsys) -> None:
+    """``--split test`` scores the test cases alone (the training cases' missing predictions are not reported);
+    an unknown split is a data error naming it."""
+    root = _dataset(tmp_path / "data", n=3)
+    manifest = split_manifest(root, ["c2"])
+    lab = np.asarray(nib.load(str(root / "labelsTr" / "c2.nii.gz")).dataobj)
+    write_nifti(tmp_path / "pred" / "c2.nii.gz", _perturbed(lab, 2), np.diag([*SPACING, 1.0]))
+    out = tmp_path / "m.json"
+    args = ["evaluate", str(tmp_path / "pred"), str(manifest), "-o", str(out)]
+    assert main([*args, "--split", "test", "--quiet"]) == 0
+    doc = json.loads(out.read_text())
+    assert [c["case"] for c in doc["cases"]] == ["c2"]
+    assert "no prediction" not in capsys.readouterr().err
+    assert main([*args, "--split", "validation", "--quiet"]) == 3
+    assert "'validation'" in capsys.readouterr().err
 
 
 def test_per_class_nsd_tolerance_option(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from medattn.data.transforms import inference_transforms
 from medattn.errors import DataError
 from medattn.infer.inputs import InputCase, collect_inputs, shard
 from medattn.train.checkpoint import load_model
-from tests.conftest import REPO, blob_case, write_nifti
+from tests.conftest import REPO, blob_case, split_manifest, write_nifti
 from tests.infer.conftest import small_plan
 
 SHAPE = (21, 17, 13)
@@ -144,6 +144,22 @@ def test_manifest_input_with_the_shipped_config_and_mirror_flag(tmp_path: Path, 
     assert main([*args, "--overlap", "0.25"]) == 0
     options = json.loads((tmp_path / "out" / "predictions.json").read_text())["options"]
     assert options["mirror_axes"] == [] and options["overlap"] == 0.25
+
+
+def test_split_option_predicts_only_that_split(tmp_path: Path, model_file, make_msd, capsys) -> None:
+    manifest = split_manifest(make_msd(n=3, shape=(16, 18, 20)), ["blob_001"])
+    out = tmp_path / "out"
+    assert main(["predict", str(model_file()), str(manifest), str(out), "--split", "test", "--quiet"]) == 0
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["blob_001.nii.gz"]
+    capsys.readouterr()
+    # A split the manifest does not have is an error naming it, and nothing is written.
+    assert main(["predict", str(model_file()), str(manifest), str(tmp_path / "o2"), "--split", "tset"]) == 3
+    err = capsys.readouterr().err
+    assert "'tset'" in err and "test" in err and not (tmp_path / "o2").exists()
+    # Image files have no splits.
+    scan = write_nifti(tmp_path / "scan.nii.gz", blob_case(SHAPE, seed=0)[0])
+    assert main(["predict", str(model_file()), str(scan), str(tmp_path / "o3"), "--split", "test"]) == 3
+    assert "needs a dataset with splits" in capsys.readouterr().err
 
 
 def test_output_that_would_overwrite_an_input_is_refused(tmp_path: Path, model_file) -> None:

@@ -45,6 +45,11 @@ def test_presets_differ_in_what_they_say() -> None:
     assert cfg["ag_unet_scse"]["encoder_attention"] == ["none", "scse", "scse", "scse"]
     assert cfg["ag_unet_scse"]["decoder_attention"] == ["none", "scse", "scse"]
     assert build_model("ag_unet", 1, 2).config["norm"] == "instance"
+    full = {n: build_model(n, 1, 2, **SMALL).config for n in ("unet_fullres", "ag_unet_fullres")}
+    assert full["unet_fullres"]["gates"] is False
+    assert {k: v for k, v in full["unet_fullres"].items() if k != "gates"} == {
+        k: v for k, v in full["ag_unet_fullres"].items() if k != "gates"
+    }  # and the full-resolution stem's baseline likewise
 
 
 def test_stage_selectors_follow_the_depth_and_report_misuse() -> None:

@@ -37,3 +37,19 @@ def test_training_curves_skip_epochs_without_validation(tmp_path: Path) -> None:
     ]
     path = training_curves(rows, tmp_path / "c.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_drawn_gate_is_the_finest_that_selects() -> None:
+    """A saturated full-resolution gate (all ~1) is passed over for the next gate that varies; without any
+    selective gate the widest spread wins; no gates, no choice."""
+    from medattn.report.volumes import selective_gate
+
+    rng = np.random.default_rng(0)
+    saturated = 0.97 + 0.03 * rng.random((8, 8, 8))
+    focused = np.zeros((8, 8, 8))
+    focused[2:6, 2:6, 2:6] = 0.9  # 12.5% of the volume: the 95th percentile is inside, the 5th outside
+    flat_low, flat_mid = np.full((8, 8, 8), 0.1), 0.4 + 0.1 * rng.random((8, 8, 8))
+    assert selective_gate([saturated, focused, flat_low]) == 1
+    assert selective_gate([focused, saturated]) == 0
+    assert selective_gate([saturated, flat_low, flat_mid]) == 2
+    assert selective_gate([]) is None
