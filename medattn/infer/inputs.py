@@ -87,6 +87,8 @@ def collect_inputs(
         except ManifestError as e:
             raise DataError(str(e), path) from None
         cases = [InputCase(d["case_id"], tuple(Path(p) for p in d["image"]), d.get("domain")) for d in items]
+        if split is not None and not cases:
+            raise DataError(f"split {split!r} lists no cases", path)
         split = None  # applied
     if split is not None:
         raise DataError(f"--split {split!r} needs a dataset with splits (a manifest), not image files", path)
