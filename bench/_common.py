@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing
 import os
 import platform
@@ -27,6 +26,13 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+#: The real datasets beside the checkout (read-only; never copied into the project).
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def brats_flair_scans() -> list[Path]:
+    """The BraTS FLAIR volumes under :data:`SHARED_DATA`, sorted (empty without the shared data)."""
+    return sorted(SHARED_DATA.glob("BraTS2018_sites/*/*/FLAIR.nii.gz"))
 
 
 @dataclass(frozen=True)
@@ -259,7 +265,7 @@ class Setup:
 
 
 def start(args: argparse.Namespace) -> Setup:
-    """The start of every benchmark that uses :func:`add_common_arguments`: :func:`prepare`, describe the
+    """The start of every benchmark that uses :func:`common_parser`: :func:`prepare`, describe the
     environment and print it."""
     device = prepare(args)
     setup = Setup(device, device_name(device), mode_of(args), environment())
@@ -353,8 +359,9 @@ def format_ratio(median: float, q1: float, q3: float) -> str:
     return f"{median:.2f} [{q1:.2f}, {q3:.2f}]"
 
 
-def finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+def format_stats(s: Stats) -> str:
+    """:func:`format_ratio` of a :class:`Stats`."""
+    return format_ratio(s.median, s.q1, s.q3)
 
 
 # ---- fresh processes for memory peaks --------------------------------------------------------------------------

@@ -57,11 +57,13 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (
-    REPO,
+    SHARED_DATA,
     Headline,
     Stats,
+    brats_flair_scans,
     common_parser,
     finish,
+    format_stats,
     format_table,
     headline,
     paired_ratio,
@@ -73,7 +75,6 @@ from bench._common import (
 TARGET_SPEEDUP = 3.0
 CLASSES = 3
 CHANNELS = (16, 32, 64, 128, 256)
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 #: Per mode: throughput volume (X, Y, Z), window edge, rounds; training steps, (train, test) cases, and whether the
 #: Dice comparison may use the real hippocampus cases (the smoke run trains on small phantoms).
@@ -137,7 +138,7 @@ def throughput_volume(size: tuple[int, ...]) -> tuple[torch.Tensor, str]:
     """(1, X, Y, Z) float32: a crop of the first BraTS FLAIR scan, or seeded noise without the shared data."""
     from medattn.data.io import read_volume
 
-    flair = sorted(SHARED_DATA.glob("BraTS2018_sites/*/*/FLAIR.nii.gz"))
+    flair = brats_flair_scans()
     if flair:
         arr, _ = read_volume(flair[0])
         return torch.from_numpy(centre_crop(zscore(arr), size))[None], f"{flair[0].parent.name} FLAIR, centre crop"
@@ -185,14 +186,18 @@ def batches(cases: Cases, steps: int, batch: int, seed: int = 0) -> list[tuple[t
     """``steps`` batches of random patches (zero-padded where a volume is smaller than the patch), drawn once so
     every network trains on identical tensors."""
     rng = np.random.default_rng(seed)
+    padded = []  # each case padded to at least the patch once, not once per draw
+    for img, lab in cases.train:
+        size = tuple(max(s, p) for s, p in zip(img.shape[1:], cases.patch))
+        padded.append(
+            (torch.from_numpy(centre_crop(img[0].numpy(), size)), torch.from_numpy(centre_crop(lab[0].numpy(), size)))
+        )
     out = []
     for _ in range(steps):
         xs, ys = [], []
         for _ in range(batch):
-            img, lab = cases.train[int(rng.integers(len(cases.train)))]
-            size = [max(s, p) for s, p in zip(img.shape[1:], cases.patch)]
-            img_p = torch.from_numpy(centre_crop(img[0].numpy(), tuple(size)))
-            lab_p = torch.from_numpy(centre_crop(lab[0].numpy(), tuple(size)))
+            img_p, lab_p = padded[int(rng.integers(len(padded)))]
+            size = list(img_p.shape)
             lo = [int(rng.integers(s - p + 1)) for s, p in zip(size, cases.patch)]
             sl = tuple(slice(a, a + p) for a, p in zip(lo, cases.patch))
             xs.append(img_p[sl][None])
@@ -413,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                 k,
                 f"{r['seconds'].median:.2f}",
                 f"{r['voxels_per_s'] / 1e6:.2f}",
-                "1 (baseline of ratios)" if speed is None else f"{speed.median:.2f} [{speed.q1:.2f}, {speed.q3:.2f}]",
+                "1 (baseline of ratios)" if speed is None else format_stats(speed),
                 "" if speed is None else f"{tput['cpu_speedup'][k].median:.2f}",
                 f"{r['gflop_per_s']:.1f}",
                 f"{r['gflop_per_s'] / peak['peak']:.0%}",

@@ -45,12 +45,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (
-    REPO,
+    SHARED_DATA,
     Headline,
     Stats,
+    brats_flair_scans,
     common_parser,
     finish,
-    format_ratio,
+    format_stats,
     format_table,
     headline,
     paired_ratio,
@@ -59,7 +60,6 @@ from bench._common import (
     time_interleaved_clocks,
 )
 
-SHARED_DATA = REPO.parent / "shared" / "data"
 ROUNDS = {"full": 9, "quick": 5, "smoke": 1}
 
 
@@ -67,7 +67,7 @@ def source_files(tmp: Path, small: bool) -> dict[str, Path]:
     """``{label: .nii.gz path}``: the real files, or generated ones of the same size and dtype in ``tmp``."""
     import nibabel as nib
 
-    flair = sorted(SHARED_DATA.glob("BraTS2018_sites/*/*/FLAIR.nii.gz"))
+    flair = brats_flair_scans()
     hippo = sorted(SHARED_DATA.glob("Task04_Hippocampus/imagesTr/*.nii.gz"))
     if flair and hippo and not small:
         return {f"BraTS FLAIR {flair[0].parent.name}": flair[0], f"hippocampus {hippo[0].name[:-7]}": hippo[0]}
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['file']} {r['kind']}",
             f"{r['bytes'] / 2**20:.1f}",
             *(f"{r['seconds'][k].median * 1e3:.1f}" for k in ("medattn", "monai", "floor")),
-            format_ratio(r["medattn_over_monai"].median, r["medattn_over_monai"].q1, r["medattn_over_monai"].q3),
+            format_stats(r["medattn_over_monai"]),
             f"{r['medattn_over_floor'].median:.2f}",
             f"{r['monai_over_floor'].median:.2f}",
             "yes" if r["outputs_equal"] else "NO",

@@ -50,6 +50,7 @@ from bench._common import (
     Stats,
     common_parser,
     finish,
+    format_stats,
     format_table,
     headline,
     paired_ratio,
@@ -273,8 +274,8 @@ def run_throughput(args: argparse.Namespace, mode: str, device: torch.device, de
             "x".join(map(str, t["size"])),
             f"{t['voxels_per_s']['medattn'] / 1e6:.2f}",
             f"{t['voxels_per_s']['monai'] / 1e6:.2f}",
-            f"{t['speedup'].median:.2f} [{t['speedup'].q1:.2f}, {t['speedup'].q3:.2f}]",
-            f"{t['cpu_speedup'].median:.2f} [{t['cpu_speedup'].q1:.2f}, {t['cpu_speedup'].q3:.2f}]",
+            format_stats(t["speedup"]),
+            format_stats(t["cpu_speedup"]),
             f"{t['label_agreement']:.6f}",
         ]
         for t in tput
@@ -317,7 +318,7 @@ def run_memory(args: argparse.Namespace, mode: str, device: torch.device, dev_na
             f"{m['monai']['peak_bytes'] / 2**20:.0f}",
             f"{m['medattn']['bytes_per_voxel']:.2f}",
             f"{m['monai']['bytes_per_voxel']:.2f}",
-            f"{m['ratio'].median:.2f} [{m['ratio'].q1:.2f}, {m['ratio'].q3:.2f}]",
+            format_stats(m["ratio"]),
             f"{m['medattn']['seconds']:.1f}/{m['monai']['seconds']:.1f}",
         ]
         for m in mem

@@ -41,6 +41,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (
+    Stats,
     common_parser,
     finish,
     format_table,
@@ -128,7 +129,7 @@ def avalanche_epoch(
 
 def plain_epoch(
     model: nn.Module, opt: torch.optim.Optimizer, items: list[dict[str, Any]], cfg: dict[str, Any], device: Any
-) -> tuple[Callable[[], list[float]], Any]:
+) -> Callable[[], list[float]]:
     """One epoch of the plain loop as a zero-argument call returning the per-step losses."""
     from torch.utils.data import DataLoader
 
@@ -151,7 +152,7 @@ def plain_epoch(
             losses.append(loss.detach())
         return [float(v) for v in losses]
 
-    return epoch, loader
+    return epoch
 
 
 def same_computation(cfg: dict[str, Any], items: list[dict[str, Any]], device: Any) -> dict[str, Any]:
@@ -173,7 +174,7 @@ def same_computation(cfg: dict[str, Any], items: list[dict[str, Any]], device: A
     recorder = Losses()
     strategy.plugins.append(recorder)
     run_a()
-    run_p, _ = plain_epoch(models["plain"], opts["plain"], items, cfg, device)
+    run_p = plain_epoch(models["plain"], opts["plain"], items, cfg, device)
     plain_losses = run_p()
     diff = max(
         float((a - b).abs().max())
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     model = make_model(cfg["channels"]).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     run_a, _ = avalanche_epoch(model, opt, items, cfg, device)
-    run_p, _ = plain_epoch(model, opt, items, cfg, device)
+    run_p = plain_epoch(model, opt, items, cfg, device)
     print(
         f"timing: patch {cfg['patch']}^3, batch {cfg['batch']}, {cfg['batches']} steps per epoch, {rounds} "
         "interleaved rounds ...",
@@ -218,13 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     raw = time_interleaved_clocks({"avalanche": run_a, "plain": run_p}, rounds=rounds, sync=synchronizer(device))
     wall = paired_ratio(raw["wall"], "avalanche", "plain")
     cpu = paired_ratio(raw["cpu"], "avalanche", "plain")
-    step = {k: [t / cfg["batches"] for t in v] for k, v in raw["wall"].items()}
-    rows = [[k, f"{sorted(v)[len(v) // 2] * 1e3:.0f}", f"{min(v) * 1e3:.0f}"] for k, v in step.items()]
+    step = {k: Stats.of([t / cfg["batches"] for t in v]) for k, v in raw["wall"].items()}
+    rows = [[k, f"{s.median * 1e3:.0f}", f"{s.best * 1e3:.0f}"] for k, s in step.items()]
     print()
     print(format_table(["loop", "median ms/step", "best ms/step"], rows))
-    per_step_ms = (sorted(raw["wall"]["avalanche"])[rounds // 2] - sorted(raw["wall"]["plain"])[rounds // 2]) / cfg[
-        "batches"
-    ]
+    per_step_ms = step["avalanche"].median - step["plain"].median
     print(
         f"avalanche / plain: wall {wall.median:.3f} [{wall.q1:.3f}, {wall.q3:.3f}], CPU time {cpu.median:.3f} "
         f"[{cpu.q1:.3f}, {cpu.q3:.3f}] (goal <= {TARGET_OVERHEAD}); difference of medians {per_step_ms * 1e3:+.1f} "

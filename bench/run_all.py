@@ -44,7 +44,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import REPO, format_ratio, format_table, git_commit, machine, versions, write_json
+from bench._common import (
+    REPO,
+    format_ratio,
+    format_table,
+    git_commit,
+    machine,
+    mode_of,
+    versions,
+    write_json,
+)
 
 FORMAT = "medattn-bench-suite"
 VERSION = 1
@@ -116,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/bench/run_all.json", help="JSON results (default runs/bench/run_all.json)")
     args = p.parse_args(argv)
 
-    run_mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    run_mode = mode_of(args)
     out = Path(args.out)
     parts = out.parent / f"{out.stem}_parts"
     started = time.perf_counter()

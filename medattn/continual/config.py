@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medattn.configdoc import config_fields, save_config
+from medattn.configdoc import check_int, config_fields, int_tuple, names, save_config
 from medattn.errors import ConfigError
 
 CONFIG_FORMAT = "medattn-adapt-config"
@@ -90,7 +90,7 @@ class AdaptConfig:
         from medattn.train.config import PRECISIONS
 
         set_ = object.__setattr__
-        set_(self, "strategies", _names(self.strategies, "strategies"))
+        set_(self, "strategies", names(self.strategies, "strategies"))
         if not self.strategies:
             raise ConfigError("give at least one method with --strategy or --strategies")
         for s in self.strategies:
@@ -98,7 +98,7 @@ class AdaptConfig:
                 raise ConfigError(f"unknown method {s!r}; available: {', '.join(METHODS)}")
         if len(set(self.strategies)) != len(self.strategies):
             raise ConfigError(f"strategies: each method once, got {list(self.strategies)}")
-        set_(self, "loggers", _names(self.loggers, "loggers"))
+        set_(self, "loggers", names(self.loggers, "loggers"))
         for lg in self.loggers:
             if lg not in LOGGERS:
                 raise ConfigError(f"loggers: unknown {lg!r}; choose from {', '.join(LOGGERS)}")
@@ -109,10 +109,10 @@ class AdaptConfig:
             ("window_batch", 1),
             ("seed", 0),
             ("workers", 0),
+            ("drift_max_reference", 4),
+            ("drift_permutations", 1),
         ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-                raise ConfigError(f"{name}: expected an integer >= {minimum}, got {v!r}")
+            check_int(getattr(self, name), name, minimum)
         for name in ("lr", "weight_decay", "momentum", "poly_power", "grad_clip", "overlap", "test_fraction"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
@@ -127,7 +127,7 @@ class AdaptConfig:
         if self.cache not in ("memory", "disk", "none"):
             raise ConfigError(f"cache: {self.cache!r} is not one of memory, disk, none")
         if self.patch_size is not None:
-            ps = _ints(self.patch_size, "patch_size")
+            ps = int_tuple(self.patch_size, "patch_size")
             if len(ps) != 3 or min(ps) < 1:
                 raise ConfigError(f"patch_size: expected three positive voxel counts (X, Y, Z), got {list(ps)}")
             set_(self, "patch_size", ps)
@@ -148,10 +148,6 @@ class AdaptConfig:
         if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a < 1:
             raise ConfigError(f"drift_alpha: expected a number in (0, 1), got {a!r}")
         set_(self, "drift_alpha", float(a))
-        for name, minimum in (("drift_max_reference", 4), ("drift_permutations", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-                raise ConfigError(f"{name}: expected an integer >= {minimum}, got {v!r}")
 
     def augment_config(self) -> Any:
         """The :class:`~medattn.data.transforms.AugmentConfig` of the run."""
@@ -185,22 +181,6 @@ class AdaptConfig:
 
     def save(self, path: str | Path) -> Path:
         return save_config(path, self.to_dict())
-
-
-def _names(value: Any, what: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return tuple(v.strip() for v in value.split(",") if v.strip())
-    if isinstance(value, Sequence):
-        return tuple(str(v).strip() for v in value)
-    raise ConfigError(f"{what}: expected comma-separated names, got {value!r}")
-
-
-def _ints(value: Any, what: str) -> tuple[int, ...]:
-    parts = [p for p in value.replace("x", ",").split(",") if p.strip()] if isinstance(value, str) else list(value)
-    try:
-        return tuple(int(p) for p in parts)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{what}: expected integers, got {value!r}") from e
 
 
 def _augment_doc(value: Any) -> dict[str, Any]:

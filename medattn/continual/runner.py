@@ -20,6 +20,7 @@ model file is the unchanged model. The decisions are saved in ``state.pt`` so a 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -300,6 +301,7 @@ def run_method(
     while done < total and (stop_after is None or done < stop_after):
         seed = experience_seed(cfg.seed, done)
         seed_everything(seed)
+        adapt_here = True
         if spec.joint:
             for i, exp in enumerate(train_stream):
                 exp.seed(experience_seed(cfg.seed, i))
@@ -309,7 +311,6 @@ def run_method(
         else:
             exp = train_stream[done]
             exp.seed(seed)
-            adapt_here = True
             if gate is not None and done > 0:
                 seen = [e for i, e in enumerate(train_stream[:done]) if _adapted(decisions, i)]
                 latest = rows[-1] if rows else before
@@ -331,7 +332,8 @@ def run_method(
                 log.info("%s: experience %d/%d, domain %s: skipped (no drift)", name, done + 1, total, exp.domain)
             tag = f"{done:02d}_{exp.domain}"
             trained = [d for i, d in enumerate(domains[: done + 1]) if _adapted(decisions, i)]
-        rows.append(evaluate(strategy, test_stream).tolist())
+        # A skipped domain left the weights as they were: its row is the previous one, not a second evaluation.
+        rows.append(evaluate(strategy, test_stream).tolist() if adapt_here else copy.deepcopy(rows[-1]))
         meta = {
             "adapt": {
                 "method": name,
@@ -341,7 +343,7 @@ def run_method(
                 "dice": dict(zip(domains, _row_means(rows[-1]))),
             }
         }
-        if decisions and not spec.joint:
+        if decisions:
             meta["adapt"]["decision"] = decisions[-1]["decision"]
         save_model(folder / tag / "model.pt", strategy.model, plan, meta)
         done = total if spec.joint else done + 1

@@ -45,8 +45,8 @@ TEST_FRACTION = 0.25
 #: The anatomy's knobs: the structure's half-length and radius (fractions of the half-edge), the number of
 #: distractors (drawn in [lo, hi)) and the amplitude of the fine voxel-scale texture. Chosen so that the demo's
 #: 32^3 phantoms are learnable within its budget: with radius 0.17-0.25 (3 to 4 voxels at 32^3), 4-7 distractors
-#: and texture 0.25, 800 steps reached only 0.42 held-out Dice on scanner A (one voxel of boundary error costs a
-#: third of such a structure); with these values 600 steps of ag_unet_fullres reached 0.81 (same seed, 40 cases).
+#: and texture 0.25, 800 steps of ag_unet reached only 0.42 held-out Dice on scanner A (16 cases); with these
+#: values 600 steps of ag_unet_fullres reached 0.81 (same seed, 40 cases).
 STRUCTURE_LENGTH = (0.55, 0.75)
 STRUCTURE_RADIUS = (0.3, 0.38)
 DISTRACTORS = (2, 5)

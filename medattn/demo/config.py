@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from medattn.configdoc import check_int, int_tuple, names
 from medattn.errors import ConfigError
 
 CONFIG_FORMAT = "medattn-demo-config"
@@ -78,11 +78,14 @@ class DemoConfig:
         for name in ("scanners", "strategies"):
             value = getattr(self, name)
             if value is not None:
-                set_(self, name, _names(value, name))
+                set_(self, name, names(value, name))
         for name in ("widths", "patch_size"):
             value = getattr(self, name)
             if value is not None:
-                set_(self, name, _ints(value, name))
+                ints = int_tuple(value, name)
+                if not ints or min(ints) < 1:
+                    raise ConfigError(f"{name}: expected positive integers, got {value!r}")
+                set_(self, name, ints)
         for name, minimum in (
             ("seed", 0),
             ("cases", 2),
@@ -95,9 +98,9 @@ class DemoConfig:
             ("replay_patches", 1),
             ("replay_batch", 1),
         ):
-            _check_int(getattr(self, name), name, minimum)
+            check_int(getattr(self, name), name, minimum)
         if self.max_cases is not None:
-            _check_int(self.max_cases, "max_cases", 2)
+            check_int(self.max_cases, "max_cases", 2)
         for name in ("lr", "adapt_lr"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -138,31 +141,8 @@ class DemoConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DemoConfig:
         """From parsed ``medattn demo`` arguments (values may come from ``--config`` YAML; None: the default)."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        return cls(**{n: getattr(args, n) for n in names if getattr(args, n, None) is not None})
-
-
-def _names(value: Any, what: str) -> tuple[str, ...]:
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, Sequence):
-        raise ConfigError(f"{what}: expected comma-separated names, got {value!r}")
-    return tuple(str(v).strip() for v in items if str(v).strip())
-
-
-def _ints(value: Any, what: str) -> tuple[int, ...]:
-    items = value.replace("x", ",").split(",") if isinstance(value, str) else value
-    try:
-        out = tuple(int(v) for v in items)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what}: expected comma-separated integers, got {value!r}") from None
-    if not out or min(out) < 1:
-        raise ConfigError(f"{what}: expected positive integers, got {value!r}")
-    return out
-
-
-def _check_int(value: Any, what: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{what}: expected an integer >= {minimum}, got {value!r}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{n: getattr(args, n) for n in known if getattr(args, n, None) is not None})
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:

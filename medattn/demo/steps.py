@@ -18,6 +18,7 @@ from typing import Any
 from medattn.demo.config import DemoConfig
 from medattn.demo.data import safe_name
 from medattn.errors import MedattnError
+from medattn.report.demo_report import fmt_number
 
 SUMMARY_FORMAT = "medattn-demo-summary"
 #: Steps of a demo run, in order.
@@ -60,6 +61,15 @@ class DemoSteps:
     model_path: Path = Path()
     results: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    _loaded: Any = None
+
+    def loaded_model(self) -> Any:
+        """The trained model (``model_last.pt``), loaded once for the drift step and the figures."""
+        if self._loaded is None:
+            from medattn.train.checkpoint import load_model
+
+            self._loaded = load_model(self.model_path, device=self.cfg.device or "cpu")
+        return self._loaded
 
     @property
     def class_names(self) -> list[str]:
@@ -106,7 +116,7 @@ class DemoSteps:
             "patch_size": list(result.plan.patch_size),
         }
         self.steps.done(
-            f"loss {last['train_loss']:.3f}, validation Dice {_fmt(last.get('val_dice'))} after the last epoch; "
+            f"loss {last['train_loss']:.3f}, validation Dice {fmt_number(last.get('val_dice'))} after the last epoch; "
             f"model {self.model_path}"
         )
 
@@ -146,7 +156,7 @@ class DemoSteps:
         self.results["predictions"] = sorted(
             f"predictions/{Path(c['output']).name}" for c in summary["cases"] if c["status"] == "ok"
         )
-        dice = ", ".join(f"{k} {_fmt(v['dice'])}" for k, v in per_domain.items())
+        dice = ", ".join(f"{k} {fmt_number(v['dice'])}" for k, v in per_domain.items())
         self.steps.done(f"{summary['num_written']} masks in {pred_dir}; held-out Dice per scanner: {dice}")
         if summary["num_failed"]:
             raise MedattnError(f"{summary['num_failed']} held-out volume(s) could not be predicted; see {pred_dir}")
@@ -155,12 +165,11 @@ class DemoSteps:
         from medattn.data.io import atomic_write_text
         from medattn.drift.report import DriftOptions, analyse, extract_features, write_plots
         from medattn.errors import DataError
-        from medattn.train.checkpoint import load_model
 
         others = [d.name for d in self.manifest.domains if d.name != self.first]
         self.steps.start("drift", f"drift tests: scanner {self.first} as reference, {', '.join(others)} as targets")
         device = self.cfg.device or "cpu"
-        loaded = load_model(self.model_path, device=device)
+        loaded = self.loaded_model()
         options = DriftOptions(seed=self.cfg.seed)
         ref, ref_fail = extract_features(
             loaded, self.manifest.datalist(self.first), overlap=options.overlap, device=device, progress=self.progress
@@ -204,7 +213,7 @@ class DemoSteps:
             )
             lines.append(
                 f"{name}: {'DRIFT' if rep.drift else 'no drift'} (MMD p {rep.tests['mmd'].p_value:.3g}, "
-                f"Dice drop {_fmt(rep.dice.get('drop'), signed=True)})"
+                f"Dice drop {fmt_number(rep.dice.get('drop'), signed=True)})"
             )
         self.results["drift"] = found
         self.steps.done("; ".join(lines))
@@ -255,8 +264,8 @@ class DemoSteps:
         self.results["adapt"] = found
         self.steps.done(
             "; ".join(
-                f"{k}: average Dice {_fmt(v['average_dice'])}, BWT {_fmt(v['bwt'], signed=True)}, "
-                f"forgetting {_fmt(v['forgetting'])}"
+                f"{k}: average Dice {fmt_number(v['average_dice'])}, BWT {fmt_number(v['bwt'], signed=True)}, "
+                f"forgetting {fmt_number(v['forgetting'])}"
                 for k, v in found.items()
             )
         )
@@ -277,18 +286,14 @@ class DemoSteps:
     def _figures(self) -> None:
         from medattn.report.figures import orthogonal_slices, training_curves
         from medattn.report.volumes import volume_view
-        from medattn.train.checkpoint import load_model
         from medattn.train.logs import read_csv
 
         run_dir = self.out / "runs" / "train"
         png = training_curves(read_csv(run_dir / "log.csv"), self.out / "training_curves.png", f"scanner {self.first}")
         self.figures["train"] = [(png.name, f"training on scanner {self.first}: loss and validation Dice per epoch")]
         device = self.cfg.device or "cpu"
-        loaded = load_model(self.model_path, device=device)
-        queues = [
-            [i for i in self.manifest.datalist(d.name) if i["case_id"] in d.splits["test"]]
-            for d in self.manifest.domains
-        ]
+        loaded = self.loaded_model()
+        queues = [self.manifest.datalist(d.name, split="test") for d in self.manifest.domains]
         chosen = [q[k] for k in range(max(map(len, queues))) for q in queues if k < len(q)][: self.cfg.figure_cases]
         for item in chosen:
             view = volume_view(loaded, item, device=device)
@@ -338,12 +343,6 @@ def _round(v: Any) -> float | None:
         return None
     v = float(v)
     return None if v != v else round(v, 6)
-
-
-def _fmt(v: Any, signed: bool = False) -> str:
-    if v is None or v != v:
-        return "-"
-    return f"{v:+.3f}" if signed else f"{v:.3f}"
 
 
 def _jsonable(o: Any) -> Any:

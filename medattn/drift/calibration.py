@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from medattn.drift.features import VolumeFeatures
+from medattn.drift.features import VolumeFeatures, mean_dice
 from medattn.drift.report import DECISION_RULE, DriftOptions, decide
 from medattn.drift.stats import MahalanobisScorer, auroc
 
@@ -195,20 +195,14 @@ def rate_interval(hits: int, n: int) -> tuple[float, float]:
     return (float(ci.low), float(ci.high))
 
 
-def mean_dice(features: Sequence[VolumeFeatures]) -> float | None:
-    """Mean over volumes of the mean foreground Dice; None when no volume has a label."""
-    vals = [float(np.mean(list(f.dice.values()))) for f in features if f.dice]
-    return float(np.mean(vals)) if vals else None
-
-
 def _paired_drop(null: Sequence[VolumeFeatures], shifted: Sequence[VolumeFeatures]) -> tuple[float | None, int]:
     """Mean Dice drop over shifted volumes whose case id is a null case id plus ``_<suffix>`` (``synth --from``)."""
-    ref = {f.case_id: float(np.mean(list(f.dice.values()))) for f in null if f.dice}
+    ref = {f.case_id: f.mean_dice for f in null if f.mean_dice is not None}
     drops = []
     for f in shifted:
         stem = f.case_id.rsplit("_", 1)[0]
-        if f.dice and stem != f.case_id and stem in ref:
-            drops.append(ref[stem] - float(np.mean(list(f.dice.values()))))
+        if f.mean_dice is not None and stem != f.case_id and stem in ref:
+            drops.append(ref[stem] - f.mean_dice)
     return (float(np.mean(drops)), len(drops)) if drops else (None, 0)
 
 
@@ -399,7 +393,7 @@ def calibrate(
         if res.dice_mean is not None and pool_dice is not None:
             res.dice_drop = pool_dice - res.dice_mean
         res.dice_drop_paired, res.n_paired = _paired_drop(pool, shifted[k])
-    scorers: dict[tuple[int, ...], MahalanobisScorer] = {}
+    scorer_key: tuple[int, ...] | None = None  # the scorer is refitted only when the reference draw changes
     for r in tqdm(range(repeats), desc="calibration", unit="split", disable=not progress):
         rng = np.random.default_rng([seed, r])
         rep = dataclasses.replace(opts, seed=opts.seed + r)
@@ -415,9 +409,8 @@ def calibrate(
         ref = ref_x[ref_idx]
         _record(null_res, *decide(ref, pool_x[null_idx], rep))
         key = tuple(int(i) for i in ref_idx)
-        if key not in scorers:
-            scorers = {key: MahalanobisScorer(fpr=opts.fpr, seed=opts.seed).fit(ref)}  # keep one: memory
-        scorer = scorers[key]
+        if key != scorer_key:
+            scorer, scorer_key = MahalanobisScorer(fpr=opts.fpr, seed=opts.seed).fit(ref), key
         null_scores = scorer.score(pool_x[outside])
         null_res.flagged.append(float(np.mean(null_scores > scorer.threshold)))
         for k, x in shifted_x.items():

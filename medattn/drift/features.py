@@ -156,6 +156,11 @@ class VolumeFeatures:
     dice: dict[str, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def mean_dice(self) -> float | None:
+        """Mean foreground Dice of this volume; None without a label."""
+        return float(np.mean(list(self.dice.values()))) if self.dice else None
+
     def vector(self, groups: Sequence[str] = ("model", "prediction")) -> np.ndarray:
         """The numeric feature vector of the chosen groups (``model``, ``prediction``, ``image``)."""
         parts: list[np.ndarray] = []
@@ -223,3 +228,9 @@ def header_metadata(meta: Mapping[str, Any], case_metadata: Mapping[str, Any] | 
         if case_metadata and k in case_metadata:
             out[k] = case_metadata[k]
     return out
+
+
+def mean_dice(features: Sequence[VolumeFeatures]) -> float | None:
+    """Mean over volumes of each volume's mean foreground Dice; None when no volume has a label."""
+    vals = [f.mean_dice for f in features if f.mean_dice is not None]
+    return float(np.mean(vals)) if vals else None

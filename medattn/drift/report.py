@@ -30,6 +30,7 @@ from medattn.drift.features import (
     dice_per_class,
     header_metadata,
     image_statistics,
+    mean_dice,
     prediction_statistics,
 )
 from medattn.drift.stats import MahalanobisScorer, TestResult, auroc, ks_pca_test, mmd_test, pca_fit, standardise
@@ -242,11 +243,7 @@ def _metadata_changes(ref: Sequence[VolumeFeatures], tgt: Sequence[VolumeFeature
 
 
 def _dice_summary(ref: Sequence[VolumeFeatures], tgt: Sequence[VolumeFeatures]) -> dict[str, Any]:
-    def mean(fs: Sequence[VolumeFeatures]) -> float | None:
-        vals = [float(np.mean(list(f.dice.values()))) for f in fs if f.dice]
-        return float(np.mean(vals)) if vals else None
-
-    r, t = mean(ref), mean(tgt)
+    r, t = mean_dice(ref), mean_dice(tgt)
     return {
         "reference_mean": r,
         "target_mean": t,

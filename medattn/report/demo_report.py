@@ -17,8 +17,9 @@ Figures = Mapping[str, Sequence[tuple[str, str]]]
 captions."""
 
 
-def _num(v: Any, signed: bool = False) -> str:
-    if v is None:
+def fmt_number(v: Any, signed: bool = False) -> str:
+    """A Dice, p-value or difference for the terminal: three decimals, ``-`` for None or NaN."""
+    if v is None or v != v:
         return "-"
     return f"{v:+.3f}" if signed else f"{v:.3f}"
 
@@ -38,7 +39,16 @@ def _drift_rows(doc: Mapping[str, Any]) -> list[list[str]]:
         verdict = "-" if d.get("drift") is None else ("DRIFT" if d["drift"] else "no drift")
         dice = held.get(name, {}).get("dice")
         drop = None if dice is None or first is None else first - dice
-        rows.append([name, verdict, _num(d.get("p_mmd")), _num(d.get("p_ks")), _num(dice), _num(drop, signed=True)])
+        rows.append(
+            [
+                name,
+                verdict,
+                fmt_number(d.get("p_mmd")),
+                fmt_number(d.get("p_ks")),
+                fmt_number(dice),
+                fmt_number(drop, signed=True),
+            ]
+        )
     return rows
 
 
@@ -49,10 +59,10 @@ def _adapt_rows(doc: Mapping[str, Any]) -> list[list[str]]:
         rows.append(
             [
                 method,
-                *(_num(v) for v in final),
-                _num(a.get("average_dice")),
-                _num(a.get("bwt"), signed=True),
-                _num(a.get("forgetting")),
+                *(fmt_number(v) for v in final),
+                fmt_number(a.get("average_dice")),
+                fmt_number(a.get("bwt"), signed=True),
+                fmt_number(a.get("forgetting")),
             ]
         )
     return rows
@@ -68,8 +78,8 @@ def format_summary(doc: Mapping[str, Any]) -> str:
     """The terminal summary: Dice on the first scanner, drift per scanner, the adaptation strategies."""
     first = doc["first_scanner"]
     held = doc.get("heldout", {}).get(first, {})
-    per = ", ".join(f"{k} {_num(v)}" for k, v in held.get("per_class", {}).items())
-    lines = [f"Trained on scanner {first}: held-out Dice {_num(held.get('dice'))} ({per})", ""]
+    per = ", ".join(f"{k} {fmt_number(v)}" for k, v in held.get("per_class", {}).items())
+    lines = [f"Trained on scanner {first}: held-out Dice {fmt_number(held.get('dice'))} ({per})", ""]
     lines += [
         f"Drift against scanner {first} (Dice: held-out cases, model trained on {first}; drop: {first}'s minus it):",
         *("  " + s for s in _text_table(["scanner", "decision", "p MMD", "p KS", "Dice", "drop"], _drift_rows(doc))),

@@ -10,7 +10,7 @@ Which gate is drawn: the finest one that selects, i.e. whose coefficients spread
 :data:`SELECTIVE_SPREAD` between their 5th and 95th percentiles in the volume (else the one with the widest spread).
 A gate at full resolution can learn to pass almost everything (``ag_unet_fullres`` on the demo phantom: every
 coefficient of its finest gate between 0.97 and 1), and an all-bright overlay says nothing; the next gate there
-ranged from 0 to 0.9 around the structure.
+ranged from 0 to 1 (5th to 95th percentile 0 to 0.9), high around the structure.
 """
 
 from __future__ import annotations

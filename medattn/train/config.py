@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medattn.configdoc import config_fields, save_config
+from medattn.configdoc import check_int, config_fields, int_tuple, save_config
 from medattn.errors import ConfigError
 
 CONFIG_FORMAT = "medattn-train-config"
@@ -115,10 +115,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "widths", None if self.widths is None else _int_tuple(self.widths, "widths"))
+        set_(self, "widths", None if self.widths is None else int_tuple(self.widths, "widths"))
         if self.widths is not None and (len(self.widths) < 2 or min(self.widths) < 1):
             raise ConfigError(f"widths: expected at least two positive stage widths, got {list(self.widths)}")
-        ps = None if self.patch_size is None else _int_tuple(self.patch_size, "patch_size")
+        ps = None if self.patch_size is None else int_tuple(self.patch_size, "patch_size")
         if ps is not None and (len(ps) != 3 or min(ps) < 1):
             raise ConfigError(f"patch_size: expected three positive voxel counts (X, Y, Z), got {list(ps)}")
         set_(self, "patch_size", ps)
@@ -140,12 +140,12 @@ class TrainConfig:
             ("sw_batch_size", 1),
             ("workers", 0),
         ):
-            _int(getattr(self, name), name, minimum)
+            check_int(getattr(self, name), name, minimum)
         for name in ("iterations", "batch_size", "val_max_cases", "plan_max_cases", "deep_supervision"):
             if getattr(self, name) is not None:
-                _int(getattr(self, name), name, 0 if name == "deep_supervision" else 1)
-        _int(self.seed, "seed", 0)
-        _int(self.split_seed, "split_seed", 0)
+                check_int(getattr(self, name), name, 0 if name == "deep_supervision" else 1)
+        check_int(self.seed, "seed", 0)
+        check_int(self.split_seed, "split_seed", 0)
         for name, lo, hi in (
             ("lr", 0.0, None),
             ("weight_decay", 0.0, None),
@@ -226,31 +226,9 @@ class TrainConfig:
 # ---- validation helpers ----------------------------------------------------------------------------------------
 
 
-def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
-    """``"8,16,32"``, ``[8, 16, 32]`` or ``(8, 16, 32)`` -> ``(8, 16, 32)``."""
-    if isinstance(value, str):
-        parts = [p.strip() for p in value.replace("x", ",").split(",") if p.strip()]
-    elif isinstance(value, Sequence):
-        parts = list(value)
-    else:
-        raise ConfigError(f"{what}: expected comma-separated integers, got {value!r}")
-    try:
-        out = tuple(int(p) for p in parts)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{what}: expected comma-separated integers, got {value!r}") from e
-    if any(isinstance(p, float) and p != int(p) for p in parts):
-        raise ConfigError(f"{what}: expected integers, got {value!r}")
-    return out
-
-
 def _choice(value: Any, allowed: Sequence[str], what: str) -> None:
     if value not in allowed:
         raise ConfigError(f"{what}: {value!r} is not one of {', '.join(allowed)}")
-
-
-def _int(value: Any, what: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{what}: expected an integer >= {minimum}, got {value!r}")
 
 
 def _float(cfg: TrainConfig, name: str, lo: float, hi: float | None, strict: bool = False) -> None:
