@@ -37,12 +37,33 @@ def rebase(m: Manifest, prefix: str, data_root: Path) -> Manifest:
     return replace(m, domains=domains, base_dir=data_root, root=None)
 
 
-def split(ids: list[str], test_fraction: float, seed: int = 0) -> dict[str, tuple[str, ...]]:
-    """Deterministic train/test split (sorted ids shuffled with ``seed``)."""
+def split(ids: list[str], test_fraction: float, val_fraction: float, seed: int = 0) -> dict[str, tuple[str, ...]]:
+    """Deterministic train/val/test split: the sorted ids shuffled with ``seed``; the first
+    ``round(test_fraction * n)`` (at least one) are the test set, the next ``round(val_fraction * n)`` (at least
+    one when two or more remain) validate, the rest train.
+
+    The test set is the one the earlier train/test split (same shuffle, same ``test_fraction``) gave, so test figures
+    stay comparable; validation is carved from what was its train split. The test split never trains, never picks a
+    checkpoint and never enters the plan.
+    """
     ids = sorted(ids)
     random.Random(seed).shuffle(ids)
     n_test = max(1, round(len(ids) * test_fraction))
-    return {"train": tuple(sorted(ids[n_test:])), "test": tuple(sorted(ids[:n_test]))}
+    n_val = 0 if len(ids) - n_test < 2 else max(1, round(len(ids) * val_fraction))
+    return {
+        "train": tuple(sorted(ids[n_test + n_val :])),
+        "val": tuple(sorted(ids[n_test : n_test + n_val])),
+        "test": tuple(sorted(ids[:n_test])),
+    }
+
+
+def describe_splits(domains: tuple[Domain, ...]) -> str:
+    """ "CBICA 4 train / 1 val / 2 test, TCIA ..." for a manifest description."""
+    return ", ".join(
+        (f"{d.name} " if len(domains) > 1 else "")
+        + " / ".join(f"{len(d.splits[k])} {k}" for k in ("train", "val", "test"))
+        for d in domains
+    )
 
 
 def main(data_root: Path) -> None:
@@ -51,31 +72,37 @@ def main(data_root: Path) -> None:
 
     hip = rebase(load_dataset(data_root / "Task04_Hippocampus"), "Task04_Hippocampus", data_root)
     d = hip.domains[0]
+    hip_domains = (
+        replace(
+            d,
+            name="vumc",
+            metadata={**d.metadata, "institution": "Vanderbilt University Medical Center"},
+            splits=split([c.id for c in d.cases], 0.2, 0.1),
+        ),
+    )
     hip = replace(
         hip,
         labels={0: "background", 1: "anterior", 2: "posterior"},
-        domains=(
-            replace(
-                d,
-                name="vumc",
-                metadata={**d.metadata, "institution": "Vanderbilt University Medical Center"},
-                splits=split([c.id for c in d.cases], 0.2),
-            ),
-        ),
-        description="MSD Task04 hippocampus (subset of 208 training cases). Fixed 80/20 split, seed 0.",
+        domains=hip_domains,
+        description="MSD Task04 hippocampus (subset of 208 training cases). Fixed split, seed 0: "
+        f"{describe_splits(hip_domains)}. The test cases are those of the earlier 80/20 split; validation "
+        "(picks the checkpoint) was carved from its training cases.",
     )
     out["hippocampus.json"] = hip
 
     brats = rebase(load_dataset(data_root / "BraTS2018_sites", label_name="GT_W"), "BraTS2018_sites", data_root)
+    brats_domains = tuple(
+        replace(dd, metadata={"institution": dd.name}, splits=split([c.id for c in dd.cases], 0.3, 0.1))
+        for dd in brats.domains
+    )
     brats = replace(
         brats,
         name="BraTS2018_sites",
         labels={0: "background", 1: "whole_tumour"},
-        domains=tuple(
-            replace(dd, metadata={"institution": dd.name}, splits=split([c.id for c in dd.cases], 0.3))
-            for dd in brats.domains
-        ),
-        description="BraTS 2018 whole tumour; domains are the acquiring institutions (CBICA, TCIA).",
+        domains=brats_domains,
+        description="BraTS 2018 whole tumour; domains are the acquiring institutions (CBICA, TCIA). Fixed split per "
+        f"site, seed 0: {describe_splits(brats_domains)}. The test cases are those of the earlier 70/30 split; "
+        "one validation case per site was carved from its training cases.",
     )
     out["brats_sites.json"] = brats
 

@@ -4,8 +4,10 @@ Heavy imports (torch, monai) happen inside the command functions so ``medattn --
 several commands share are defined once in the ``_add_*`` helpers. Every command accepts ``--config FILE.yaml``
 whose keys are option names (``data_root``, ``out``, ...); flags given on the command line override the file.
 
-Exit codes: 0 success; 1 the command ran but found problems (validation failures, failed cases); 2 usage or
-configuration error; 3 data error that stopped the command (unreadable manifest, missing file).
+Exit codes: 0 success; 1 the command ran but found problems (validation failures, failed or refused cases, an
+internal error); 2 usage or configuration error (an output that would touch an input, an unwritable output); 3
+data error that stopped the command (unreadable manifest, missing file, every case refused, a read or write that
+failed mid-run); 4 ``drift`` found drift. No error ends in a traceback unless ``--verbose`` asks for it.
 """
 
 from __future__ import annotations
@@ -77,6 +79,15 @@ def _load_data(args: argparse.Namespace) -> Any:
     )
 
 
+def _guard_output_file(manifest: Any, args: argparse.Namespace, out: Path, what: str) -> None:
+    """Refuse an output file that is one of the dataset's files or its description, or lies in its image or label
+    folders; then check it can be written (both before any volume is read)."""
+    from medattn.data.guard import InputGuard, prepare_output_file
+
+    InputGuard.of_manifest(manifest, getattr(args, "data_root", None), args.data).check_file(out, what)
+    prepare_output_file(out, what)
+
+
 def _write_json(path: str | Path, doc: Any) -> Path:
     from medattn.data.io import atomic_write_text
 
@@ -116,10 +127,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     inputs = input_files(manifest, args.data_root)
     if out is not None:  # refuse before the run, not after it
-        spec = Path(args.data)
-        protected = [*inputs, *([spec] if spec.is_file() else []), *([spec / "dataset.json"] if spec.is_dir() else [])]
-        if out.resolve() in {p.resolve() for p in protected}:
-            raise ConfigError(f"--out {out} is one of the dataset's input files; choose another path")
+        _guard_output_file(manifest, args, out, "--out")
     checks = [c for c in CHECKS if c not in skip] if skip else None
     report = validate_manifest(manifest, data_root=args.data_root, checks=checks, progress=not args.quiet)
     print(format_report(report, max_rows=args.max_rows))
@@ -156,6 +164,7 @@ def _args_validate(p: argparse.ArgumentParser) -> None:
 @command("manifest", "build a manifest JSON from a dataset folder")
 def cmd_manifest(args: argparse.Namespace) -> int:
     manifest = _load_data(args)
+    _guard_output_file(manifest, args, Path(args.out), "-o")
     path = manifest.save(args.out)
     counts = ", ".join(f"{d.name}: {len(d.cases)}" for d in manifest.domains)
     print(f"{manifest.name}: {manifest.num_cases} cases in {len(manifest.domains)} domains ({counts})")
@@ -175,6 +184,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from medattn.data.plan import format_plan, make_plan
 
     manifest = _load_data(args)
+    _guard_output_file(manifest, args, Path(args.out), "-o")
     plan = make_plan(
         manifest,
         data_root=args.data_root,
@@ -418,6 +428,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"medattn {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a disk that filled up or a folder that became read-only during the run
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"medattn {args.command}: error: cannot read or write{where}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_DATA
+    except Exception as e:  # a bug: one line by default, the traceback with --verbose
+        if args.verbose:
+            raise
+        text = (str(e).strip().splitlines() or [""])[0][:300]
+        print(
+            f"medattn {args.command}: internal error: {type(e).__name__}: {text} "
+            "(please report it; --verbose shows the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_PROBLEMS
 
 
 if __name__ == "__main__":

@@ -56,3 +56,13 @@ def add_fold(p: argparse.ArgumentParser) -> None:
 
 def add_out(p: argparse.ArgumentParser, required: bool = True, help: str = "output folder") -> None:
     p.add_argument("--out", "-o", required=required, help=help)
+
+
+def add_exclude_invalid(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--exclude-invalid",
+        action="store_true",
+        default=None,
+        help="leave out the cases that fail the input checks (listed in the log and the run's summary) instead "
+        "of refusing to start; every case is checked before the first step either way",
+    )

@@ -8,6 +8,7 @@ several methods a comparison table. :func:`adapt_command` is the thin command-li
 Output::
 
     RUN/config.json                      the resolved run configuration
+    RUN/excluded.json                    cases the input gate refused (left out with --exclude-invalid)
     RUN/<method>/...                     see medattn.continual.runner (models per experience, state, logs)
     RUN/<method>/metrics.json            Dice matrix, per class and overall, with ACC, BWT, forgetting, FWT, plasticity
     RUN/<method>/matrix.csv, summary.csv, matrix.png
@@ -25,16 +26,21 @@ import csv
 import io
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medattn.continual.config import AdaptConfig
 from medattn.continual.metrics import DiceMatrix
 from medattn.continual.runner import MethodRun, run_method
+from medattn.data.gate import channel_mismatch, enforce, gate_manifest
+from medattn.data.guard import InputGuard, clean_orphans, prepare_output_dir
 from medattn.data.io import atomic_write_text
 from medattn.data.manifest import Manifest
 from medattn.errors import ConfigError, DataError
+
+#: ``RUN/excluded.json``: the cases the input gate refused and ``--exclude-invalid`` left out (empty list: none).
+EXCLUDED_NAME = "excluded.json"
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,8 @@ class AdaptResult:
     runs: dict[str, MethodRun]
     comparison: list[dict[str, Any]]
     out: Path
+    excluded: list[dict[str, Any]] = field(default_factory=list)
+    """Cases the input gate refused and ``exclude_invalid`` left out (``case``, ``domain``, ``file``, ``reason``)."""
 
 
 def _prepare_out(out: Path, cfg: AdaptConfig, resume: bool) -> None:
@@ -148,9 +156,18 @@ def adapt(
 
     out = Path(out)
     model_path = Path(model)
+    guard = InputGuard.of_manifest(manifest, data_root, other_files=[model_path])
+    guard.check_dir(out, "--out")
+    prepare_output_dir(out, "--out")  # before the model and the data are read
+    clean_orphans(out, recursive=True)  # the method folders hold model files written atomically
     start = load_model(model_path, device="cpu")
     _check_labels(manifest, start, model_path)
+    why = channel_mismatch([ch.name for ch in start.plan.channels], [ch.name for ch in manifest.channels])
+    if why:
+        raise DataError(why, manifest.base_dir or manifest.name)
+    manifest, excluded = _gate(manifest, cfg, data_root, resume, out, quiet)
     _prepare_out(out, cfg, resume)
+    atomic_write_text(out / EXCLUDED_NAME, json.dumps(excluded, indent=2) + "\n")
     bench = domain_scenario(
         manifest,
         start.plan,
@@ -181,7 +198,30 @@ def adapt(
         log.info("%s: metrics in %s", name, paths["json"])
     rows = comparison_rows(runs, naive)
     _write_comparison(out, rows)
-    return AdaptResult(runs, rows, out)
+    return AdaptResult(runs, rows, out, excluded)
+
+
+def _gate(
+    manifest: Manifest, cfg: AdaptConfig, data_root: str | Path | None, resume: bool, out: Path, quiet: bool
+) -> tuple[Manifest, list[dict[str, Any]]]:
+    """Every case of every domain through the input gate before the first step; refused cases stop the run, or
+    with ``exclude_invalid`` leave the manifest (a resumed run must keep the same cases)."""
+    report = gate_manifest(manifest, data_root=data_root, progress=not quiet, desc="check cases")
+    enforce(report, exclude=cfg.exclude_invalid, command="adaptation")
+    excluded = report.to_list()
+    saved = out / EXCLUDED_NAME
+    if resume and saved.is_file():
+        before = {e["case"] for e in json.loads(saved.read_text())}
+        if before != report.refused_ids:
+            raise DataError(
+                "--resume: the cases refused by the input checks changed since the run started (then "
+                f"{sorted(before)[:5]}, now {sorted(report.refused_ids)[:5]}); restore the files or use a new --out"
+            )
+    kept = manifest.without(report.refused_ids)
+    if len(kept.domains) != len(manifest.domains):
+        gone = [d for d in manifest.domain_names if d not in kept.domain_names]
+        raise DataError(f"every case of domain(s) {gone} was refused by the input checks")
+    return kept, excluded
 
 
 def _drift_gate(manifest: Manifest, cfg: AdaptConfig, data_root: str | Path | None) -> Any:
@@ -237,6 +277,7 @@ def config_from_args(args: Any) -> AdaptConfig:
         "poly_power",
         "grad_clip",
         "auto",
+        "exclude_invalid",
         "drift_alpha",
         "drift_max_reference",
         "drift_permutations",
@@ -305,4 +346,8 @@ def adapt_command(args: Any) -> int:
             print(f"  {d['decision']:>5} {d['domain']}: {d['reason']}")
     print(format_comparison(result.comparison))
     print(f"results written to {result.out}")
-    return 0 if all(r.finished for r in result.runs.values()) else 1
+    if result.excluded:
+        print(f"{len(result.excluded)} case(s) failed the input checks and were left out (--exclude-invalid):")
+        for e in result.excluded:
+            print(f"  {e['case']}: {e['file']}: {e['reason']}")
+    return 0 if all(r.finished for r in result.runs.values()) and not result.excluded else 1

@@ -54,6 +54,8 @@ class AdaptConfig:
         drift_max_reference: reference volumes at most (a domain-balanced sample of the trained domains'
             training volumes), bounding the cost of each test.
         drift_permutations: MMD permutations of each test.
+        exclude_invalid: leave out the cases the input gate refuses (listed in the log and ``RUN/excluded.json``)
+            instead of refusing to start (:mod:`medattn.data.gate`).
     """
 
     strategies: tuple[str, ...] = ("naive",)
@@ -83,6 +85,7 @@ class AdaptConfig:
     drift_alpha: float = 0.05
     drift_max_reference: int = 40
     drift_permutations: int = 1000
+    exclude_invalid: bool = False
 
     def __post_init__(self) -> None:
         from medattn.continual.loggers import LOGGERS
@@ -142,8 +145,9 @@ class AdaptConfig:
         set_(self, "augment", _augment_doc(self.augment))
         if not isinstance(self.eval_before, bool):
             raise ConfigError(f"eval_before: expected true or false, got {self.eval_before!r}")
-        if not isinstance(self.auto, bool):
-            raise ConfigError(f"auto: expected true or false, got {self.auto!r}")
+        for name in ("auto", "exclude_invalid"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         a = self.drift_alpha
         if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a < 1:
             raise ConfigError(f"drift_alpha: expected a number in (0, 1), got {a!r}")

@@ -2,67 +2,159 @@
 
 Avalanche's ``InteractiveLogger``, ``TextLogger`` and ``TensorboardLogger`` log any metric by name and are used as
 they are. Its ``CSVLogger`` looks for accuracy by name (``Top1_Acc_Exp``) and would write zeros for a segmentation
-run; :class:`DiceCSVLogger` reads the Dice metrics instead and appends to existing files, so a resumed run keeps
-the rows written before the interruption.
+run; :class:`DiceCSVLogger` reads the Dice and loss metrics instead, computes forgetting from the Dice it has seen
+and appends to existing files, so a resumed run keeps the rows written before the interruption.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+import numpy as np
 from avalanche.logging import CSVLogger
 
+from medattn.continual.metrics import forgetting
+from medattn.data.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
 LOGGERS = ("interactive", "text", "csv", "tensorboard")
+#: Columns of ``training_results.csv``: one row per training epoch.
+TRAIN_COLUMNS = ("training_exp", "epoch", "training_dice", "training_loss")
+#: Columns of ``eval_results.csv``: one row per evaluated experience.
+EVAL_COLUMNS = ("eval_exp", "training_exp", "eval_dice", "eval_loss", "forgetting")
 
 
 class DiceCSVLogger(CSVLogger):
-    """``CSVLogger`` for segmentation: ``training_results.csv`` (per epoch: training Dice and loss) and
-    ``eval_results.csv`` (per evaluated domain: Dice after each training experience), appended to."""
+    """``CSVLogger`` for segmentation, appending to two files in ``log_folder``.
+
+    ``training_results.csv`` (:data:`TRAIN_COLUMNS`), per training epoch (``epoch`` counts from 1 in each
+    experience, as ``medattn train``'s log does): ``training_dice``, the epoch's pooled patch Dice
+    (:class:`~medattn.continual.plugin_metrics.EpochDice`), and ``training_loss``, the mean training loss
+    (Avalanche's ``Loss_Epoch``). There are no validation columns: the strategy evaluates only between experiences
+    (``eval_results.csv``).
+
+    ``eval_results.csv`` (:data:`EVAL_COLUMNS`), per evaluated experience ``eval_exp`` after training experience
+    ``training_exp`` (``before`` for the start model): ``eval_dice`` is ``R[i][j]``, the mean Dice of
+    :class:`~medattn.continual.plugin_metrics.ExperienceDice`; ``eval_loss`` the mean whole-volume loss over the
+    experience's cases (Avalanche's ``Loss_Exp``); ``forgetting`` is ``max_{l<i} R[l][j] - R[i][j]``, the drop
+    from the best Dice of an earlier training experience (:func:`medattn.continual.metrics.forgetting`, per entry),
+    left empty where it is undefined: before any training and at a domain's first evaluation after training.
+
+    Values are written with six decimals; an undefined (NaN) value is an empty cell. An existing file is appended
+    to, and the Dice already in ``eval_results.csv`` are read back so forgetting continues over a resumed run; a
+    file written with other columns (earlier versions had always-zero ``val_dice`` and ``val_loss``) is first
+    rewritten with the current columns, keeping the values of the columns both share.
+    """
 
     def __init__(self, log_folder: str | Path) -> None:
         # CSVLogger.__init__ truncates its files and writes accuracy headers; set its state up here instead.
         self.log_folder = str(log_folder)
         os.makedirs(self.log_folder, exist_ok=True)
-        train_path = os.path.join(self.log_folder, "training_results.csv")
-        eval_path = os.path.join(self.log_folder, "eval_results.csv")
-        train_new, eval_new = not os.path.exists(train_path), not os.path.exists(eval_path)
-        self.training_file = open(train_path, "a")  # noqa: SIM115 - closed by close()
-        self.eval_file = open(eval_path, "a")  # noqa: SIM115
         self.training_exp_id = None
         self.in_train_phase = None
-        self.val_acc, self.val_loss = 0, 0
-        if train_new:
-            header = "training_exp,epoch,training_dice,val_dice,training_loss,val_loss"
-            print(header, file=self.training_file, flush=True)
-        if eval_new:
-            print("eval_exp,training_exp,eval_dice,eval_loss,forgetting", file=self.eval_file, flush=True)
+        self.training_file = _open_csv(Path(self.log_folder) / "training_results.csv", TRAIN_COLUMNS)
+        eval_path = Path(self.log_folder) / "eval_results.csv"
+        self.eval_file = _open_csv(eval_path, EVAL_COLUMNS)
+        #: eval experience -> {training experience: Dice R[i][j]}, read back from earlier rows of this log.
+        self.dice_history: dict[int, dict[int, float]] = _read_dice(eval_path)
 
     def after_training_epoch(self, strategy: Any, metric_values: list[Any], **kwargs: Any) -> None:
-        dice, loss = 0.0, 0.0
-        for val in metric_values:
-            if "train_stream" in val.name:
-                if val.name.startswith("Dice_Epoch"):
-                    dice = val.value
-                elif val.name.startswith("Loss_Epoch"):
-                    loss = val.value
-        self.print_train_metrics(
-            self.training_exp_id, strategy.clock.train_exp_epochs, dice, self.val_acc, loss, self.val_loss
-        )
+        dice = _metric(metric_values, "Dice_Epoch/", "train_stream")
+        loss = _metric(metric_values, "Loss_Epoch/", "train_stream")
+        epoch = strategy.clock.train_exp_epochs + 1  # the clock counts finished epochs after this callback
+        _write(self.training_file, [self.training_exp_id, epoch, dice, loss])
 
     def after_eval_exp(self, strategy: Any, metric_values: list[Any], **kwargs: Any) -> None:
-        dice = 0.0
-        for val in metric_values:
-            if val.name.startswith("Dice_Exp/"):
-                dice = val.value
-        if self.in_train_phase:
-            self.val_acc = dice
-        else:
-            trained = "before" if self.training_exp_id is None else self.training_exp_id
-            self.print_eval_metrics(strategy.experience.current_experience, trained, dice, 0.0, 0.0)
+        if self.in_train_phase:  # a periodic evaluation inside training (eval_every): not logged here
+            return
+        j = int(strategy.experience.current_experience)
+        dice = _metric(metric_values, "Dice_Exp/")
+        loss = _metric(metric_values, "Loss_Exp/")
+        if self.training_exp_id is None:
+            _write(self.eval_file, [j, "before", dice, loss, math.nan])
+            return
+        i = int(self.training_exp_id)
+        seen = self.dice_history.setdefault(j, {})
+        earlier = [seen[step] for step in sorted(seen) if step < i]  # rows of an interrupted step i are stale
+        seen[i] = dice
+        _write(self.eval_file, [j, i, dice, loss, entry_forgetting([*earlier, dice])])
+
+
+def entry_forgetting(history: Sequence[float]) -> float:
+    """Forgetting of one domain ``j`` at its latest evaluation: ``max_{l<i} R[l][j] - R[i][j]``.
+
+    Args:
+        history: ``R[0][j], ..., R[i][j]``, the domain's Dice after each training experience so far, in training
+            order (the start model's Dice not included).
+
+    Returns:
+        :func:`medattn.continual.metrics.forgetting` of the matrix whose first column is ``history`` and whose
+        other entries are NaN (which it skips), so the definition is the Dice matrix's own; NaN for a single
+        evaluation, or where the latest Dice or every earlier one is NaN.
+    """
+    n = len(history)
+    r = np.full((n, n), np.nan)
+    r[:, 0] = history
+    return forgetting(r)
+
+
+def _metric(values: Sequence[Any], prefix: str, stream: str | None = None) -> float:
+    """The value of the metric named ``prefix...`` (on ``stream`` when given) among ``values``; NaN if absent."""
+    for val in values:
+        if val.name.startswith(prefix) and (stream is None or stream in val.name):
+            return float(val.value)
+    return math.nan
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (float, np.floating)):
+        return "" if math.isnan(value) else f"{float(value):.6f}"
+    return "" if value is None else str(value)
+
+
+def _write(file: TextIO, row: Sequence[Any]) -> None:
+    csv.writer(file, lineterminator="\n").writerow([_cell(v) for v in row])
+    file.flush()
+
+
+def _open_csv(path: Path, columns: Sequence[str]) -> TextIO:
+    """``path`` opened for appending rows of ``columns``: created with its header, or an existing file whose
+    header is ``columns``; a file with another header is first rewritten (atomically) with ``columns``, each row
+    keeping the values of the columns the two headers share."""
+    text = path.read_text() if path.exists() else ""
+    if not text.strip():
+        atomic_write_text(path, ",".join(columns) + "\n")
+    else:
+        reader = csv.DictReader(io.StringIO(text))
+        if tuple(reader.fieldnames or ()) != tuple(columns):
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(reader)
+            atomic_write_text(path, buf.getvalue())
+            log.info("%s: columns %s rewritten as %s", path, reader.fieldnames, list(columns))
+    return open(path, "a", newline="")  # closed by DiceCSVLogger.close()
+
+
+def _read_dice(path: Path) -> dict[int, dict[int, float]]:
+    """``{eval_exp: {training_exp: eval_dice}}`` of the rows of an ``eval_results.csv`` (the last row of a pair
+    wins; ``before`` rows are left out)."""
+    out: dict[int, dict[int, float]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            j, i, dice = row.get("eval_exp") or "", row.get("training_exp") or "", row.get("eval_dice") or ""
+            if j.isdigit() and i.isdigit():
+                out.setdefault(int(j), {})[int(i)] = float(dice) if dice else math.nan
+    return out
 
 
 def make_loggers(kinds: Sequence[str], folder: str | Path) -> list[Any]:

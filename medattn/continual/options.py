@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from medattn.options import add_data, add_device, add_epochs, add_import_options, add_out, add_seed, add_workers
+from medattn.options import (
+    add_data,
+    add_device,
+    add_epochs,
+    add_exclude_invalid,
+    add_import_options,
+    add_out,
+    add_seed,
+    add_workers,
+)
 
 METHOD_NAMES = "naive, joint, cumulative, replay, ewc, si, lwf, mib"
 
@@ -80,6 +89,7 @@ def add_adapt_arguments(p: argparse.ArgumentParser) -> None:
         help="with --auto: reference volumes at most, balanced over the trained domains (default 40)",
     )
     p.add_argument("--drift-permutations", type=int, help="with --auto: MMD permutations per test (default 1000)")
+    add_exclude_invalid(p)
     add_seed(p)
     add_workers(p)
     add_device(p)

@@ -11,7 +11,10 @@ What changes against the classification template:
   gradient scaling) and in float32 on a CPU; ``"bf16"`` on a CPU is accepted only with native bf16 instructions.
 * **Evaluation on whole volumes.** In eval mode ``forward`` runs sliding-window inference
   (:class:`~medattn.infer.sliding.SlidingWindowPredictor`, the training patch as window) and returns label maps
-  (B, 1, X, Y, Z) int64; the eval "loss" is zero (Dice is the metric: :mod:`medattn.continual.plugin_metrics`).
+  (B, 1, X, Y, Z) int64, which the Dice metrics read (:mod:`medattn.continual.plugin_metrics`). The eval loss is
+  the injected ``criterion`` on the whole volume: on the log of the blended softmax probabilities, logits whose
+  softmax is the prediction. It costs the predictor's one full-volume per-class buffer, (K, X, Y, Z) float32 per
+  volume on the stitch device, freed once the loss is computed.
 * **Gradient clipping** (norm ``grad_clip``, after unscaling).
 * **Resumable state.** :meth:`state_dict` gathers the weights, optimiser, gradient scaler, Avalanche clock and the
   state of every plugin that has ``state_dict``/``load_state_dict``, as tensors and plain containers only, so it
@@ -30,7 +33,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from avalanche.training.plugins import EvaluationPlugin
@@ -38,6 +41,9 @@ from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
 from medattn.errors import ConfigError
+
+if TYPE_CHECKING:
+    from medattn.infer.sliding import SlidingWindowResult
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +69,16 @@ def batch_norm_layers(model: nn.Module) -> list[str]:
 
 def segmentation_evaluator(class_names: Sequence[str], loggers: Sequence[Any] = ()) -> EvaluationPlugin:
     """Avalanche's ``EvaluationPlugin`` with Dice metrics (per experience, stream and training epoch) and the
-    training loss, in place of the classification default (accuracy)."""
+    loss (per training epoch and per evaluated experience), in place of the classification default (accuracy)."""
     from avalanche.evaluation.metrics import loss_metrics
 
     from medattn.continual.plugin_metrics import dice_metrics
 
     with warnings.catch_warnings():  # Avalanche warns when there are no loggers; a library caller may want none
         warnings.filterwarnings("ignore", message="No loggers specified")
-        return EvaluationPlugin(*dice_metrics(class_names), loss_metrics(epoch=True), loggers=list(loggers))
+        return EvaluationPlugin(
+            *dice_metrics(class_names), loss_metrics(epoch=True, experience=True), loggers=list(loggers)
+        )
 
 
 class SegmentationStrategy(SupervisedTemplate):
@@ -156,6 +164,7 @@ class SegmentationStrategy(SupervisedTemplate):
             num_classes=k,
         )
         self._pending_optimizer_state: dict[str, Any] | None = None
+        self._eval_log_probs: torch.Tensor | None = None
 
     # ---- precision -------------------------------------------------------------------------------------------
 
@@ -171,27 +180,41 @@ class SegmentationStrategy(SupervisedTemplate):
     # ---- the loop's steps ------------------------------------------------------------------------------------
 
     def forward(self) -> Any:
-        """Training: the network output (deep-supervision list or logits). Eval: label maps (B, 1, X, Y, Z)."""
+        """Training: the network output (deep-supervision list or logits). Eval: label maps (B, 1, X, Y, Z); the
+        whole-volume log-probabilities (B, K, X, Y, Z) float32 are kept for :meth:`criterion`."""
         if self.is_training:
             return self._network(self.mb_x)
-        return self.predict_volumes(self.mb_x)
+        results = self._sliding_window(self.mb_x, probabilities=True)
+        dev = results[0].stitch_device
+        probs = torch.stack([cast(torch.Tensor, r.probabilities).to(dev, torch.float32) for r in results])
+        # the log of the blend's softmax is a logit map with that softmax; a probability that underflowed to 0
+        # gets a finite log
+        self._eval_log_probs = probs.clamp_min_(torch.finfo(torch.float32).tiny).log_()
+        return torch.stack([r.labels.to(self.device, torch.int64) for r in results])[:, None]
 
     @torch.no_grad()
     def predict_volumes(self, x: torch.Tensor) -> torch.Tensor:
         """Sliding-window labels (B, 1, X, Y, Z) int64 on the strategy's device for whole volumes (B, C, X, Y, Z)."""
+        return torch.stack([r.labels.to(self.device, torch.int64) for r in self._sliding_window(x)])[:, None]
+
+    @torch.no_grad()
+    def _sliding_window(self, x: torch.Tensor, probabilities: bool = False) -> list[SlidingWindowResult]:
         was_training = self.model.training
         self.model.eval()
         try:
-            labels = [self.predictor(img).labels.to(self.device, torch.int64) for img in x]
+            return [self.predictor(img, return_probabilities=probabilities) for img in x]
         finally:
             self.model.train(was_training)
-        return torch.stack(labels)[:, None]
 
     def criterion(self) -> torch.Tensor:
-        """The injected loss in training; zero in evaluation (whole-volume quality is measured by Dice)."""
+        """The injected loss: on the network output in training, on the whole-volume prediction in evaluation
+        (see the module docstring), computed where the prediction was stitched."""
         if self.is_training:
             return self._criterion(self.mb_output, self.mb_y)
-        return self._make_empty_loss()
+        log_probs, self._eval_log_probs = self._eval_log_probs, None  # free the (B, K, X, Y, Z) buffer
+        if log_probs is None:
+            raise RuntimeError("criterion() in evaluation needs forward()'s whole-volume prediction first")
+        return self._criterion(log_probs, self.mb_y.to(log_probs.device))
 
     def backward(self) -> None:
         if self.scaler is not None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import tempfile
 import zlib
 from collections.abc import Callable, Iterable
@@ -133,7 +135,32 @@ def read_header(path: str | Path) -> VolumeHeader:
     except DataError:
         raise
     except Exception as e:  # nibabel/SimpleITK raise many types for unreadable files
-        raise DataError(f"cannot read image header ({type(e).__name__}: {e})", path) from e
+        raise DataError(f"cannot read image header ({reader_error(e)})", path) from e
+
+
+#: What SimpleITK puts before the error itself: where it was thrown (C++ file and line), the level, the object.
+_ITK_PREFIX = re.compile(
+    r"^(?:Exception thrown in SimpleITK \S+: \S+:\d+:\s*)?(?:s?itk::ERROR:\s*)?(?:\w+\(0x[0-9a-f]+\):\s*)?"
+)
+
+
+def reader_error(e: BaseException) -> str:
+    """A reader's exception as one readable line: ``Type: message``.
+
+    SimpleITK's messages start with the C++ source file and line and an object address, then ITK's chain of
+    causes one per line (NRRD's reader: ``trouble reading`` ... ``parsed 2 values, but dimension is 3``); what a
+    user needs is the first line's error and the last line's cause.
+    """
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    if lines[0].startswith("Exception thrown in SimpleITK"):
+        body = [_ITK_PREFIX.sub("", " ".join(lines[:2]) if lines[0].endswith(":") else lines[0])]
+        rest = lines[2:] if lines[0].endswith(":") else lines[1:]
+        if rest:
+            body.append(re.sub(r"^\[\w+\]\s*\w+:\s*", "", rest[-1]))
+        return "SimpleITK: " + "; ".join(b.rstrip(":") for b in body if b)
+    return f"{type(e).__name__}: {' '.join(lines)}"
 
 
 def read_volume(path: str | Path, dtype: Any = np.float32) -> tuple[np.ndarray, VolumeHeader]:
@@ -155,7 +182,7 @@ def read_volume(path: str | Path, dtype: Any = np.float32) -> tuple[np.ndarray, 
             if dtype is not None:
                 arr = arr.astype(dtype, copy=False)
     except (EOFError, OSError, zlib.error, ValueError, RuntimeError) as e:
-        raise DataError(f"cannot read voxel data ({type(e).__name__}: {e}); the file may be truncated", path) from e
+        raise DataError(f"cannot read voxel data ({reader_error(e)}); the file may be truncated", path) from e
     return arr, header
 
 
@@ -169,18 +196,31 @@ def _ensure_not_input(path: Path, protected: Iterable[str | Path]) -> None:
             raise DataError("refusing to overwrite an input file; choose another output path", path)
 
 
+#: Marks the temporary files of :func:`atomic_path` (``.<name>.medattn-tmp-<host>-<pid>-<random>.tmp<suffix>``).
+TEMP_TAG = "medattn-tmp-"
+
+
+def host_tag() -> str:
+    """Eight hex digits naming this host (a CRC of its name), part of every temporary file's name."""
+    return f"{zlib.crc32(socket.gethostname().encode()) & 0xFFFFFFFF:08x}"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, protected: Iterable[str | Path] = ()) -> Any:
     """Yield a temporary path in the destination's folder; on success rename it onto ``path``.
 
     The temporary name keeps the destination's suffix so writers that infer the format from it (nibabel,
-    SimpleITK) behave the same. On failure the temporary file is removed and ``path`` is untouched.
+    SimpleITK) behave the same, and names its host and process (see :data:`TEMP_TAG`). On failure the temporary
+    file is removed and ``path`` is untouched; after a ``kill -9`` it stays until
+    :func:`medattn.data.guard.clean_orphans` removes it at the next run's start.
     """
     path = Path(path)
     _ensure_not_input(path, protected)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    # The name says who writes it, so medattn.data.guard.clean_orphans can tell a killed writer's leftovers.
+    owner = f"{TEMP_TAG}{host_tag()}-{os.getpid()}-"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{owner}", suffix=".tmp" + suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates 0600 files; outputs should get the permissions any new file gets (0666 less the umask).
@@ -209,6 +249,28 @@ def atomic_write_with(path: str | Path, writer: Callable[[Path], Any], protected
     return Path(path)
 
 
+#: An array lies on ``like``'s grid when it has ``like``'s spatial shape and its affine is within this of the one
+#: medattn reads for ``like`` (mm, every entry; as ``predict``'s grid check). Then ``write_volume`` copies ``like``'s
+#: geometry exactly as stored instead of rebuilding it from the affine.
+GRID_ATOL_MM = 1e-3
+
+#: The NIfTI header fields that place voxels in the world, besides ``pixdim[0:4]`` (qfac and voxel size).
+_NIFTI_GEOMETRY_FIELDS = (
+    "qform_code",
+    "sform_code",
+    "quatern_b",
+    "quatern_c",
+    "quatern_d",
+    "qoffset_x",
+    "qoffset_y",
+    "qoffset_z",
+    "srow_x",
+    "srow_y",
+    "srow_z",
+    "xyzt_units",
+)
+
+
 def write_volume(
     array: np.ndarray,
     affine: np.ndarray,
@@ -220,8 +282,17 @@ def write_volume(
 ) -> Path:
     """Write ``array`` (axes x, y, z[, c]) with a voxel-to-RAS ``affine``, atomically.
 
-    NIfTI files are written with nibabel; when ``like`` is a NIfTI file its header (qform/sform codes, units,
-    intent) is reused so the output overlays the source in any viewer. Other suffixes go through SimpleITK.
+    NIfTI files are written with nibabel, other suffixes through SimpleITK. When ``array`` lies on the grid of
+    ``like`` (same spatial shape, ``affine`` within :data:`GRID_ATOL_MM` of the affine medattn reads for ``like``),
+    the output carries ``like``'s geometry exactly as stored, so every reader places it where it places ``like``,
+    even where readers disagree about ``like`` (see :mod:`medattn.data.geometry`):
+
+    - NIfTI from a NIfTI ``like``: its header (units, intent, description) with the geometry fields as stored
+      (qform/sform codes, quaternion, qoffset, srow, pixdim[0:4] with qfac), not as nibabel repairs them on load
+      (a negative pixdim made positive would flip the output along that axis in SimpleITK).
+    - Other formats: the spacing, origin and direction SimpleITK reads for ``like``.
+
+    Otherwise the geometry is built from ``affine`` (qform and sform, codes from a NIfTI ``like`` or 1).
     ``like`` is always protected from being overwritten.
 
     Args:
@@ -231,6 +302,9 @@ def write_volume(
         dtype: on-disk dtype (e.g. ``np.uint8`` for masks).
         like: source image whose header to copy.
         protected: further paths that must not be overwritten (the inputs of the run).
+
+    Raises:
+        DataError: ``affine`` holds NaN or Inf (and the array is not on ``like``'s grid), naming ``path``.
     """
     path = Path(path)
     prot = [*protected, *([like] if like is not None else [])]
@@ -238,23 +312,7 @@ def write_volume(
     affine = np.asarray(affine, dtype=float)
 
     if has_suffix(path, NIFTI_SUFFIXES):
-        header: Any = None
-        if like is not None and has_suffix(like, NIFTI_SUFFIXES):
-            src: Any = nib.load(str(like))
-            header = src.header.copy()
-        img = nib.Nifti1Image(arr, affine, header=header)
-        img.set_data_dtype(arr.dtype)
-        if header is not None:
-            # Keep the source's qform/sform codes but with the affine we were given.
-            qcode = int(header["qform_code"]) or 1
-            scode = int(header["sform_code"]) or 1
-            img.set_qform(affine, code=qcode)
-            img.set_sform(affine, code=scode)
-            img.header["scl_slope"] = np.nan  # we store data unscaled
-            img.header["scl_inter"] = np.nan
-        else:
-            img.set_qform(affine, code=1)
-            img.set_sform(affine, code=1)
+        img = _nifti_image(arr, affine, like, path)
         return atomic_write_with(path, lambda tmp: nib.save(img, str(tmp)), prot)
 
     import SimpleITK as sitk
@@ -262,12 +320,143 @@ def write_volume(
     spatial = 3
     vector = arr.ndim > spatial
     im = sitk.GetImageFromArray(np.transpose(arr, (2, 1, 0, *range(3, arr.ndim))), isVector=vector)
-    lps = _LPS_TO_RAS @ affine
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    geometry = _sitk_geometry_of(like, arr.shape, affine) if like is not None else None
+    if geometry is None:
+        _require_finite(affine, path)
+        lps = _LPS_TO_RAS @ affine
+        spacing = np.linalg.norm(lps[:3, :3], axis=0)
+        geometry = spacing, lps[:3, :3] / spacing[None, :], lps[:3, 3]
+    spacing, direction, origin = geometry
     im.SetSpacing([float(s) for s in spacing])
-    im.SetDirection([float(v) for v in (lps[:3, :3] / spacing[None, :]).ravel()])
-    im.SetOrigin([float(v) for v in lps[:3, 3]])
+    im.SetDirection([float(v) for v in direction.ravel()])
+    im.SetOrigin([float(v) for v in origin])
     return atomic_write_with(path, lambda tmp: sitk.WriteImage(im, str(tmp), useCompression=True), prot)
+
+
+def _on_grid(shape: tuple[int, ...], affine: np.ndarray, like_shape: tuple[int, ...], like_affine: Any) -> bool:
+    like_affine = np.asarray(like_affine, dtype=float)
+    return (
+        tuple(shape[:3]) == tuple(like_shape[:3])
+        and bool(np.all(np.isfinite(affine)))
+        and bool(np.abs(affine[:3] - like_affine[:3]).max() <= GRID_ATOL_MM)
+    )
+
+
+def _require_finite(affine: np.ndarray, path: Path) -> None:
+    if not np.all(np.isfinite(affine)):
+        raise DataError(f"cannot write: the affine holds NaN or Inf ({affine[:3].round(4).tolist()})", path)
+
+
+def _nifti_image(arr: np.ndarray, affine: np.ndarray, like: str | Path | None, path: Path) -> Any:
+    """The nibabel image :func:`write_volume` saves (see there for the geometry rules)."""
+    header: Any = None
+    if like is not None and has_suffix(like, NIFTI_SUFFIXES):
+        src: Any = nib.load(str(like))
+        if _on_grid(arr.shape, affine, src.shape, src.affine):
+            stored, _ = nifti_headers(like)
+            img = type(src)(arr, None, header=src.header.copy())  # no affine: nibabel keeps the fields set below
+            img.set_data_dtype(arr.dtype)
+            out = img.header
+            for k in _NIFTI_GEOMETRY_FIELDS:
+                out[k] = stored[k]
+            pixdim = np.array(out["pixdim"])
+            pixdim[:4] = stored["pixdim"][:4]
+            out["pixdim"] = pixdim
+            out["scl_slope"] = np.nan  # we store data unscaled
+            out["scl_inter"] = np.nan
+            return img
+        header = src.header.copy()
+    _require_finite(affine, path)
+    img = nib.Nifti1Image(arr, affine, header=header)
+    img.set_data_dtype(arr.dtype)
+    if header is not None:
+        # Keep the source's qform/sform codes but with the affine we were given.
+        img.set_qform(affine, code=int(header["qform_code"]) or 1)
+        img.set_sform(affine, code=int(header["sform_code"]) or 1)
+        img.header["scl_slope"] = np.nan
+        img.header["scl_inter"] = np.nan
+    else:
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+    return img
+
+
+def _sitk_geometry_of(
+    like: str | Path, shape: tuple[int, ...], affine: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(spacing, direction 3x3, origin) in LPS as ``SimpleITK.ReadImage(like)`` has them, if ``shape``/``affine``
+    lie on ``like``'s grid; None otherwise or when SimpleITK cannot read ``like``."""
+    try:
+        header = read_header(like)
+    except DataError:
+        return None
+    if not _on_grid(shape, affine, header.spatial_shape, header.affine):
+        return None
+    geometry = sitk_header_geometry(like)
+    if geometry is None:
+        return None
+    spacing, direction, origin = geometry
+    if not (np.all(spacing > 0) and np.all(np.isfinite(direction)) and np.all(np.isfinite(origin))):
+        return None
+    return geometry
+
+
+def sitk_header_geometry(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(spacing, direction 3x3, origin) in LPS as ``SimpleITK.ReadImage(path)`` gives them, from the header only;
+    None when SimpleITK refuses the header or the image is not 3D.
+
+    Follows ``ImageFileReader``: a negative spacing becomes positive and reverses its axis.
+    """
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    dim = reader.GetDimension()
+    if dim < 3:
+        return None
+    spacing = np.asarray(reader.GetSpacing(), dtype=float)[:3]
+    direction = np.asarray(reader.GetDirection(), dtype=float).reshape(dim, dim)[:3, :3]
+    origin = np.asarray(reader.GetOrigin(), dtype=float)[:3]
+    direction = direction * np.where(spacing < 0, -1.0, 1.0)[None, :]
+    return np.abs(spacing), direction, origin
+
+
+class _DiscardLog:
+    """A logger for nibabel's header checks that keeps their messages to itself."""
+
+    def log(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def nifti_headers(path: str | Path) -> tuple[Any, Any]:
+    """(the header as stored, the header as ``nibabel.load`` repairs it) of a NIfTI-1 or -2 file; reads the header
+    bytes only.
+
+    On load nibabel silently makes a negative pixdim positive, a zero pixdim 1, a qfac (pixdim[0]) other than
+    1 or -1 into 1, and unknown qform/sform codes 0; SimpleITK reads the stored values. Raises DataError naming
+    the file when the header cannot be read.
+    """
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(path)) as f:
+            block = f.read(540)
+        klass: Any = nib.Nifti2Header if nib.Nifti2Header.may_contain_header(block) else nib.Nifti1Header
+        size = klass.template_dtype.itemsize
+        if len(block) < size:
+            raise DataError(f"the NIfTI header is cut short ({len(block)} of {size} bytes)", path)
+        stored = klass(block[:size], check=False)
+        repaired = klass(stored.binaryblock, stored.endianness, check=False)
+        repaired.check_fix(logger=_DiscardLog())  # what nibabel.load does, without its log lines
+    except DataError:
+        raise
+    except Exception as e:  # nibabel and gzip raise many types for unreadable headers
+        raise DataError(f"cannot read the NIfTI header ({type(e).__name__}: {e})", path) from e
+    return stored, repaired
 
 
 def spacing_from_affine(affine: np.ndarray) -> np.ndarray:

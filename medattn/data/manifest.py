@@ -9,6 +9,12 @@ Paths inside a manifest are always relative POSIX paths, resolved against the da
 command line when given, else the manifest's ``root`` entry (itself relative to the manifest's folder), else the
 manifest's folder. A manifest never stores a machine's absolute path.
 
+Case paths stay inside the data root: an image or label path is refused when it is absolute (``/x``, ``\\x``,
+``C:x``), holds a ``..`` component (any, even ``a/../b``, which would stay inside: no case path needs one), or holds a
+backslash (the separator is ``/`` on every platform). The check is on the path as written: a symbolic link inside the
+data root may point anywhere, which is how data assembled from shared storage is read. The ``root`` entry alone may
+climb with ``..`` (``"root": "../../shared/data"``), since it names where the data root is.
+
 Example (``manifest.json``)::
 
     {
@@ -30,7 +36,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import re
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -149,6 +156,19 @@ class Manifest:
     @property
     def num_cases(self) -> int:
         return sum(len(d.cases) for d in self.domains)
+
+    def without(self, case_ids: Collection[str]) -> Manifest:
+        """A manifest without the cases ``case_ids`` (also dropped from the splits); a domain left empty goes."""
+        drop = set(case_ids)
+        if not drop:
+            return self
+        domains = []
+        for d in self.domains:
+            cases = tuple(c for c in d.cases if c.id not in drop)
+            if cases:
+                splits = {k: tuple(i for i in v if i not in drop) for k, v in d.splits.items()}
+                domains.append(replace(d, cases=cases, splits=splits))
+        return replace(self, domains=tuple(domains))
 
     def select(self, domains: Sequence[str]) -> Manifest:
         """A manifest holding only the named domains, in the order given."""
@@ -297,8 +317,13 @@ class Manifest:
                         f"case {cid!r} lists {len(images)} image files but the manifest declares "
                         f"{len(channels)} channels (give one file per channel, or one 4D file)"
                     )
-                for p in [*images, *([cd["label"]] if cd.get("label") else [])]:
-                    _check_relative(p, cid, fail)
+                entries = [(f"images[{i}]", p) for i, p in enumerate(images)]
+                if cd.get("label"):
+                    entries.append(("label", cd["label"]))
+                for entry, p in entries:
+                    problem = relative_path_problem(p)
+                    if problem is not None:
+                        raise fail(f"case {cid!r}, {entry}: {problem}")
                 cases.append(
                     Case(
                         id=cid,
@@ -320,7 +345,9 @@ class Manifest:
             domains.append(Domain(dname, tuple(cases), dict(dd.get("metadata", {})), splits))
         root = doc.get("root")
         if root is not None:
-            _check_relative(root, "root", fail)
+            problem = relative_path_problem(root, may_climb=True)
+            if problem is not None:
+                raise fail(f"'root': {problem}")
         return cls(
             name=str(doc["name"]),
             channels=tuple(channels),
@@ -376,8 +403,35 @@ def _parse_labels(raw: Any, fail: Any) -> dict[int, str]:
     return dict(sorted(labels.items()))
 
 
-def _check_relative(p: Any, what: str, fail: Any) -> None:
+def relative_path_problem(p: Any, *, may_climb: bool = False, root_name: str = "the data root") -> str | None:
+    """Why ``p`` cannot be a path relative to the data root, or None when it can (the rule is in the module docstring).
+
+    Args:
+        p: the value found in a manifest or dataset.json.
+        may_climb: accept ``..`` components (the manifest's ``root`` entry only).
+        root_name: what the path is relative to, as the message should call it.
+
+    Returns:
+        A message naming the path, e.g. ``"path '../x.nii.gz' climbs out of the data root with '..'; ..."``.
+
+    Example::
+
+        >>> relative_path_problem("imagesTr/a.nii.gz") is None
+        True
+        >>> relative_path_problem("../../shared/data", may_climb=True) is None
+        True
+        >>> relative_path_problem("imagesTr/../../outside/a.nii.gz") is None
+        False
+    """
     if not isinstance(p, str) or not p:
-        raise fail(f"{what}: path {p!r} must be a non-empty string")
-    if p.startswith("/") or (len(p) > 1 and p[1] == ":"):
-        raise fail(f"{what}: path {p!r} is absolute; manifests hold paths relative to the data root")
+        return f"path {p!r} must be a non-empty string"
+    if p.startswith(("/", "\\")) or (len(p) > 1 and p[1] == ":" and p[0].isalpha()):
+        return f"path {p!r} is absolute; it must be relative to {root_name}"
+    if not may_climb and ".." in re.split(r"[/\\]", p):
+        return (
+            f"path {p!r} climbs out of {root_name} with '..'; paths must stay inside it "
+            f"(put the file, or a symbolic link to it, under {root_name})"
+        )
+    if "\\" in p:
+        return f"path {p!r} holds a backslash; paths are POSIX paths with '/' separators"
+    return None

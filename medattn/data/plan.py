@@ -14,6 +14,10 @@ read a new volume. The rules:
 * **Normalisation**: CT channels are clipped to the 0.5th/99.5th foreground percentiles of the whole dataset,
   then shifted and scaled by the foreground mean and standard deviation; MR and other channels get a per-volume
   z-score, inside the body (non-zero voxels) when the non-zero region is clearly smaller than the volume.
+* **Cases**: the fingerprint reads a domain's labelled cases except those of its ``test`` split
+  (:data:`medattn.train.splits.TEST_SPLITS`), so held-out cases shape neither the patch nor the CT statistics,
+  whether the plan comes from ``medattn plan`` or from ``medattn train`` without ``--plan``. Validation cases
+  (a ``val`` split) are training data and are read; a domain without splits is read whole.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import numpy as np
 from medattn.data.fingerprint import CaseFingerprint, fingerprint_case, summarise
 from medattn.data.manifest import Manifest
 from medattn.errors import DataError, ManifestError
+from medattn.train.splits import held_out_ids
 
 log = logging.getLogger(__name__)
 
@@ -276,21 +281,29 @@ def make_plan(
 ) -> Plan:
     """Fingerprint ``manifest`` and derive a :class:`Plan`.
 
-    Cases that cannot be read are skipped with a warning naming them (run ``medattn validate`` for the full list);
-    planning fails only when no case is readable.
+    Only labelled cases outside each domain's ``test`` split are fingerprinted (at most ``max_cases`` of them per
+    domain, drawn with ``seed``); the number left out is ``fingerprint["test_cases_left_out"]``. Cases that cannot be
+    read are skipped with a warning naming them (run ``medattn validate`` for the full list); planning fails only
+    when no case is readable.
     """
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(seed)
     work: list[tuple[Any, Any]] = []
+    left_out = 0
     for d in manifest.domains:
-        cases = [c for c in d.cases if c.label is not None]
+        held_out = held_out_ids(d)
+        cases = [c for c in d.cases if c.label is not None and c.id not in held_out]
+        left_out += sum(1 for c in d.cases if c.label is not None and c.id in held_out)
         if max_cases is not None and len(cases) > max_cases:
             idx = sorted(rng.choice(len(cases), max_cases, replace=False))
             cases = [cases[i] for i in idx]
         work.extend((d, c) for c in cases)
     if not work:
-        raise ManifestError(f"{manifest.name}: no labelled case to plan from")
+        raise ManifestError(
+            f"{manifest.name}: no labelled case to plan from"
+            + (f" ({left_out} labelled case(s) are in a test split, which planning never reads)" if left_out else "")
+        )
     fps: list[CaseFingerprint] = []
     skipped: list[str] = []
     for d, c in tqdm(work, desc="fingerprint", disable=not progress, unit="case"):
@@ -337,6 +350,7 @@ def make_plan(
         "domains": per_domain,
         "skipped_cases": skipped,
         "cases_used": len(fps),
+        "test_cases_left_out": left_out,
         "seed": seed,
     }
     return Plan(
@@ -366,6 +380,11 @@ def format_plan(plan: Plan) -> str:
         + (
             f", {len(plan.fingerprint.get('skipped_cases', []))} skipped"
             if plan.fingerprint.get("skipped_cases")
+            else ""
+        )
+        + (
+            f", {plan.fingerprint['test_cases_left_out']} test cases left out"
+            if plan.fingerprint.get("test_cases_left_out")
             else ""
         )
         + ")",

@@ -214,8 +214,9 @@ def _prepare_out(out: str | Path) -> Path:
         raise ConfigError(f"{out}: output exists and is a file; give a new folder")
     if out.is_dir() and any(out.iterdir()):
         raise ConfigError(f"{out}: output folder exists and is not empty; give a new folder (nothing was written)")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    from medattn.data.guard import prepare_output_dir
+
+    return prepare_output_dir(out, "OUT")
 
 
 def _folder(name: str) -> str:
@@ -269,9 +270,23 @@ def _write_case(
 
 
 def default_splits(ids: Sequence[str], test_fraction: float = TEST_FRACTION) -> dict[str, tuple[str, ...]]:
-    """Fixed split: the last ``round(test_fraction * n)`` cases (at least one when n >= 2) are the test set."""
+    """Fixed train/val/test split of ``ids``, in their order.
+
+    The last ``round(test_fraction * n)`` cases (at least one when n >= 2) are the test set; of the cases before
+    them, the last ``round(VAL_FRACTION * m)`` (:data:`medattn.train.splits.VAL_FRACTION`; at least one when
+    m >= 2) validate and the rest train. Validation thus never draws on the test set, and ``test`` is the same as
+    a plain train/test split of the same ids. Example: 40 ids give 24 train, 6 val and 10 test.
+    """
+    from medattn.train.splits import VAL_FRACTION
+
     n_test = 0 if len(ids) < 2 else max(1, round(test_fraction * len(ids)))
-    return {"train": tuple(ids[: len(ids) - n_test]), "test": tuple(ids[len(ids) - n_test :])}
+    m = len(ids) - n_test
+    n_val = 0 if m < 2 else max(1, round(VAL_FRACTION * m))
+    return {
+        "train": tuple(ids[: m - n_val]),
+        "val": tuple(ids[m - n_val : m]),
+        "test": tuple(ids[m:]),
+    }
 
 
 def _profile_doc(p: ScannerProfile) -> dict[str, Any]:
@@ -442,11 +457,13 @@ def synth_from(
     bar.close()
     if not domains:
         raise DataError(f"no source case could be read ({len(failures)} failed); see the errors above")
+    domains, data_root = _common_root(domains, root)
     manifest = Manifest(
         name=f"{source.name}-scanners",
         channels=source.channels,
         labels=dict(source.labels),
         domains=tuple(domains),
+        root=data_root,
         base_dir=root,
         description=f"{source.name} with simulated scanner domains {', '.join(p.name for p in profiles)}.",
     )
@@ -460,6 +477,34 @@ def synth_from(
     }
     atomic_write_text(root / "synth.json", json.dumps(settings, indent=2) + "\n")
     return SynthResult(manifest, manifest.save(root / "manifest.json"), failures)
+
+
+def _common_root(domains: Sequence[Domain], out: Path) -> tuple[list[Domain], str | None]:
+    """Rebase case paths (relative to ``out``) onto the folder that holds both ``out`` and the source files.
+
+    The source domain's cases point at the source files, usually outside ``out``; a manifest's case paths may not
+    climb out of its data root with ``..`` (medattn.data.manifest), while its ``root`` may. So the data root becomes
+    the deepest folder above every file, written relative to ``out``.
+    """
+    files = [out / p for d in domains for c in d.cases for p in (*c.images, *([c.label] if c.label else []))]
+    if not any(".." in PurePosixPath(p.relative_to(out)).parts for p in files):
+        return list(domains), None
+    base = Path(os.path.commonpath([os.path.normpath(out), *(os.path.normpath(f) for f in files)]))
+
+    def rebase(p: str) -> str:
+        return PurePosixPath(Path(os.path.relpath(os.path.normpath(out / p), base))).as_posix()
+
+    rebased = [
+        replace(
+            d,
+            cases=tuple(
+                replace(c, images=tuple(rebase(p) for p in c.images), label=rebase(c.label) if c.label else None)
+                for c in d.cases
+            ),
+        )
+        for d in domains
+    ]
+    return rebased, PurePosixPath(Path(os.path.relpath(base, out))).as_posix()
 
 
 # ---- command -----------------------------------------------------------------------------------------------------

@@ -136,6 +136,29 @@ class PlanNormalized(MapTransform):
         return d
 
 
+class ReplaceNonFinited(MapTransform):
+    """Replace NaN and Inf voxels of each channel by that channel's lowest finite value (0 when it has none).
+
+    The lowest value is what a scanner writes outside the body, so a replaced voxel reads as background rather
+    than as a bright spot. Used only when a user asks for it (``medattn predict --replace-nonfinite``); by default
+    the input gate refuses such a case, because one NaN turns a per-volume z-score into NaN everywhere.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            bad = ~torch.isfinite(torch.as_tensor(img))
+            if not bool(bad.any()):
+                continue
+            out = img.clone() if isinstance(img, torch.Tensor) else torch.as_tensor(np.array(img))
+            for c in range(out.shape[0]):
+                finite = out[c][~bad[c]]
+                out[c][bad[c]] = finite.min() if finite.numel() else 0.0
+            d[key] = out
+        return d
+
+
 def normalise_channel(x: torch.Tensor, norm: ChannelNorm) -> torch.Tensor:
     """One channel, float tensor (X, Y, Z): the plan's normalisation (see :class:`ChannelNorm`)."""
     x = x.float()
@@ -181,12 +204,17 @@ def label_mapping(plan: Plan) -> tuple[list[int], list[int]] | None:
     return values, list(range(len(values)))
 
 
-def preprocess_transforms(plan: Plan, with_label: bool = True) -> list[Any]:
-    """The deterministic steps shared by every pipeline (see the module docstring)."""
+def preprocess_transforms(plan: Plan, with_label: bool = True, replace_nonfinite: bool = False) -> list[Any]:
+    """The deterministic steps shared by every pipeline (see the module docstring).
+
+    ``replace_nonfinite`` replaces NaN/Inf image voxels right after loading (before resampling spreads them), by
+    the lowest finite value of their channel (:class:`ReplaceNonFinited`).
+    """
     keys = [IMAGE, LABEL] if with_label else [IMAGE]
     modes = ("bilinear", "nearest") if with_label else ("bilinear",)
     steps: list[Any] = [
         *_load(keys),
+        *([ReplaceNonFinited(keys=IMAGE)] if replace_nonfinite else []),
         Orientationd(keys=keys, axcodes="RAS", labels=None),
         Spacingd(keys=keys, pixdim=plan.target_spacing, mode=modes),
     ]
@@ -290,9 +318,12 @@ def eval_transforms(plan: Plan) -> Compose:
     return Compose(preprocess_transforms(plan, with_label=True))
 
 
-def inference_transforms(plan: Plan) -> Compose:
-    """Whole preprocessed image volumes, invertible back to the input grid with :func:`invert_to_input`."""
-    return Compose(preprocess_transforms(plan, with_label=False))
+def inference_transforms(plan: Plan, replace_nonfinite: bool = False) -> Compose:
+    """Whole preprocessed image volumes, invertible back to the input grid with :func:`invert_to_input`.
+
+    ``replace_nonfinite``: see :func:`preprocess_transforms` (``medattn predict --replace-nonfinite``).
+    """
+    return Compose(preprocess_transforms(plan, with_label=False, replace_nonfinite=replace_nonfinite))
 
 
 def invert_to_input(pred: torch.Tensor, data: Mapping[str, Any], transform: Compose, nearest: bool = True) -> Any:

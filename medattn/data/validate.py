@@ -18,7 +18,11 @@ dims       error    the image is 3D, or 4D whose last axis holds the declared ch
            warning  a spatial axis of size 1 (a single slice)
 spacing    error    voxel sizes (column norms of the affine, mm) are finite, positive, within
                     ``Tolerances.plausible_spacing_mm`` and the affine is not singular
-           warning  a voxel size outside ``Tolerances.usual_spacing_mm``; pixdim disagreeing with the affine
+           warning  a voxel size outside ``Tolerances.usual_spacing_mm``
+geometry   error    a header the readers cannot agree on: zero, non-finite or mismatched pixdim, a transform
+                    MONAI or SimpleITK reads differently from nibabel, one SimpleITK refuses
+           warning  a header the readers place differently but medattn handles (negative pixdim, qform and
+                    sform that disagree, no transform at all, ...): see :mod:`medattn.data.geometry`
 shape      error    every channel file and the label have the first image file's spatial shape
 affine     error    every channel file and the label have the first image file's affine (see :class:`Tolerances`)
 finite     error    no NaN or Inf voxel in an image or label
@@ -47,13 +51,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from medattn.data.geometry import axcodes
 from medattn.data.io import VolumeHeader, read_header, read_volume, spacing_from_affine
 from medattn.data.manifest import Case, Domain, Manifest
 from medattn.errors import ConfigError, DataError
@@ -64,6 +69,8 @@ REPORT_FORMAT = "medattn-validation"
 REPORT_VERSION = 1
 
 Severity = Literal["error", "warning"]
+#: What a check does with NaN/Inf image voxels: fail the case, or warn because the caller replaces them.
+NonFinite = Literal["error", "replace"]
 
 #: Every check, in the order they run. "exists" and "header" always run (everything else depends on them).
 CHECKS: tuple[str, ...] = (
@@ -72,6 +79,7 @@ CHECKS: tuple[str, ...] = (
     "voxels",
     "dims",
     "spacing",
+    "geometry",
     "shape",
     "affine",
     "finite",
@@ -291,8 +299,9 @@ def validate_case(
     data_root: str | Path | None = None,
     checks: Collection[str] | None = None,
     tolerances: Tolerances = DEFAULT_TOLERANCES,
+    nonfinite: NonFinite = "error",
 ) -> CaseResult:
-    """Check one case (see the module docstring for the checks). Never raises for bad data: problems are recorded.
+    """Check one case of a manifest (see the module docstring). Never raises for bad data: problems are recorded.
 
     Args:
         manifest: the dataset (declared channels and labels come from it).
@@ -301,15 +310,56 @@ def validate_case(
         data_root: as in :func:`validate_manifest`.
         checks: as in :func:`validate_manifest`.
         tolerances: geometry thresholds.
+        nonfinite: ``"error"`` (default) or ``"replace"``: NaN/Inf image voxels are a warning because the caller
+            replaces them (``medattn predict --replace-nonfinite``). Non-finite label voxels are always an error.
     """
     dom = manifest.domain(domain) if isinstance(domain, str) else domain
     c = dom.case(case) if isinstance(case, str) else case
-    checker = _CaseChecker(manifest, dom, c, manifest.data_root(data_root), select_checks(checks), tolerances)
+    root = manifest.data_root(data_root)
+    return check_files(
+        c.id,
+        [(rel, root / rel) for rel in c.images],
+        (c.label, root / c.label) if c.label is not None else None,
+        channels=[ch.name for ch in manifest.channels],
+        labels=manifest.labels,
+        domain=dom.name,
+        checks=checks,
+        tolerances=tolerances,
+        nonfinite=nonfinite,
+    )
+
+
+def check_files(
+    case_id: str,
+    images: Sequence[tuple[str, Path]],
+    label: tuple[str, Path] | None = None,
+    *,
+    channels: Sequence[str],
+    labels: Mapping[int, str] | None = None,
+    domain: str = "-",
+    checks: Collection[str] | None = None,
+    tolerances: Tolerances = DEFAULT_TOLERANCES,
+    nonfinite: NonFinite = "error",
+) -> CaseResult:
+    """Check one case given by its files: the gate every command passes a case through (``medattn.data.gate``).
+
+    Args:
+        case_id: names the case in every problem.
+        images: ``(name as shown, path)`` per channel file, in channel order, or one file holding every channel.
+        label: ``(name as shown, path)`` of the label map, or None (an inference case: no label checks).
+        channels: the declared channel names, in order (their number is what the image files must hold).
+        labels: declared label values; None skips the check of label values against them.
+        domain: the case's domain, for the report.
+        checks, tolerances, nonfinite: as in :func:`validate_case`.
+    """
+    checker = _CaseChecker(
+        case_id, domain, images, label, tuple(channels), labels, select_checks(checks), tolerances, nonfinite
+    )
     start = time.perf_counter()
     try:
         checker.run()
     except Exception as e:  # a bug or an exotic file must not stop the other cases; report it against this case
-        log.debug("unexpected failure on case %s", c.id, exc_info=True)
+        log.debug("unexpected failure on case %s", case_id, exc_info=True)
         checker.error(None, "internal", f"validation stopped on this case: {type(e).__name__}: {e}")
     checker.result.seconds = time.perf_counter() - start
     return checker.result
@@ -381,15 +431,27 @@ class _CaseChecker:
     """Runs the checks of one case, accumulating problems and stats into ``self.result``."""
 
     def __init__(
-        self, manifest: Manifest, domain: Domain, case: Case, root: Path, checks: frozenset[str], tol: Tolerances
+        self,
+        case_id: str,
+        domain: str,
+        images: Sequence[tuple[str, Path]],
+        label: tuple[str, Path] | None,
+        channels: tuple[str, ...],
+        labels: Mapping[int, str] | None,
+        checks: frozenset[str],
+        tol: Tolerances,
+        nonfinite: NonFinite = "error",
     ) -> None:
-        self.manifest = manifest
-        self.case = case
+        if nonfinite not in ("error", "replace"):
+            raise ConfigError(f"nonfinite: expected 'error' or 'replace', got {nonfinite!r}")
+        self.channels = channels
+        self.labels = labels
         self.checks = checks
         self.tol = tol
-        self.images = [_File(rel, root / rel) for rel in case.images]
-        self.label = _File(case.label, root / case.label) if case.label is not None else None
-        self.result = CaseResult(case.id, domain.name, tuple(case.images), case.label)
+        self.nonfinite = nonfinite
+        self.images = [_File(rel, Path(path)) for rel, path in images]
+        self.label = _File(label[0], Path(label[1])) if label is not None else None
+        self.result = CaseResult(case_id, domain, tuple(rel for rel, _ in images), label[0] if label else None)
 
     # -- recording --
     def error(self, f: _File | None, check: str, message: str) -> None:
@@ -399,6 +461,7 @@ class _CaseChecker:
         self._add(f, check, message, "warning")
 
     def _add(self, f: _File | None, check: str, message: str, severity: Severity) -> None:
+        message = " ".join(str(message).split())  # one line: readers put newlines in their messages
         p = Problem(self.result.case, self.result.domain, f.rel if f else None, check, message, severity)
         log.debug("%s", p)
         self.result.problems.append(p)
@@ -426,6 +489,8 @@ class _CaseChecker:
             for f in [*self.images[1:], *([self.label] if self.label else [])]:
                 if f is not ref and f.spatial is not None:
                     self.same_grid(ref, f)
+        for f in files:
+            self.geometry(f)
         if self.checks & VOXEL_CHECKS:
             self.image_voxels()
             if self.label is not None and self.label.header is not None:
@@ -459,8 +524,8 @@ class _CaseChecker:
 
     def image_dims(self, f: _File) -> None:
         why = self._understand(f, "image")
-        n_ch = self.manifest.num_channels
-        names = ", ".join(ch.name for ch in self.manifest.channels)
+        n_ch = len(self.channels)
+        names = ", ".join(self.channels)
         if why is None and f.spatial is not None:
             if len(self.images) == 1 and n_ch > 1 and f.volumes != n_ch:
                 why = (
@@ -469,7 +534,7 @@ class _CaseChecker:
                     f"{n_ch} volumes along the last axis, or one file per channel"
                 )
             elif (len(self.images) > 1 or n_ch == 1) and f.volumes != 1:
-                which = self.manifest.channels[self.images.index(f)].name if len(self.images) > 1 else names
+                which = self.channels[self.images.index(f)] if len(self.images) > 1 else names
                 why = (
                     f"image is 4D with {f.volumes} volumes (shape {f.header.shape if f.header else '?'}) but it "
                     f"should hold the single channel {which!r}; expected a 3D volume"
@@ -513,14 +578,23 @@ class _CaseChecker:
             )
         elif np.any(sp < ulo) or np.any(sp > uhi):
             self.warn(f, "spacing", f"unusual voxel size {shown} mm (usual range {ulo:g} to {uhi:g} mm)")
-        zooms = np.asarray(f.header.spacing[:3], dtype=float)
-        if np.all(np.isfinite(sp)) and (len(zooms) != 3 or not np.allclose(zooms, sp, rtol=1e-3, atol=1e-4)):
-            self.warn(
-                f,
-                "spacing",
-                f"header voxel size (pixdim) {_fmt(zooms)} mm disagrees with the affine's {shown} mm; "
-                "medattn (like MONAI) uses the affine",
-            )
+
+    def geometry(self, f: _File) -> None:
+        """The header's own consistency (pixdim, qform/sform, what each reader makes of it): see
+        :func:`medattn.data.geometry.header_problems`. Skipped for a file whose spacing is already an error."""
+        from medattn.data.geometry import header_problems
+
+        if not self.on("geometry") or f.header is None:
+            return
+        if any(p.check == "spacing" and p.file == f.rel and p.severity == "error" for p in self.result.problems):
+            return
+        try:
+            found = header_problems(f.path)
+        except DataError as e:
+            self.error(f, "geometry", e.problem)
+            return
+        for severity, message in found:
+            self._add(f, "geometry", message, "error" if severity == "error" else "warning")
 
     def same_grid(self, ref: _File, f: _File) -> None:
         """Shape and affine of ``f`` against the reference image file."""
@@ -564,7 +638,10 @@ class _CaseChecker:
             bad = _nonfinite(arr)
             nonfinite += bad
             if bad and self.on("finite"):
-                self.error(f, "finite", _nonfinite_message(arr))
+                if self.nonfinite == "replace":
+                    self.warn(f, "finite", _nonfinite_message(arr, "replaced by the channel's lowest finite value"))
+                else:
+                    self.error(f, "finite", _nonfinite_message(arr))
             vols = [arr] if arr.ndim <= 3 else list(np.moveaxis(arr.reshape(*arr.shape[:3], -1), -1, 0))
             for k, vol in enumerate(vols):
                 lo, hi = _finite_range(vol, has_bad=bool(bad))
@@ -582,7 +659,7 @@ class _CaseChecker:
         bad = _nonfinite(arr)
         if bad:
             if self.on("finite"):
-                self.error(f, "finite", _nonfinite_message(arr))
+                self.error(f, "finite", _nonfinite_message(arr, "a label map holds integer class values"))
             arr = arr[np.isfinite(arr)]
         if arr.dtype.kind == "f":
             frac = arr != np.round(arr)
@@ -606,9 +683,9 @@ class _CaseChecker:
                 )
         values, counts = _value_counts(arr)
         self.result.stats["label_counts"] = {str(int(v)): int(n) for v, n in zip(values, counts)}
-        if not self.on("labels"):
+        if not self.on("labels") or self.labels is None:
             return
-        declared = self.manifest.labels
+        declared = self.labels
         undeclared = [(v, n) for v, n in zip(values, counts) if int(v) not in declared]
         if undeclared:
             found = ", ".join(f"{int(v)} ({_plural(int(n), 'voxel')})" for v, n in undeclared[:_MAX_LISTED])
@@ -638,7 +715,7 @@ def _affine_mismatch(a: np.ndarray, b: np.ndarray, tol: Tolerances) -> str | Non
         if not np.allclose(sp_a, sp_b, rtol=tol.affine_rtol, atol=0):
             parts.append(f"voxel size {_fmt(sp_b)} mm, image {_fmt(sp_a)} mm")
         else:
-            ax_a, ax_b = _axcodes(a), _axcodes(b)
+            ax_a, ax_b = axcodes(a), axcodes(b)
             if ax_a != ax_b:
                 parts.append(f"orientation {ax_b}, image {ax_a}")
             else:
@@ -652,15 +729,6 @@ def _affine_mismatch(a: np.ndarray, b: np.ndarray, tol: Tolerances) -> str | Non
     if not parts:
         return None
     return "; ".join(parts) + ". Fix the header, or resample onto the image grid (nearest neighbour for labels)"
-
-
-def _axcodes(affine: np.ndarray) -> str:
-    import nibabel as nib
-
-    try:
-        return "".join(c or "?" for c in nib.aff2axcodes(affine))
-    except Exception:  # a degenerate affine
-        return "???"
 
 
 def _is_float_dtype(name: str) -> bool:
@@ -677,11 +745,11 @@ def _nonfinite(arr: np.ndarray) -> int:
     return int(arr.size - np.count_nonzero(np.isfinite(arr)))
 
 
-def _nonfinite_message(arr: np.ndarray) -> str:
+def _nonfinite_message(arr: np.ndarray, tail: str = "expected finite values") -> str:
     n_nan = int(np.count_nonzero(np.isnan(arr)))
     n_inf = _nonfinite(arr) - n_nan
     first = tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(~np.isfinite(arr))[0]), arr.shape))
-    return f"{n_nan} NaN and {n_inf} Inf voxels out of {arr.size} (first at index {first}); expected finite values"
+    return f"{n_nan} NaN and {n_inf} Inf voxels out of {arr.size} (first at index {first}); {tail}"
 
 
 def _finite_range(vol: np.ndarray, has_bad: bool) -> tuple[float | None, float | None]:

@@ -54,7 +54,9 @@ def prepare_out(out: Path, data: str | None) -> None:
                 p.unlink()
         for png in out.glob("*.png"):
             png.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    from medattn.data.guard import prepare_output_dir
+
+    prepare_output_dir(out, "--out")
 
 
 def safe_name(name: str) -> str:
@@ -63,7 +65,12 @@ def safe_name(name: str) -> str:
 
 
 def with_splits(manifest: Any) -> Any:
-    """Every domain with a train/test split (the held-out cases are its test split, for predict and adapt alike)."""
+    """Every domain with a train/test split (the held-out cases are its test split, for predict and adapt alike).
+
+    A domain keeps the data's own splits when they name ``train`` and ``test``; otherwise it gets
+    :func:`medattn.data.synth.default_splits` (train/val/test). Training validates on the ``val`` split, or on a
+    slice of ``train`` when there is none (:func:`medattn.train.splits.make_split`), never on ``test``.
+    """
     from medattn.data.synth import default_splits
 
     domains = []

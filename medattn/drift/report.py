@@ -7,8 +7,12 @@ calibrated on held-out reference volumes for the chosen false-positive rate. Ima
 changes are reported beside the decision, not in it. Where labels exist, the mean Dice of reference and target
 volumes and the drop between them.
 
-Exit codes of the command: 0 no drift, 4 drift, 1 too few readable volumes to test, 3 data error (model file,
-dataset description). Volumes that cannot be read are named in the report and left out.
+Every volume passes the input gate first (:mod:`medattn.data.gate`: the checks of ``medattn validate``, and its
+channels matched to the model's by name); a refused volume is named in the report with its reason and left out.
+
+Exit codes of the command: 0 no drift, 4 drift (whether or not volumes were refused), 1 no drift found but some
+volumes were refused, or too few readable volumes to test, 2 an output that would touch an input or cannot be
+written, 3 data error (model file, dataset description, channels that do not match the model's).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ log = logging.getLogger(__name__)
 EXIT_NO_DRIFT = 0
 EXIT_DRIFT = 4
 EXIT_TOO_FEW = 1
+EXIT_PROBLEMS = 1  # no drift found, but some volumes were refused
 #: The decision rule, as written into every report.
 DECISION_RULE = "drift when MMD (whitened) or KS-on-PCA p-value < alpha/2 on the model features"
 
@@ -148,9 +153,26 @@ def dataset_items(
             for c in cases
         ]
     try:
-        return manifest.split_datalist(split, data_root)
+        items = manifest.split_datalist(split, data_root)
     except ManifestError as e:
         raise DataError(str(e), spec) from None
+    names = tuple(ch.name for ch in manifest.channels)
+    return [{**d, "channels": names} for d in items]
+
+
+def check_channels(plan: Any, items: Sequence[Mapping[str, Any]], spec: str) -> None:
+    """Refuse a dataset whose channels are named otherwise, or ordered otherwise, than the model's.
+
+    Raises:
+        DataError: naming ``spec`` and both channel lists.
+    """
+    from medattn.data.gate import channel_mismatch
+
+    named = {tuple(d["channels"]) for d in items if d.get("channels") is not None}
+    for names in named:
+        why = channel_mismatch([ch.name for ch in plan.channels], names)
+        if why:
+            raise DataError(why, spec)
 
 
 def extract_features(
@@ -180,10 +202,12 @@ def extract_features(
     with_label, without_label = eval_transforms(plan), inference_transforms(plan)
     feats: list[VolumeFeatures] = []
     failures: list[dict[str, str]] = []
+    channel_names = [ch.name for ch in plan.channels]
     for item in tqdm(items, desc="drift features", unit="vol", disable=not progress):
         images = list(item["image"]) if isinstance(item["image"], (list, tuple)) else [item["image"]]
         case_id = str(item.get("case_id", Path(images[0]).name))
         try:
+            _gate(item, case_id, images, channel_names, plan.labels)
             src = {"image": images[0] if len(images) == 1 else images}
             has_label = bool(item.get("label"))
             if has_label:
@@ -218,6 +242,27 @@ def extract_features(
             log.warning("skipping %s: %s", case_id, e)
             failures.append({"case": case_id, "file": images[0], "reason": f"{type(e).__name__}: {e}"})
     return feats, failures
+
+
+def _gate(
+    item: Mapping[str, Any], case_id: str, images: Sequence[str], channels: Sequence[str], labels: Mapping[int, str]
+) -> None:
+    """The input gate for one volume (and its label, when it has one); raises a DataError when it is refused."""
+    from medattn.data.gate import channel_mismatch, check_image_case, raise_if_refused
+
+    label = item.get("label")
+    checked = check_image_case(
+        case_id,
+        [Path(p) for p in images],
+        channels,
+        domain=item.get("domain"),
+        label=Path(label) if label else None,
+        labels=labels,
+    )
+    raise_if_refused(checked)
+    why = channel_mismatch(channels, item.get("channels"), single_file=len(images) == 1)
+    if why:
+        raise DataError(why, images[0], case_id)
 
 
 def _metadata_changes(ref: Sequence[VolumeFeatures], tgt: Sequence[VolumeFeatures]) -> dict[str, Any]:
@@ -404,6 +449,8 @@ def run_drift(
     nch = loaded.plan.num_channels
     ref_items = dataset_items(reference, data_root, nch, reference_split)
     tgt_items = dataset_items(target, data_root, nch, target_split)
+    check_channels(loaded.plan, ref_items, reference)
+    check_channels(loaded.plan, tgt_items, target)
     ref_f, ref_fail = extract_features(loaded, ref_items, overlap=options.overlap, device=device, progress=progress)
     tgt_f, tgt_fail = extract_features(loaded, tgt_items, overlap=options.overlap, device=device, progress=progress)
     failures = [{**f, "set": "reference"} for f in ref_fail] + [{**f, "set": "target"} for f in tgt_fail]
@@ -413,9 +460,19 @@ def run_drift(
 
 
 def drift_command(args: argparse.Namespace) -> int:
+    from medattn.data.guard import InputGuard, prepare_output_file
+    from medattn.data.importers import split_spec
     from medattn.data.io import atomic_write_text
 
     options = DriftOptions.from_args(args)
+    out = Path(args.out)
+    guard = InputGuard.of(other_files=[args.model])  # before the model or any volume is read
+    for spec, split in ((args.reference, args.reference_split), (args.target, args.target_split)):
+        items = dataset_items(spec, args.data_root, 1, split)
+        files = [p for d in items for p in [*d["image"], *([d["label"]] if d.get("label") else [])]]
+        guard = guard | InputGuard.of(files, dataset=split_spec(spec)[0] if items and "channels" in items[0] else None)
+    guard.check_file(out, "-o")
+    prepare_output_file(out, "-o")
     try:
         report = run_drift(
             args.model,
@@ -433,12 +490,13 @@ def drift_command(args: argparse.Namespace) -> int:
             print(f"medattn drift: {e}")
             return EXIT_TOO_FEW
         raise
-    out = Path(args.out)
     report.plots = write_plots(report, out.parent if str(out.parent) else Path("."), out.name.rsplit(".", 1)[0])
     atomic_write_text(out, json.dumps(report.to_dict(), indent=2, default=_default) + "\n")
     print(format_report(report))
     print(f"report written to {out}; plots: {', '.join(report.plots)}")
-    return EXIT_DRIFT if report.drift else EXIT_NO_DRIFT
+    if report.drift:
+        return EXIT_DRIFT
+    return EXIT_PROBLEMS if report.failures else EXIT_NO_DRIFT
 
 
 def _default(o: Any) -> Any:

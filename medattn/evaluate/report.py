@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from medattn.data.guard import prepare_output_file
 from medattn.data.io import IMAGE_SUFFIXES, has_suffix, strip_suffix
 from medattn.errors import ConfigError, DataError, ManifestError
 from medattn.evaluate.metrics import DEFAULT_NSD_TOLERANCE_MM, METRICS, ClassScores, segmentation_scores, summarise
@@ -99,13 +100,16 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if not items:
         where = f"split {split!r} of the dataset" if split else "the dataset"
         raise DataError(f"{where} has no labelled cases to evaluate against", args.data)
+    out = Path(args.out)
+    csv_path = Path(args.csv) if getattr(args, "csv", None) else out.with_suffix(".csv")
+    guard = _input_guard(manifest, args, Path(args.pred))
+    for path, what in ((out, "-o"), (csv_path, "--csv")):  # before any volume is read
+        guard.check_file(path, what)
+        prepare_output_file(path, what)
     labels = {int(k): str(v) for k, v in manifest.labels.items() if int(k) != 0}
     doc = evaluate_folder(args.pred, items, labels, options, progress=not getattr(args, "quiet", False))
     doc["data"] = str(args.data)
-    out = Path(args.out)
-    csv_path = Path(args.csv) if getattr(args, "csv", None) else out.with_suffix(".csv")
-    protected = [Path(p) for d in items for p in [*d["image"], d["label"]]]
-    write_reports(doc, out, csv_path, protected)
+    write_reports(doc, out, csv_path, sorted(guard.files))
     print(format_summary(doc))
     if doc["failed"]:
         print(f"{len(doc['failed'])} case(s) failed:")
@@ -113,6 +117,14 @@ def evaluate_command(args: argparse.Namespace) -> int:
             print(f"  {f['case']}: {f['file']}: {f['reason']}")
     print(f"metrics written to {out} and {csv_path}")
     return 1 if doc["failed"] else 0
+
+
+def _input_guard(manifest: Any, args: argparse.Namespace, pred_dir: Path) -> Any:
+    """The dataset's images and labels (and their folders), its description, and the prediction files."""
+    from medattn.data.guard import InputGuard
+
+    preds = _prediction_files(pred_dir).values() if pred_dir.is_dir() else []
+    return InputGuard.of_manifest(manifest, args.data_root, args.data, other_files=preds)
 
 
 def parse_tolerance(value: Any) -> float | dict[int, float]:
@@ -183,19 +195,33 @@ def evaluate_folder(
     if missing:
         log.warning("%d case(s) have no prediction in %s: %s", len(missing), folder, missing[:5])
     rows = []
+    declared = {0: "background", **labels}
     for case in _bar(matched, progress):
-        rows.append(evaluate_case(case, preds[case], Path(by_case[case]["label"]), labels, tol))
+        rows.append(evaluate_case(case, preds[case], Path(by_case[case]["label"]), labels, tol, declared))
     return build_report(rows, labels, options, folder, missing, unmatched)
 
 
 def evaluate_case(
-    case: str, pred_path: Path, label_path: Path, labels: Mapping[int, str], tolerance: float | Mapping[int, float]
+    case: str,
+    pred_path: Path,
+    label_path: Path,
+    labels: Mapping[int, str],
+    tolerance: float | Mapping[int, float],
+    declared: Mapping[int, str] | None = None,
 ) -> CaseRow:
-    """Read, check the grid, score. A problem with the files fails the row (never raises)."""
+    """Check (the input gate), read, check the grid, score. A problem with the files fails the row (never raises).
+
+    ``declared``: every label value the dataset declares (background included); the label map must hold only
+    those, and so must the prediction. Default: ``labels`` and background.
+    """
+    from medattn.data.gate import check_image_case, raise_if_refused
     from medattn.data.io import read_volume, spacing_from_affine
 
+    declared = dict(declared) if declared is not None else {0: "background", **labels}
     row = CaseRow(case=case, prediction=str(pred_path), label=str(label_path))
     try:
+        # the prediction stands in the image's place: both must open, be 3D, finite and share one grid
+        raise_if_refused(check_image_case(case, [pred_path], ["prediction"], label=label_path, labels=declared))
         gt, gt_hdr = read_volume(label_path, dtype=None)
         pred, pred_hdr = read_volume(pred_path, dtype=None)
         if pred.ndim != 3 or pred.shape != gt.shape:
@@ -205,6 +231,13 @@ def evaluate_case(
             raise DataError(
                 f"prediction affine differs from the label's by {diff:.4g} mm (prediction "
                 f"{np.round(pred_hdr.affine, 3).tolist()}, label {np.round(gt_hdr.affine, 3).tolist()})",
+                pred_path,
+                case,
+            )
+        odd = sorted(set(np.unique(_as_int(pred)).tolist()) - set(declared))
+        if odd:
+            raise DataError(
+                f"prediction holds label value(s) {odd[:10]} that the dataset does not declare ({sorted(declared)})",
                 pred_path,
                 case,
             )

@@ -32,11 +32,17 @@ class InputCase:
         case_id: names the output file; unique among the inputs of a run.
         images: absolute paths, one per channel file in network order, or a single (3D, or 4D multi-channel) file.
         domain: the dataset domain it came from, if any.
+        channels: the channel names the input gives (a dataset's), or None when it names none (bare files, or
+            nnU-Net-style ``_0000`` files, whose order is their number); matched against the model's by
+            :func:`medattn.data.gate.channel_mismatch`.
+        label: the dataset's label file of the case, if any (never read by predict; protected from outputs).
     """
 
     case_id: str
     images: tuple[Path, ...]
     domain: str | None = None
+    channels: tuple[str, ...] | None = None
+    label: Path | None = None
 
     def transform_input(self) -> dict[str, Any]:
         """The dict the inference transforms read (``image``: one path, or the list of channel paths)."""
@@ -86,7 +92,17 @@ def collect_inputs(
             items = manifest.split_datalist(split, data_root)
         except ManifestError as e:
             raise DataError(str(e), path) from None
-        cases = [InputCase(d["case_id"], tuple(Path(p) for p in d["image"]), d.get("domain")) for d in items]
+        names = tuple(ch.name for ch in manifest.channels)
+        cases = [
+            InputCase(
+                d["case_id"],
+                tuple(Path(p) for p in d["image"]),
+                d.get("domain"),
+                names,
+                Path(d["label"]) if d.get("label") else None,
+            )
+            for d in items
+        ]
         if split is not None and not cases:
             raise DataError(f"split {split!r} lists no cases", path)
         split = None  # applied

@@ -20,6 +20,12 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     add_import_options(p)
     add_device(p)
     add_workers(p)
+    p.add_argument(
+        "--replace-nonfinite",
+        action="store_true",
+        help="replace NaN/Inf image voxels by their channel's lowest finite value (recorded per case in "
+        "predictions.json) instead of refusing the case",
+    )
     g = p.add_argument_group("sliding window")
     g.add_argument(
         "--window",

@@ -72,7 +72,7 @@ def check_grid(back: Any, spatial: tuple[int, ...], affine: np.ndarray, case: In
     if shape != spatial:
         raise DataError(f"inverse transform gave shape {shape}, the input has {spatial}", case.images[0], case.case_id)
     got = np.asarray(getattr(back, "affine", affine), dtype=float)
-    if np.abs(got - affine).max() > AFFINE_TOLERANCE_MM:
+    if not np.abs(got - affine).max() <= AFFINE_TOLERANCE_MM:  # written so that a NaN affine fails too
         raise DataError(
             f"inverse transform gave affine {got.round(4).tolist()}, the input has {affine.round(4).tolist()}",
             case.images[0],
@@ -100,19 +100,23 @@ def write_probabilities(
     del back
     outside = arr.sum(0) == 0  # voxels a foreground crop left out: background for sure
     arr[0][outside] = 1.0
-    folder = out / PROBABILITY_DIR
-    suffix = output_suffix(case, output_format)
     like = case.images[0]
     if layout == "4d":
-        path = folder / f"{case.case_id}{suffix}"
+        path = probability_paths(case, out, lut, output_format)[0]
         write_volume(np.moveaxis(arr, 0, -1), header.affine, path, dtype=np.float32, like=like, protected=protected)
         return [str(path)]
     paths = []
-    for k, value in enumerate(lut):
-        path = folder / f"{case.case_id}_{int(value)}{suffix}"
+    for k, path in enumerate(probability_paths(case, out, lut, output_format)[1:]):
         write_volume(arr[k], header.affine, path, dtype=np.float32, like=like, protected=protected)
         paths.append(str(path))
     return paths
+
+
+def probability_paths(case: InputCase, out: Path, lut: np.ndarray, output_format: str) -> list[Path]:
+    """Where a case's probability maps go: the 4D file first, then one file per class (``<case>_<label value>``)."""
+    folder = out / PROBABILITY_DIR
+    suffix = output_suffix(case, output_format)
+    return [folder / f"{case.case_id}{suffix}"] + [folder / f"{case.case_id}_{int(v)}{suffix}" for v in lut]
 
 
 def write_summary(path: Path, doc: dict[str, Any], protected: Sequence[Path]) -> Path:

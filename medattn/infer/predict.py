@@ -6,16 +6,20 @@ labels may be sparse, e.g. 0, 63, 117) -> :func:`~medattn.data.transforms.invert
 ``OUTPUT/<case>.nii.gz`` written atomically with the input's shape, affine and NIfTI header. Optional probability
 maps go to ``OUTPUT/probabilities/`` (resampled with interpolation; float32 because NIfTI has no float16).
 
-A case that fails (unreadable or truncated file, wrong channel count, ...) is logged with its file and reason and
-skipped; the others are still written. ``OUTPUT/predictions.json`` records every case's status, timings and
-failures, and the exit code is 1 when any case failed.
+Before anything heavy, the output folder is checked: it must not be an input (an image or label folder of the
+dataset, an input file) and must be writable; temporary files a killed run left there are removed. Each case then
+passes the input gate (:mod:`medattn.data.gate`, the checks of ``medattn validate``: readable and complete files,
+dimensions, channels matched to the model's by name and count, geometry, finite voxels) before it is read. A case
+that fails is recorded with its file and reason and skipped (and a stale mask of an earlier run for it is
+removed); the others are still written. ``OUTPUT/predictions.json`` is rewritten as each case finishes
+(``"complete": false`` until the run ends), so after a kill it says which cases are done; a case's probability
+maps are written before its mask, so a mask never stands without them. The exit code is 1 when any case failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,13 +33,15 @@ import torch
 from medattn.data.io import read_header
 from medattn.errors import ConfigError, DataError
 from medattn.infer.distributed import Rank, gather, process_group
-from medattn.infer.inputs import InputCase, collect_inputs, shard, verify_readable
+from medattn.infer.inputs import InputCase, collect_inputs, shard
 from medattn.infer.outputs import (
     OUTPUT_FORMATS,
+    PROBABILITY_DIR,
     PROBABILITY_LAYOUTS,
     SUMMARY_NAME,
     label_lookup,
     output_path,
+    probability_paths,
     write_mask,
     write_probabilities,
     write_summary,
@@ -61,6 +67,8 @@ class PredictOptions:
         output_format: ``"nii.gz"``, ``"nii"``, ``"nrrd"``, ``"mha"`` or ``"input"`` (the input file's format).
         workers: cases read and preprocessed ahead in background threads (0: none).
         progress: show progress bars.
+        replace_nonfinite: replace NaN/Inf image voxels by the channel's lowest finite value (counted per case in
+            ``predictions.json``) instead of refusing the case.
     """
 
     window: tuple[int, int, int] | None = None
@@ -75,6 +83,7 @@ class PredictOptions:
     output_format: str = "nii.gz"
     workers: int = 0
     progress: bool = True
+    replace_nonfinite: bool = False
 
     def __post_init__(self) -> None:
         if self.window is not None and (len(self.window) != 3 or min(self.window) < 1):
@@ -113,6 +122,9 @@ class CaseResult:
     preprocessed_shape: list[int] | None = None
     windows: int | None = None
     rank: int = 0
+    nonfinite_replaced: int = 0  # NaN/Inf voxels replaced (``--replace-nonfinite``)
+    warnings: list[str] = field(default_factory=list)  # the input gate's warnings for this case
+    removed_stale: list[str] = field(default_factory=list)  # an earlier run's outputs of a case that failed now
 
 
 # ---- the command -----------------------------------------------------------------------------------------------
@@ -143,6 +155,7 @@ def options_from_args(args: argparse.Namespace) -> PredictOptions:
         output_format=str(args.format),
         workers=int(args.workers or 0),
         progress=not getattr(args, "quiet", False),
+        replace_nonfinite=bool(getattr(args, "replace_nonfinite", False)),
     )
 
 
@@ -200,33 +213,86 @@ def run_predict(
         DataError, ManifestError: the model or the input cannot be read at all (not per-case failures).
         ConfigError: an output path that is an input file, or an output folder that is a file.
     """
+    from medattn.data.gate import channel_mismatch
+    from medattn.data.guard import prepare_output_dir
+    from medattn.data.importers import split_spec
     from medattn.train.checkpoint import load_model
 
     options = options or PredictOptions()
     rank = rank or Rank()
     out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"OUTPUT {out} is a file; give a folder for the masks")
+    collect = {"data_root": data_root, "import_options": import_options, "split": split}
+    # The inputs are known before anything is written or loaded, so OUTPUT is checked against them first.
+    cases = collect_inputs(input_spec, num_channels=1, **collect)  # type: ignore[arg-type]
+    guard = input_guard(cases, model_path, split_spec(input_spec)[0])
+    guard.check_dir(out, "OUTPUT")
+    if options.save_probabilities is not None:
+        guard.check_dir(out / PROBABILITY_DIR, "OUTPUT")
+    prepare_output_dir(out, "OUTPUT")
+    if options.save_probabilities is not None:
+        prepare_output_dir(out / PROBABILITY_DIR, "OUTPUT")
     device = _device(options.device, rank)
     loaded = load_model(model_path, device)
     plan = loaded.plan
-    cases = collect_inputs(
-        input_spec, num_channels=plan.num_channels, data_root=data_root, import_options=import_options, split=split
-    )
-    protected = [p for c in cases for p in c.images] + [Path(model_path)]
+    if plan.num_channels != 1:  # nnU-Net-style channel files group into cases only for a multi-channel model
+        cases = collect_inputs(input_spec, num_channels=plan.num_channels, **collect)  # type: ignore[arg-type]
+    names = [ch.name for ch in plan.channels]
+    named = {c.channels for c in cases if c.channels is not None}
+    if len(named) == 1:  # a dataset names its channels once: a mismatch concerns every case, so stop here
+        why = channel_mismatch(names, next(iter(named)), single_file=all(len(c.images) == 1 for c in cases))
+        if why:
+            raise DataError(why, split_spec(input_spec)[0])
+    protected = sorted(guard.files)
     _check_outputs(cases, out, options, protected)
     mine = shard(cases, rank.rank, rank.world_size)
     log.info("rank %d/%d: %d of %d cases on %s", rank.rank, rank.world_size, len(mine), len(cases), device)
 
     predictor = make_predictor(loaded.model, plan, options, device)
     started = time.perf_counter()
-    results = list(_predict_cases(mine, plan, predictor, out, options, protected, rank))
+    progress = _Progress(out, rank, lambda rs: _summary(model_path, input_spec, out, options, rank, rs, 0.0))
+    results = []
+    for r in _predict_cases(mine, plan, predictor, out, options, protected, rank):
+        results.append(r)
+        progress.update([asdict(x) for x in results])
     with process_group(rank) as dist:
         all_results = gather(dist, [asdict(r) for r in results], rank.world_size)
     summary = _summary(model_path, input_spec, out, options, rank, all_results, time.perf_counter() - started)
+    summary["complete"] = True
     if rank.is_main:
         write_summary(out / SUMMARY_NAME, summary, protected)
+        progress.finish()
     return summary
+
+
+def input_guard(cases: Sequence[InputCase], model_path: str | Path, spec: Path) -> Any:
+    """The :class:`~medattn.data.guard.InputGuard` of a predict run: images, labels, the model, the dataset file."""
+    from medattn.data.guard import InputGuard
+
+    data = [p for c in cases for p in (*c.images, *([c.label] if c.label is not None else []))]
+    dataset = spec if any(c.channels is not None for c in cases) else None
+    return InputGuard.of(data, [model_path], dataset)
+
+
+class _Progress:
+    """``predictions.json`` kept current as cases finish (``"complete": false``), so a killed run says what is done.
+
+    One process writes ``OUTPUT/predictions.json`` itself; under ``torchrun`` each rank writes
+    ``OUTPUT/predictions.rank<r>.json`` and rank 0 replaces them by the merged ``predictions.json`` at the end.
+    """
+
+    def __init__(self, out: Path, rank: Rank, build: Any) -> None:
+        self.path = out / (SUMMARY_NAME if rank.world_size == 1 else f"predictions.rank{rank.rank}.json")
+        self.out, self.rank, self.build = out, rank, build
+
+    def update(self, results: list[dict[str, Any]]) -> None:
+        doc = self.build(results)
+        doc["complete"] = False
+        write_summary(self.path, doc, ())
+
+    def finish(self) -> None:
+        if self.rank.world_size > 1:
+            for r in range(self.rank.world_size):
+                (self.out / f"predictions.rank{r}.json").unlink(missing_ok=True)
 
 
 def make_predictor(model: torch.nn.Module, plan: Any, options: PredictOptions, device: torch.device) -> Any:
@@ -262,20 +328,26 @@ def _predict_cases(
 ) -> Iterator[CaseResult]:
     from medattn.data.transforms import inference_transforms
 
-    transform = inference_transforms(plan)
+    transform = inference_transforms(plan, replace_nonfinite=options.replace_nonfinite)
     lut = label_lookup(plan)
     bar = _bar(len(cases), options.progress and rank.is_main)
-    for case, loaded, load_s in _preprocessed(cases, transform, options.workers, plan.num_channels):
+    names = [ch.name for ch in plan.channels]
+    for case, loaded, load_s in _preprocessed(cases, transform, options, names):
         result = CaseResult(case=case.case_id, inputs=[str(p) for p in case.images], rank=rank.rank)
         result.seconds["read_preprocess"] = round(load_s, 3)
         try:
             if isinstance(loaded, BaseException):
                 raise loaded
-            _predict_one(case, loaded, transform, lut, predictor, out, options, protected, result)
+            data, checked = loaded
+            result.warnings = [f"[{p.check}] {p.message}" for p in checked.warnings]
+            result.nonfinite_replaced = int(checked.stats.get("nonfinite", 0)) if options.replace_nonfinite else 0
+            _predict_one(case, data, transform, lut, predictor, out, options, protected, result)
         except Exception as e:  # one bad case must not stop the others; the reason is recorded
             result.status = "failed"
             result.file = getattr(e, "path", None) or str(case.images[0])
             result.reason = _first_line(getattr(e, "problem", None) or f"{type(e).__name__}: {e}")
+            result.output, result.probabilities = None, []
+            result.removed_stale = _remove_stale(case, out, options, plan, protected)
             log.warning("case %s failed: %s: %s", case.case_id, result.file, result.reason)
             log.debug("case %s", case.case_id, exc_info=e)
         bar.set_postfix_str(case.case_id, refresh=False)
@@ -311,13 +383,31 @@ def _predict_one(
     t = time.perf_counter()
     back = invert_to_input(labels[None], data, transform, nearest=True)
     del labels
-    result.output = str(write_mask(back, lut, header, case, out, options.output_format, protected))
-    del back
-    if probs is not None and options.save_probabilities is not None:
+    if probs is not None and options.save_probabilities is not None:  # before the mask: a mask implies its maps
         result.probabilities = write_probabilities(
             probs, data, transform, case, header, out, options.save_probabilities, options.output_format, protected, lut
         )
+    del probs
+    result.output = str(write_mask(back, lut, header, case, out, options.output_format, protected))
+    del back
     result.seconds["invert_write"] = round(time.perf_counter() - t, 3)
+
+
+def _remove_stale(
+    case: InputCase, out: Path, options: PredictOptions, plan: Any, protected: Sequence[Path]
+) -> list[str]:
+    """Remove what an earlier run wrote for a case that failed in this one, so no old mask passes for a new one."""
+    stale = [output_path(case, out, options.output_format)]
+    stale += probability_paths(case, out, label_lookup(plan), options.output_format)
+    keep = {Path(p).resolve() for p in protected}
+    removed = []
+    for p in stale:
+        if p.is_file() and p.resolve() not in keep:
+            p.unlink()
+            removed.append(str(p))
+    if removed:
+        log.warning("case %s: removed %d output file(s) of an earlier run: %s", case.case_id, len(removed), removed)
+    return removed
 
 
 def _first_line(text: str, limit: int = 400) -> str:
@@ -326,37 +416,42 @@ def _first_line(text: str, limit: int = 400) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def check_channels(case: InputCase, num_channels: int) -> None:
-    """Raise a DataError naming the file when ``case`` does not hold ``num_channels`` channels (from the headers:
-    one per file, or the 4th axis of a single 4D file)."""
-    if len(case.images) > 1:
-        found = len(case.images)
-        for p in case.images:
-            if len(read_header(p).shape) > 3:
-                raise DataError(f"channel file has shape {read_header(p).shape}; expected a 3D volume", p, case.case_id)
-    else:
-        shape = read_header(case.images[0]).shape
-        found = int(math.prod(shape[3:])) if len(shape) > 3 else 1
-    if found != num_channels:
-        raise DataError(f"image has {found} channel(s), the model expects {num_channels}", case.images[0], case.case_id)
+def check_case(case: InputCase, names: Sequence[str], replace_nonfinite: bool = False) -> Any:
+    """The input gate for one case (:mod:`medattn.data.gate`): the checks of ``validate`` on its image files, and
+    its channels against the model's ``names``. Returns the gate's ``CaseResult``; raises a DataError naming the
+    file and every reason when the case is refused."""
+    from medattn.data.gate import channel_mismatch, check_image_case, raise_if_refused
+
+    checked = check_image_case(
+        case.case_id,
+        case.images,
+        names,
+        domain=case.domain,
+        nonfinite="replace" if replace_nonfinite else "error",
+    )
+    raise_if_refused(checked)
+    why = channel_mismatch(names, case.channels, single_file=len(case.images) == 1)
+    if why:
+        raise DataError(why, case.images[0], case.case_id)
+    return checked
 
 
 def _preprocessed(
-    cases: Sequence[InputCase], transform: Any, workers: int, num_channels: int
+    cases: Sequence[InputCase], transform: Any, options: PredictOptions, names: Sequence[str]
 ) -> Iterator[tuple[InputCase, Any, float]]:
-    """(case, preprocessed dict or the exception, seconds), reading up to ``workers`` cases ahead in threads."""
+    """(case, (preprocessed dict, gate result) or the exception, seconds), reading up to ``options.workers`` cases
+    ahead in threads."""
     from medattn.data.transforms import apply
 
     def load(case: InputCase) -> tuple[Any, float]:
         t = time.perf_counter()
         try:
-            for path in case.images:
-                verify_readable(path)
-            check_channels(case, num_channels)
-            return apply(transform, case.transform_input()), time.perf_counter() - t
+            checked = check_case(case, names, options.replace_nonfinite)
+            return (apply(transform, case.transform_input()), checked), time.perf_counter() - t
         except Exception as e:  # reported per case by the caller
             return e, time.perf_counter() - t
 
+    workers = options.workers
     if workers <= 0:
         for case in cases:
             data, s = load(case)
@@ -426,6 +521,7 @@ def _summary(
         "num_cases": len(results),
         "num_written": len(results) - len(failed),
         "num_failed": len(failed),
+        "complete": False,
         "seconds": round(seconds, 3),
         "failed": failed,
         "cases": results,

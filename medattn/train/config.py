@@ -76,6 +76,8 @@ class TrainConfig:
         workers: data-loading worker processes.
         device: ``cpu``, ``cuda``, ``cuda:N``; None: CUDA when available.
         tensorboard: write TensorBoard event files to ``RUN/tensorboard``.
+        exclude_invalid: leave out the cases the input gate refuses (listed in the log, ``split.json`` and
+            ``summary.json``) instead of refusing to start (:mod:`medattn.data.gate`).
     """
 
     data: str = ""
@@ -112,6 +114,7 @@ class TrainConfig:
     workers: int = 0
     device: str | None = None
     tensorboard: bool = True
+    exclude_invalid: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -168,7 +171,7 @@ class TrainConfig:
             if self.fold not in ("fixed", "all") and not (self.fold.isdigit() and int(self.fold) < self.folds):
                 raise ConfigError(f"fold: expected 0..{self.folds - 1}, 'fixed' or 'all', got {self.fold!r}")
         set_(self, "augment", _resolve_augment(self.augment))
-        for name in ("batch_dice", "tensorboard"):
+        for name in ("batch_dice", "tensorboard", "exclude_invalid"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         set_(self, "data", str(self.data))

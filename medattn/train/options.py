@@ -13,6 +13,7 @@ from medattn.options import (
     add_data,
     add_device,
     add_epochs,
+    add_exclude_invalid,
     add_fold,
     add_import_options,
     add_out,
@@ -28,6 +29,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--plan", help="plan JSON to use (default: fingerprint the dataset, as `medattn plan` does)")
     p.add_argument("--plan-max-cases", type=int, help="when planning, fingerprint at most this many cases per domain")
+    add_exclude_invalid(p)
 
     m = p.add_argument_group("model")
     m.add_argument("--model", help="model preset (see `medattn models`; default ag_unet)")

@@ -83,8 +83,11 @@ def resolve_plan(
         plan = Plan.from_dict(distributed.broadcast_object(doc, info))
     if dict(plan.labels) != dict(manifest.labels):
         raise ConfigError(f"the plan's labels {dict(plan.labels)} differ from the dataset's {dict(manifest.labels)}")
-    if plan.num_channels != manifest.num_channels:
-        raise ConfigError(f"the plan expects {plan.num_channels} channel(s), the dataset has {manifest.num_channels}")
+    from medattn.data.gate import channel_mismatch
+
+    why = channel_mismatch([c.name for c in plan.channels], [c.name for c in manifest.channels])
+    if why:
+        raise ConfigError(f"--plan: {why}")
     effective = replace(
         plan,
         patch_size=config.patch_size or plan.patch_size,

@@ -1,8 +1,17 @@
-"""Which cases train and which validate: a deterministic k-fold split, the manifest's fixed split, or all.
+"""Which cases train and which validate: the manifest's fixed split, a deterministic k-fold split, or all.
 
-The k-fold split is stratified by domain: each domain's labelled case ids are sorted, shuffled with
-``split_seed`` and cut into ``k`` near-equal folds, so every fold sees every scanner and the split depends only on
-the ids and the seed (not on the order cases are listed in, nor on the training seed).
+Held-out means held out: a case listed in a domain's ``test`` split (:data:`TEST_SPLITS`) never trains and never
+validates, so it can pick neither a checkpoint nor anything else. The rules, per domain:
+
+* ``fixed``: the ``train`` split trains. Validation comes from the ``val`` (or ``validation``) split when the domain
+  has one; otherwise from a deterministic slice of ``train``: :data:`VAL_FRACTION` of its labelled ids (sorted, then
+  shuffled with ``split_seed``; at least one when the domain has two or more), which then do not train.
+* ``0``..``k-1``: the domain's labelled cases outside its test split are sorted, shuffled with ``split_seed`` and cut
+  into ``k`` near-equal folds, so every fold sees every scanner and the split depends only on the ids and the seed
+  (not on the order cases are listed in, nor on the training seed).
+* ``all``: every labelled case outside the test splits trains; nothing validates.
+
+``Split.description`` (and the run's ``split.json``) says where validation came from.
 """
 
 from __future__ import annotations
@@ -19,7 +28,11 @@ from medattn.errors import ConfigError
 log = logging.getLogger(__name__)
 
 #: Split names read as the validation side of a fixed split, in order of preference.
-VALIDATION_SPLITS = ("val", "validation", "test")
+VALIDATION_SPLITS = ("val", "validation")
+#: Split names whose cases are held out: never trained on, never validated on.
+TEST_SPLITS = ("test",)
+#: Share of a domain's ``train`` split held back for validation when the domain has no validation split.
+VAL_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -50,9 +63,30 @@ def kfold(ids: Sequence[str], k: int, fold: int, seed: int = 0) -> tuple[list[st
     return train, val
 
 
+def holdout(ids: Sequence[str], fraction: float = VAL_FRACTION, seed: int = 0) -> tuple[list[str], list[str]]:
+    """(train, val) ids: ``round(fraction * n)`` of ``ids`` validate (at least one when n >= 2, none when n < 2).
+
+    The ids are sorted, then shuffled with ``seed``, so the result depends only on the ids and the seed.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"validation fraction must be in (0, 1), got {fraction}")
+    order = sorted(ids)
+    n_val = 0 if len(order) < 2 else min(len(order) - 1, max(1, round(fraction * len(order))))
+    perm = np.random.default_rng(seed).permutation(len(order))
+    val_idx = set(int(i) for i in perm[:n_val])
+    val = sorted(order[i] for i in val_idx)
+    train = sorted(order[i] for i in range(len(order)) if i not in val_idx)
+    return train, val
+
+
 def has_fixed_split(manifest: Manifest) -> bool:
     """Whether every domain names a non-empty ``train`` split."""
     return all(d.splits.get("train") for d in manifest.domains)
+
+
+def held_out_ids(d: Domain) -> set[str]:
+    """The case ids of ``d``'s test split(s) (:data:`TEST_SPLITS`): never trained or validated on."""
+    return {i for s in TEST_SPLITS for i in d.splits.get(s, ())}
 
 
 def _labelled(d: Domain) -> list[str]:
@@ -66,43 +100,80 @@ def resolve_fold(manifest: Manifest, fold: str | None) -> str:
     return "fixed" if has_fixed_split(manifest) else "0"
 
 
+def _fixed(d: Domain, split_seed: int) -> tuple[list[str], list[str], str]:
+    """(train, val, where validation came from) of one domain's fixed split."""
+    labelled = set(_labelled(d))
+    held_out = held_out_ids(d)
+    train = [i for i in d.splits["train"] if i in labelled]
+    leaked = sorted(set(train) & held_out)
+    if leaked:
+        raise ConfigError(
+            f"domain {d.name!r}: case(s) {leaked[:5]} are in both its 'train' and its 'test' split; "
+            "a test case must not train"
+        )
+    name = next((s for s in VALIDATION_SPLITS if d.splits.get(s)), None)
+    if name is not None:
+        val = [i for i in d.splits[name] if i in labelled]
+        leaked = sorted(set(val) & held_out)
+        if leaked:
+            raise ConfigError(
+                f"domain {d.name!r}: case(s) {leaked[:5]} are in both its {name!r} and its 'test' split; "
+                "a test case must not pick a checkpoint"
+            )
+        return train, val, f"its '{name}' split"
+    train, val = holdout(train, VAL_FRACTION, split_seed)
+    return train, val, f"{VAL_FRACTION:.0%} of its 'train' split held back (split seed {split_seed})"
+
+
 def make_split(manifest: Manifest, fold: str, folds: int = 5, split_seed: int = 0) -> Split:
     """The training and validation cases of ``manifest`` (labelled cases only; unlabelled ones are skipped).
 
+    Cases of a domain's ``test`` split are left out of every mode (see the module docstring).
+
     Args:
-        fold: ``"0"``..``"k-1"``, ``"fixed"`` (each domain's ``train`` split against its ``val``, ``validation``
-            or ``test`` split) or ``"all"`` (every labelled case trains; nothing validates).
+        fold: ``"0"``..``"k-1"`` (k-fold over the cases outside the test split), ``"fixed"`` (each domain's
+            ``train`` split, validated on its ``val``/``validation`` split or else on a held-back
+            :data:`VAL_FRACTION` of ``train``) or ``"all"`` (every case outside the test split trains; nothing
+            validates).
+        folds: k of the k-fold split.
+        split_seed: seed of the k-fold shuffle and of the held-back slice of ``train``.
+
+    Raises:
+        ConfigError: an unknown fold, no ``train`` split for ``fixed``, a case in both a train (or validation) and
+            a test split, or nothing to train on.
     """
     train: list[str] = []
     val: list[str] = []
     unlabelled = [c.id for _, c in manifest.iter_cases() if c.label is None]
     if unlabelled:
         log.warning("%d case(s) have no label and are left out of training: %s", len(unlabelled), unlabelled[:5])
+    n_test = sum(len(held_out_ids(d)) for d in manifest.domains)
+    left_out = f"; {n_test} test case(s) left out" if n_test else ""
     if fold == "all":
         for d in manifest.domains:
-            train += _labelled(d)
-        desc = "all cases, no validation"
+            held_out = held_out_ids(d)
+            train += [i for i in _labelled(d) if i not in held_out]
+        desc = f"all cases, no validation{left_out}"
     elif fold == "fixed":
         if not has_fixed_split(manifest):
             missing = [d.name for d in manifest.domains if not d.splits.get("train")]
             raise ConfigError(f"--fold fixed: domain(s) {missing} have no 'train' split in the manifest; use --fold 0")
-        names = set()
+        sources = []
         for d in manifest.domains:
-            labelled = set(_labelled(d))
-            train += [i for i in d.splits["train"] if i in labelled]
-            name = next((s for s in VALIDATION_SPLITS if s in d.splits), None)
-            if name is not None:
-                names.add(name)
-                val += [i for i in d.splits[name] if i in labelled]
-        desc = f"the manifest's fixed split (train against {'/'.join(sorted(names)) or 'nothing'})"
+            t, v, source = _fixed(d, split_seed)
+            train += t
+            val += v
+            sources.append(f"{d.name}: {source}" if len(manifest.domains) > 1 else source)
+        desc = f"the manifest's fixed split (train; validation from {', '.join(sources)}){left_out}"
     else:
         if not fold.isdigit():
             raise ConfigError(f"fold: expected 0..{folds - 1}, 'fixed' or 'all', got {fold!r}")
         for d in manifest.domains:
-            t, v = kfold(_labelled(d), folds, int(fold), split_seed)
+            held_out = held_out_ids(d)
+            t, v = kfold([i for i in _labelled(d) if i not in held_out], folds, int(fold), split_seed)
             train += t
             val += v
-        desc = f"fold {fold} of {folds} (split seed {split_seed}, stratified by domain)"
+        desc = f"fold {fold} of {folds} (split seed {split_seed}, stratified by domain){left_out}"
     if not train:
         raise ConfigError(f"{manifest.name}: no labelled case to train on ({desc})")
     overlap = set(train) & set(val)

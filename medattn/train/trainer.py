@@ -67,6 +67,8 @@ class TrainResult:
     """Cases validated (the split's validation cases, at most ``val_max_cases``)."""
     model: nn.Module | None = field(default=None, repr=False)
     """The trained network after the last epoch (unwrapped from DDP, on the training device)."""
+    excluded: list[dict[str, Any]] = field(default_factory=list)
+    """Cases the input gate refused and ``exclude_invalid`` left out: ``case``, ``domain``, ``file``, ``reason``."""
 
     @property
     def model_path(self) -> Path:
@@ -83,6 +85,7 @@ class TrainResult:
             "split": self.split.description,
             "train_cases": len(self.split.train),
             "val_cases": self.val_cases,
+            "excluded": self.excluded,
         }
 
 
@@ -149,11 +152,20 @@ def train(
     out = Path(out)
     info = distributed.current()
     config, ckpt, saved_plan = prepare_run(config, out, resume, info)
+    if info.is_main:  # before any data is read: the run folder is no input and can be written
+        from medattn.data.guard import InputGuard, prepare_output_dir
+
+        InputGuard.of_manifest(manifest, config.data_root, config.data or None).check_dir(out, "--out")
+        prepare_output_dir(out, "--out")
     config = config.replace(fold=resolve_fold(manifest, config.fold))
-    config, plan = resolve_plan(config, manifest, saved_plan or plan, info, progress and info.is_main)
+    split = make_split(manifest, str(config.fold), config.folds, config.split_seed)
+    split, excluded = _gate(manifest, split, config, info, progress and info.is_main)
+    if resume:
+        _check_same_split(out, split)
+    planning = manifest.without({e["case"] for e in excluded})
+    config, plan = resolve_plan(config, planning, saved_plan or plan, info, progress and info.is_main)
     device = _device(config.device, info)
     precision = resolve_precision(config.precision, device)
-    split = make_split(manifest, str(config.fold), config.folds, config.split_seed)
     train_items = case_items(manifest, split.train, config.data_root)
     val_items = case_items(manifest, split.val, config.data_root)[: config.val_max_cases]
     class_names = [plan.labels[k] for k in sorted(plan.labels)]
@@ -173,7 +185,8 @@ def train(
         plan.save(out / "plan.json")
         from medattn.data.io import atomic_write_text
 
-        atomic_write_text(out / "split.json", json.dumps(split.to_dict(), indent=2) + "\n")
+        doc = {**split.to_dict(), "excluded": excluded}
+        atomic_write_text(out / "split.json", json.dumps(doc, indent=2) + "\n")
         log.info("training on %d case(s), validating on %d: %s", len(split.train), len(val_items), split.description)
 
     _seed_everything(config.seed + info.rank)
@@ -203,7 +216,7 @@ def train(
     if info.enabled:
         model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
-    result = TrainResult(out, config, plan, split, start, best_dice, best_epoch, history, len(val_items), net)
+    result = TrainResult(out, config, plan, split, start, best_dice, best_epoch, history, len(val_items), net, excluded)
     if start >= config.epochs:
         if main:
             log.info("%s is already complete (%d epochs)", out, start)
@@ -309,6 +322,59 @@ def train(
     return result
 
 
+def _gate(
+    manifest: Manifest, split: Split, config: TrainConfig, info: distributed.DistInfo, progress: bool
+) -> tuple[Split, list[dict[str, Any]]]:
+    """Pass every training and validation case through the input gate before the first step (rank 0 reads,
+    every rank gets the verdict). Refused cases stop the run, or with ``exclude_invalid`` leave the split."""
+    from medattn.data.gate import enforce, gate_manifest
+    from medattn.errors import DataError
+
+    doc: dict[str, Any] | None = None
+    if info.is_main:
+        report = gate_manifest(
+            manifest, [*split.train, *split.val], data_root=config.data_root, progress=progress, desc="check cases"
+        )
+        try:
+            enforce(report, exclude=config.exclude_invalid, command="training")
+            doc = {"excluded": report.to_list()}
+        except DataError as e:
+            doc = {"error": str(e)}
+    doc = distributed.broadcast_object(doc, info)
+    if "error" in doc:
+        raise DataError(doc["error"])
+    excluded: list[dict[str, Any]] = doc["excluded"]
+    bad = {e["case"] for e in excluded}
+    if not bad:
+        return split, excluded
+    kept = Split(
+        tuple(i for i in split.train if i not in bad),
+        tuple(i for i in split.val if i not in bad),
+        f"{split.description}; {len(bad)} refused case(s) left out",
+    )
+    if not kept.train:
+        raise DataError(f"{manifest.name}: every training case was refused by the input checks")
+    return kept, excluded
+
+
+def _check_same_split(out: Path, split: Split) -> None:
+    """A resumed run trains on the cases it started with: refuse when the gate now keeps other ones."""
+    from medattn.errors import DataError
+
+    path = out / "split.json"
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    for side in ("train", "val"):
+        before, now = set(saved.get(side, [])), set(getattr(split, side))
+        if before != now:
+            change = sorted(before ^ now)[:5]
+            raise DataError(
+                f"--resume: the {side} cases differ from those the run started with (e.g. {change}); a case's "
+                "files changed or now fail the input checks. Restore them, or start a new run with another --out"
+            )
+
+
 def _train_epoch(
     model: nn.Module,
     loss_fn: nn.Module,
@@ -387,6 +453,10 @@ def train_command(args: Any) -> int:
         if info.is_main:
             dice = "no validation" if math.isnan(result.best_dice) else f"best val Dice {result.best_dice:.4f}"
             print(f"{result.epochs} epoch(s); {dice} (epoch {result.best_epoch}); model written to {result.model_path}")
+            if result.excluded:
+                print(f"{len(result.excluded)} case(s) failed the input checks and were left out (--exclude-invalid):")
+                for e in result.excluded:
+                    print(f"  {e['case']}: {e['file']}: {e['reason']}")
     finally:
         distributed.shutdown(info)
-    return 0
+    return 1 if result.excluded else 0

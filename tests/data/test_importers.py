@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
 from medattn.cli import main
 from medattn.data.importers import is_label_stem, load_dataset, parse_bids_name, split_spec
+from medattn.data.manifest import Manifest
 from medattn.errors import ManifestError
 from tests.conftest import blob_case, write_nifti
 
@@ -173,3 +175,201 @@ def test_manifest_command_writes_relative_manifest(make_msd, tmp_path: Path) -> 
         __import__("nibabel").load(str(out.parent / doc["root"] / doc["domains"][0]["cases"][0]["images"][0])).dataobj
     )
     assert img.shape == (16, 18, 20)
+
+
+# ---- paths stay inside the dataset folder; symbolic links are read as found ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("entry", "value", "message"),
+    [
+        ("training[0].image", "./../outside/blob_000.nii.gz", "climbs out of the dataset folder with '..'"),
+        ("training[0].label", "labelsTr/../../outside/blob_000.nii.gz", "climbs out of the dataset folder"),
+        ("training[0].image[1]", ["imagesTr/blob_000.nii.gz", "../x.nii.gz"], "climbs out of the dataset folder"),
+        ("training[0].image", "/srv/data/blob_000.nii.gz", "is absolute"),
+    ],
+)
+def test_msd_entry_leaving_the_folder_is_refused(make_msd, entry: str, value: object, message: str) -> None:
+    root = make_msd(n=2)
+    doc = json.loads((root / "dataset.json").read_text())
+    if isinstance(value, list):
+        doc["modality"] = {"0": "T1", "1": "T2"}
+    doc["training"][0][entry.split(".")[1].split("[")[0]] = value
+    (root / "dataset.json").write_text(json.dumps(doc))
+    with pytest.raises(ManifestError) as err:
+        load_dataset(root)
+    assert str(err.value).startswith(f"{root / 'dataset.json'}: {entry}: path ")
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"images": ["../outside/case0_0000.nii.gz"], "label": "labelsTr/case0.nii.gz"}, "images[0]: path '../"),
+        ({"images": ["imagesTr/case0_0000.nii.gz"], "label": "/abs/case0.nii.gz"}, "label: path '/abs/case0.nii.gz'"),
+        ({"label": "labelsTr/case0.nii.gz"}, "must be an object with 'images'"),
+    ],
+)
+def test_nnunet_dataset_entry_leaving_the_folder_is_refused(tmp_path: Path, entry: dict, message: str) -> None:
+    root = _nnunet(tmp_path, channels=1)
+    doc = json.loads((root / "dataset.json").read_text())
+    doc["channel_names"] = {"0": "T2"}
+    doc["dataset"] = {"case0": entry}
+    (root / "dataset.json").write_text(json.dumps(doc))
+    with pytest.raises(ManifestError) as err:
+        load_dataset(root)
+    assert str(err.value).startswith(f"{root / 'dataset.json'}: dataset['case0']")
+    assert message in str(err.value)
+
+
+def _stored(store: Path, name: str, seed: int) -> tuple[Path, Path]:
+    """A real image and binary mask in ``store`` (the 'shared storage' the dataset folders link to)."""
+    image, label = blob_case((8, 9, 10), seed=seed)
+    return (
+        write_nifti(store / f"{name}_img.nii.gz", image),
+        write_nifti(store / f"{name}_msk.nii.gz", (label > 0).astype(np.uint8)),
+    )
+
+
+def _link(link: Path, target: Path) -> Path:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target, target_is_directory=target.is_dir())
+    return link
+
+
+def _linked_layout(layout: str, root: Path, store: Path) -> dict[str, tuple[tuple[str, ...], str]]:
+    """Build ``layout`` in ``root`` out of links into ``store``: files that are links and folders that are links.
+
+    Returns the expected case id -> (image paths, label path), as the links' own paths relative to ``root``.
+    """
+    img0, msk0 = _stored(store, "a", 0)
+    img1, msk1 = _stored(store, "b", 1)
+    if layout == "case_folders":  # siteA: case folder of file links; siteB: the case folder is a link
+        _link(root / "siteA" / "a0" / "T1.nii.gz", img0)
+        _link(root / "siteA" / "a0" / "seg.nii.gz", msk0)
+        write_nifti(store / "b1" / "T1.nii.gz", blob_case((8, 9, 10), seed=1)[0])  # a real file in a linked folder
+        _link(store / "b1" / "seg.nii.gz", msk1)  # a link inside a linked folder
+        _link(root / "siteB" / "b1", store / "b1")
+        return {
+            "a0": (("siteA/a0/T1.nii.gz",), "siteA/a0/seg.nii.gz"),
+            "b1": (("siteB/b1/T1.nii.gz",), "siteB/b1/seg.nii.gz"),
+        }
+    if layout == "flat_pairs":
+        _link(root / "siteA" / "x.nii.gz", img0)
+        _link(root / "siteA" / "x_seg.nii.gz", msk0)
+        _link(root / "siteB" / "y.nii.gz", img1)
+        _link(root / "siteB" / "y_seg.nii.gz", msk1)
+        return {
+            "siteA_x": (("siteA/x.nii.gz",), "siteA/x_seg.nii.gz"),
+            "siteB_y": (("siteB/y.nii.gz",), "siteB/y_seg.nii.gz"),
+        }
+    if layout == "imagesTr":  # file links in imagesTr; labelsTr is a linked folder
+        for name, img, msk in [("x", img0, msk0), ("y", img1, msk1)]:
+            _link(root / "siteA" / "imagesTr" / f"{name}.nii.gz", img)
+            _link(store / "labels" / f"{name}.nii.gz", msk)
+        _link(root / "siteA" / "labelsTr", store / "labels")
+        return {n: ((f"siteA/imagesTr/{n}.nii.gz",), f"siteA/labelsTr/{n}.nii.gz") for n in ("x", "y")}
+    if layout == "bids":  # sub-01: file links; sub-02: anat/ is a linked folder; derivatives/labels: linked folder
+        root.mkdir(parents=True)
+        (root / "dataset_description.json").write_text('{"Name": "Linked BIDS"}')
+        _link(root / "sub-01" / "anat" / "sub-01_T1w.nii.gz", img0)
+        _link(store / "anat02" / "sub-02_T1w.nii.gz", img1)
+        _link(root / "sub-02" / "anat", store / "anat02")
+        _link(store / "labels" / "sub-01" / "anat" / "sub-01_T1w_seg-manual.nii.gz", msk0)
+        _link(store / "labels" / "sub-02" / "anat" / "sub-02_T1w_seg-manual.nii.gz", msk1)
+        _link(store / "labels" / "sub-02" / "anat" / "loop", store / "labels")  # a cycle is not followed
+        _link(root / "derivatives" / "labels", store / "labels")
+        return {
+            f"sub-0{i}_T1w": (
+                (f"sub-0{i}/anat/sub-0{i}_T1w.nii.gz",),
+                f"derivatives/labels/sub-0{i}/anat/sub-0{i}_T1w_seg-manual.nii.gz",
+            )
+            for i in (1, 2)
+        }
+    if layout in ("msd", "nnunet"):  # imagesTr is a linked folder; labelsTr holds file links
+        ch = "_0000" if layout == "nnunet" else ""
+        for name, img, msk in [("x", img0, msk0), ("y", img1, msk1)]:
+            _link(store / "images" / f"{name}{ch}.nii.gz", img)
+            _link(root / "labelsTr" / f"{name}.nii.gz", msk)
+        _link(root / "imagesTr", store / "images")
+        doc: dict = {"name": "Linked", "labels": {"0": "background", "1": "blob"}}
+        if layout == "msd":
+            training = [{"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz"} for n in "xy"]
+            doc |= {"modality": {"0": "MRI"}, "training": training}
+        else:
+            doc |= {"channel_names": {"0": "MRI"}, "file_ending": ".nii.gz"}
+        (root / "dataset.json").write_text(json.dumps(doc))
+        return {n: ((f"imagesTr/{n}{ch}.nii.gz",), f"labelsTr/{n}.nii.gz") for n in ("x", "y")}
+    raise AssertionError(layout)
+
+
+@pytest.mark.parametrize("through_link", [False, True], ids=["root", "linked_root"])
+@pytest.mark.parametrize("layout", ["case_folders", "flat_pairs", "imagesTr", "bids", "msd", "nnunet"])
+def test_symlinked_files_and_folders_are_imported(tmp_path: Path, layout: str, through_link: bool) -> None:
+    """Case files and folders that are links to storage outside the dataset folder are imported by every layout,
+    listed by the links' own paths, read through the links, and `medattn validate` / `manifest` pass on them."""
+    real_root = tmp_path / "dataset"
+    expected = _linked_layout(layout, real_root, tmp_path / "store")
+    root = _link(tmp_path / "linked_dataset", real_root) if through_link else real_root
+    m = load_dataset(root)
+    cases = {c.id: (c.images, c.label) for _, c in m.iter_cases()}
+    assert cases == expected
+    for item in m.datalist():
+        for f in [*item["image"], item["label"]]:
+            assert Path(f).is_file(), f
+            assert "store" not in Path(f).relative_to(m.data_root()).parts
+    first = m.datalist()[0]
+    assert nib.load(first["label"]).get_fdata().max() == 1  # the mask, read through the link
+    assert main(["validate", str(root), "-o", str(tmp_path / "report.json"), "--quiet"]) == 0
+    assert main(["manifest", str(root), "-o", str(tmp_path / "out" / "m.json"), "--quiet"]) == 0
+    saved = Manifest.load(tmp_path / "out" / "m.json")
+    assert {c.id: (c.images, c.label) for _, c in saved.iter_cases()} == expected
+    assert [i["image"] for i in saved.datalist()] == [i["image"] for i in m.datalist()]
+
+
+def test_dangling_link_is_a_missing_file_in_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A link whose target is gone is listed, and `medattn validate` names it per case as a missing file."""
+    root = tmp_path / "sites"
+    store = tmp_path / "store"
+    img, msk = _stored(store, "a", 0)
+    _link(root / "siteA" / "ok" / "T1.nii.gz", img)
+    _link(root / "siteA" / "ok" / "seg.nii.gz", msk)
+    _link(root / "siteA" / "gone" / "T1.nii.gz", store / "deleted.nii.gz")
+    _link(root / "siteA" / "gone" / "seg.nii.gz", msk)
+    _link(root / "siteB" / "x.nii.gz", img)
+    _link(root / "siteB" / "x_seg.nii.gz", store / "deleted_seg.nii.gz")  # flat pair whose label link dangles
+    m = load_dataset(root, channels="T1")
+    assert m.domain("siteA").case("gone").images == ("siteA/gone/T1.nii.gz",)
+    assert m.domain("siteB").case("siteB_x").label == "siteB/x_seg.nii.gz"
+    capsys.readouterr()
+    assert main(["validate", str(root), "--channels", "T1", "-o", str(tmp_path / "report.json"), "--quiet"]) == 1
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "report.json").read_text())
+    problems = {(p["case"], p["file"], p["check"]) for p in report["problems"]}
+    assert problems == {("gone", "siteA/gone/T1.nii.gz", "exists"), ("siteB_x", "siteB/x_seg.nii.gz", "exists")}
+    assert "file not found" in out and "Traceback" not in out
+
+
+def test_validate_refuses_manifest_climbing_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A manifest entry ``../../outside/img.nii.gz`` is refused (exit 3, one line naming it), though the file exists."""
+    image, label = blob_case((8, 8, 8), seed=0)
+    write_nifti(tmp_path / "outside" / "img.nii.gz", image)
+    write_nifti(tmp_path / "data" / "sub" / "seg.nii.gz", (label > 0).astype(np.uint8))
+    doc = {
+        "name": "Escape",
+        "channels": ["T1"],
+        "labels": {"0": "background", "1": "blob"},
+        "domains": [{"name": "d", "cases": [{"id": "c1", "images": ["../../outside/img.nii.gz"], "label": "seg"}]}],
+    }
+    path = tmp_path / "data" / "sub" / "manifest.json"
+    path.write_text(json.dumps(doc))
+    assert (path.parent / "../../outside/img.nii.gz").is_file()
+    capsys.readouterr()
+    assert main(["validate", str(path), "-o", str(tmp_path / "report.json"), "--quiet"]) == 3
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"medattn validate: error: {path}: case 'c1', images[0]: path '../../outside/img.nii.gz' climbs out of "
+        "the data root with '..'; paths must stay inside it (put the file, or a symbolic link to it, under the "
+        "data root)"
+    ]
+    assert not (tmp_path / "report.json").exists()

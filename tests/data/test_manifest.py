@@ -128,3 +128,49 @@ def test_config_file_fills_options_and_flags_win(make_msd, tmp_path: Path) -> No
     bad = tmp_path / "bad.yaml"
     bad.write_text("memory_megabytes: 3\n")
     assert main(["plan", str(root), "--config", str(bad), "--quiet"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("entry", "path", "message"),
+    [
+        ("images[0]", "../../outside/img.nii.gz", "climbs out of the data root with '..'"),
+        ("images[0]", "a/../../outside/img.nii.gz", "climbs out of the data root with '..'"),
+        ("images[0]", "a/../a1.nii.gz", "climbs out of the data root with '..'"),  # any '..' is refused
+        ("label", "../a/a1_seg.nii.gz", "climbs out of the data root with '..'"),
+        ("images[0]", "..\\outside\\img.nii.gz", "climbs out of the data root with '..'"),
+        ("label", "C:\\data\\a1_seg.nii.gz", "is absolute"),
+        ("images[0]", "\\\\server\\share\\a1.nii.gz", "is absolute"),
+        ("images[0]", "a\\a1.nii.gz", "holds a backslash"),
+    ],
+)
+def test_case_paths_stay_inside_the_data_root(entry: str, path: str, message: str, tmp_path: Path) -> None:
+    """A case path that leaves the data root is refused, naming the file, case, entry and path; the manifest's own
+    ``root`` may climb (the shipped manifests use ``"root": "../../shared/data"``)."""
+    doc = _doc(root="../../shared/data")
+    case = doc["domains"][0]["cases"][0]
+    if entry == "label":
+        case["label"] = path
+    else:
+        case["images"] = [path]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(ManifestError) as err:
+        Manifest.load(bad)
+    assert str(err.value).startswith(f"{bad}: case 'a1', {entry}: path {path!r} ")
+    assert message in str(err.value)
+    good = tmp_path / "deep" / "er" / "good.json"
+    good.parent.mkdir(parents=True)
+    good.write_text(json.dumps(_doc(root="../../shared/data")))
+    m = Manifest.load(good)
+    assert m.data_root() == (tmp_path / "shared" / "data").resolve()
+    assert m.datalist()[0]["image"] == [str((tmp_path / "shared" / "data" / "a" / "a1.nii.gz").resolve())]
+
+
+def test_second_channel_and_root_are_named(tmp_path: Path) -> None:
+    """The error names which image of a multi-channel case is wrong; a bad 'root' is named as 'root'."""
+    doc = _doc(channels=["T1", "T2"])
+    doc["domains"][0]["cases"][0]["images"] = ["a/a1_t1.nii.gz", "../a1_t2.nii.gz"]
+    with pytest.raises(ManifestError, match=r"case 'a1', images\[1\]: path '../a1_t2.nii.gz' climbs out"):
+        Manifest.from_dict(doc, base_dir=tmp_path)
+    with pytest.raises(ManifestError, match=r"'root': path '/srv/data' is absolute"):
+        Manifest.from_dict(_doc(root="/srv/data"), base_dir=tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from medattn.cli import main
 from medattn.data.importers import load_dataset
 from medattn.data.plan import Plan, choose_patch, choose_target_spacing, estimate_memory_mb, make_plan, plan_topology
+from medattn.errors import ManifestError
 from tests.conftest import blob_case, write_nifti
 
 
@@ -119,3 +121,53 @@ def test_unreadable_case_is_skipped_and_named(make_msd) -> None:
     skipped = plan.fingerprint["skipped_cases"]
     assert len(skipped) == 1 and "blob_001" in skipped[0]
     assert plan.fingerprint["cases_used"] == 2
+
+
+def test_fingerprint_leaves_out_the_test_split(tmp_path: Path) -> None:
+    """A test case shapes neither the CT statistics nor the spacing: ``make_plan`` (what ``medattn plan`` and
+    ``medattn train`` without ``--plan`` call) reads the train and val splits only."""
+    rng = np.random.default_rng(1)
+    root = tmp_path / "ct"
+    training, fg_values = [], []
+    for i in range(4):
+        _, label = blob_case((16, 16, 16), seed=i)
+        image = rng.normal(-800, 50, label.shape)
+        test_case = i == 3  # bright foreground on a coarse grid: it would move every statistic below
+        image[label > 0] = rng.normal(900 if test_case else 60, 20, int((label > 0).sum()))
+        if not test_case:
+            fg_values.append(image[label > 0])
+        affine = np.diag([2.0, 2.0, 5.0, 1]) if test_case else np.diag([0.7, 0.7, 2.5, 1])
+        write_nifti(root / "imagesTr" / f"c{i}.nii.gz", image.astype(np.int16), affine)
+        write_nifti(root / "labelsTr" / f"c{i}.nii.gz", label, affine)
+        training.append({"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"})
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "name": "CTBlobs",
+                "modality": {"0": "CT"},
+                "labels": {"0": "background", "1": "a", "2": "b"},
+                "training": training,
+            }
+        )
+    )
+    m = load_dataset(root)
+    d = m.domains[0]
+    ids = sorted(c.id for c in d.cases)
+    split = replace(m, domains=(replace(d, splits={"train": tuple(ids[:2]), "val": (ids[2],), "test": (ids[3],)}),))
+    path = split.save(tmp_path / "split.json")
+    out = tmp_path / "plan.json"
+    assert main(["plan", str(path), "-o", str(out), "--quiet"]) == 0
+    for plan in (Plan.load(out), make_plan(split, max_cases=3)):
+        assert plan.fingerprint["cases_used"] == 3 and plan.fingerprint["test_cases_left_out"] == 1
+        ch = plan.channels[0]
+        allv = np.rint(np.concatenate(fg_values))
+        assert ch.mean == pytest.approx(allv.mean(), abs=1.0)
+        assert ch.clip_high == pytest.approx(np.percentile(allv, 99.5), abs=1.0)
+        assert plan.target_spacing == (0.7, 0.7, 2.5)
+    # Without splits every case is read (the test case then moves the statistics).
+    whole = make_plan(m)
+    assert whole.fingerprint["cases_used"] == 4 and whole.fingerprint["test_cases_left_out"] == 0
+    assert whole.channels[0].clip_high > 800
+    only_test = replace(m, domains=(replace(d, splits={"train": (), "test": tuple(ids)}),))
+    with pytest.raises(ManifestError, match=r"4 labelled case.*test split"):
+        make_plan(only_test)

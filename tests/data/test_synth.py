@@ -83,6 +83,17 @@ def test_phantom_is_not_thresholdable() -> None:
         assert precision < 0.5, f"class {cls}: an intensity window finds it with precision {precision:.2f}"
 
 
+def test_default_splits_give_train_val_test_with_the_earlier_test_cases() -> None:
+    ids = [f"A_{i:03d}" for i in range(40)]
+    splits = default_splits(ids)
+    assert set(splits) == {"train", "val", "test"}
+    assert splits["test"] == tuple(ids[30:])  # the last quarter, as the earlier train/test split had it
+    assert splits["val"] == tuple(ids[24:30])  # 20% of the 30 before it validate ...
+    assert splits["train"] == tuple(ids[:24])  # ... and the rest train: validation never draws on test
+    sizes = {n: tuple(len(default_splits(ids[:n])[k]) for k in ("train", "val", "test")) for n in (1, 2, 3, 8)}
+    assert sizes == {1: (1, 0, 0), 2: (1, 0, 1), 3: (1, 1, 1), 8: (5, 1, 2)}
+
+
 # ---- the written phantom dataset ---------------------------------------------------------------------------------
 
 
@@ -94,7 +105,8 @@ def test_phantom_dataset_layout_and_manifest(phantom: tuple[Manifest, float]) ->
     root = manifest.data_root()
     for dom in manifest.domains:
         assert len(dom.cases) == 3
-        assert dom.splits == default_splits([c.id for c in dom.cases]) and dom.splits["test"]
+        ids = [c.id for c in dom.cases]
+        assert dom.splits == default_splits(ids) == {"train": (ids[0],), "val": (ids[1],), "test": (ids[2],)}
         assert dom.metadata["Manufacturer"] and dom.metadata["MagneticFieldStrength"] > 0 and dom.metadata["simulated"]
         for case in dom.cases:
             assert case.label is not None

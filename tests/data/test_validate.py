@@ -267,12 +267,34 @@ def rewrite(root: Path, image: np.ndarray | None = None, label: np.ndarray | Non
         write_nifti(lab_path(root), label, affine)
 
 
-def write_pixdim_2mm(root: Path) -> None:
-    hdr = nib.Nifti1Header()
-    hdr.set_data_shape(SHAPE)
-    hdr.set_sform(np.eye(4), code=1)  # the affine (sform) says 1 mm ...
-    hdr.set_zooms((2.0, 2.0, 2.0))  # ... pixdim says 2 mm
-    nib.save(nib.Nifti1Image(blob_case(SHAPE, 1)[0], None, header=hdr), str(img_path(root)))
+def write_pixdim(root: Path, pixdim: tuple[float, float, float]) -> None:
+    """The case's image with a 1 mm sform (and a qform of the same grid) but ``pixdim`` in the header, as written
+    by tools that store voxel sizes apart from the affine. The label keeps a clean header."""
+    img = nib.Nifti1Image(blob_case(SHAPE, 1)[0], np.eye(4))
+    img.set_qform(np.eye(4), code=1)
+    img.set_sform(np.eye(4), code=1)
+    img.header["pixdim"][1:4] = pixdim
+    nib.save(img, str(img_path(root)))
+
+
+@pytest.mark.parametrize(
+    ("pixdim", "fragment"),
+    [
+        ((0.0, 1.0, 1.0), "pixdim"),
+        ((float("nan"), 1.0, 1.0), "pixdim"),
+        ((2.0, 2.0, 2.0), "pixdim"),
+    ],
+    ids=["zero", "nan", "disagrees-with-affine"],
+)
+def test_header_geometry_the_readers_disagree_on_is_an_error(
+    dataset: Callable, pixdim: tuple[float, float, float], fragment: str
+) -> None:
+    """nibabel repairs these silently; MONAI or SimpleITK then place the voxels elsewhere, so they are refused."""
+    _, manifest = dataset(lambda r: write_pixdim(r, pixdim))
+    report = validate_manifest(manifest)
+    errors = [p for p in report.errors if p.case == BAD]
+    assert [p.check for p in errors] == ["geometry"] and fragment in errors[0].message
+    assert [c.case for c in report.failed] == [BAD]
 
 
 @pytest.mark.parametrize(
@@ -289,9 +311,9 @@ def write_pixdim_2mm(root: Path) -> None:
             "dims",
             "single slice along axis 2",
         ),
-        (write_pixdim_2mm, "spacing", "pixdim) (2, 2, 2) mm disagrees with the affine's (1, 1, 1) mm"),
+        (lambda r: write_pixdim(r, (-1.0, 1.0, 1.0)), "geometry", "negative voxel size"),
     ],
-    ids=["spacing-15mm", "float-label", "constant-image", "empty-label", "single-slice", "pixdim"],
+    ids=["spacing-15mm", "float-label", "constant-image", "empty-label", "single-slice", "pixdim-negative"],
 )
 def test_unusual_but_legal_input_is_a_warning(dataset: Callable, corrupt: Callable, check: str, fragment: str) -> None:
     _, manifest = dataset(corrupt)
@@ -323,7 +345,7 @@ def test_unexpected_failure_in_one_case_does_not_stop_the_rest(
     real = v._CaseChecker.label_voxels
 
     def flaky(self: Any, f: Any) -> None:
-        if self.case.id == BAD:
+        if self.result.case == BAD:
             raise ZeroDivisionError("boom")
         real(self, f)
 

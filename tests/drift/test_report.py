@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -133,6 +134,10 @@ def test_cli_exit_codes_plots_and_named_failures(setup: dict, tmp_path: Path) ->
         src = Path(item["image"][0])
         (folder / src.name).write_bytes(src.read_bytes())
     (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    nan_img = nib.load(setup["manifest"].datalist(domain="B")[5]["image"][0])
+    voxels = np.asarray(nan_img.dataobj, dtype=np.float32)
+    voxels[1, 2, 3] = np.nan
+    nib.save(nib.Nifti1Image(voxels, nan_img.affine), str(folder / "nan.nii.gz"))
     out2 = tmp_path / "folder.json"
     code = main(
         [
@@ -149,11 +154,12 @@ def test_cli_exit_codes_plots_and_named_failures(setup: dict, tmp_path: Path) ->
             "--quiet",
         ]
     )
-    assert code in (0, 4)
     doc = json.loads(out2.read_text())
+    assert code == (4 if doc["drift"] else 1)  # refused volumes make "no drift" exit 1, not 0
     assert doc["n_target"] == 5
-    assert [f["case"] for f in doc["failures"]] == ["broken"]
+    assert [f["case"] for f in doc["failures"]] == ["broken", "nan"]
     assert "broken.nii.gz" in doc["failures"][0]["file"]
+    assert "1 NaN" in doc["failures"][1]["reason"] and "first at index (1, 2, 3)" in doc["failures"][1]["reason"]
 
     # Too few readable volumes: exit 1, not a traceback.
     few = tmp_path / "few"

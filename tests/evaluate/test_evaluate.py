@@ -207,3 +207,34 @@ def test_per_class_nsd_tolerance_option(tmp_path: Path) -> None:
     assert classes["63"]["nsd"] == pytest.approx(1.0) and classes["63"]["tolerance_mm"] == 3.0
     assert classes["117"]["nsd"] < 0.9 and classes["117"]["tolerance_mm"] == 0.5
     assert main([*args, "--nsd-tolerance", "5:1"]) == 2
+
+
+def test_input_gate_refuses_bad_labels_and_predictions_by_name(make_msd, tmp_path: Path, capsys) -> None:
+    """A label with an undeclared value, a prediction holding a value the dataset does not declare and a NaN
+    prediction fail alone, each named with its reason; the other cases are scored against their labels."""
+    root = make_msd(n=5)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for p in sorted((root / "labelsTr").glob("*.nii.gz")):
+        (pred / p.name).write_bytes(p.read_bytes())  # perfect predictions
+    lab = nib.load(root / "labelsTr" / "blob_001.nii.gz")
+    arr = np.asarray(lab.dataobj).copy()
+    arr[arr == 2] = 5
+    nib.save(nib.Nifti1Image(arr, lab.affine), str(root / "labelsTr" / "blob_001.nii.gz"))
+    arr = np.asarray(nib.load(pred / "blob_002.nii.gz").dataobj).copy()
+    arr[0, 0, 0] = 9
+    nib.save(nib.Nifti1Image(arr, lab.affine), str(pred / "blob_002.nii.gz"))
+    nan = np.asarray(nib.load(pred / "blob_003.nii.gz").dataobj).astype(np.float32)
+    nan[1, 1, 1] = np.nan
+    nib.save(nib.Nifti1Image(nan, lab.affine), str(pred / "blob_003.nii.gz"))
+
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", str(pred), str(root), "-o", str(out), "--bootstrap", "0", "--quiet"]) == 1
+    doc = json.loads(out.read_text())
+    failed = {f["case"]: f for f in doc["failed"]}
+    assert set(failed) == {"blob_001", "blob_002", "blob_003"}
+    assert "label value(s) 5" in failed["blob_001"]["reason"]
+    assert failed["blob_001"]["file"].endswith("labelsTr/blob_001.nii.gz")
+    assert "label value(s) [9]" in failed["blob_002"]["reason"]
+    assert "1 NaN" in failed["blob_003"]["reason"]
+    assert doc["num_evaluated"] == 2 and doc["summary"]["mean"]["dice"]["mean"] == pytest.approx(1.0)

@@ -17,11 +17,15 @@ def small_plan(
     labels: Mapping[int, str] | None = None,
     patch: tuple[int, int, int] = (16, 16, 16),
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
-    channels: int = 1,
+    channels: int | tuple[str, ...] = 1,
 ) -> Plan:
+    """A plan for tiny test models; ``channels`` is a count (one channel is named "MRI", as ``make_msd``'s is)
+    or the channel names."""
+    if isinstance(channels, int):
+        channels = ("MRI",) if channels == 1 else tuple(f"c{i}" for i in range(channels))
     return Plan(
         dataset="t",
-        channels=tuple(ChannelNorm(f"c{i}", "MR", "zscore", 0, 1, 0, 1) for i in range(channels)),
+        channels=tuple(ChannelNorm(name, "MR", "zscore", 0, 1, 0, 1) for name in channels),
         labels=dict(labels or {0: "background", 1: "core", 2: "rim"}),
         target_spacing=spacing,
         anisotropic=False,

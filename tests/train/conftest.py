@@ -30,7 +30,7 @@ def hippocampus_subset(shared_data: Path, n_train: int = 4, n_val: int = 2) -> M
     d = m.domains[0]
     cases = d.cases[: n_train + n_val]
     ids = [c.id for c in cases]
-    d = replace(d, cases=cases, splits={"train": tuple(ids[:n_train]), "test": tuple(ids[n_train:])})
+    d = replace(d, cases=cases, splits={"train": tuple(ids[:n_train]), "val": tuple(ids[n_train:])})
     return replace(m, domains=(d,))
 
 
@@ -39,3 +39,26 @@ def hippo_manifest(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) 
     """A manifest file of the subset, in a temporary folder (its root points at the shared data)."""
     path = tmp_path_factory.mktemp("hippo") / "manifest.json"
     return hippocampus_subset(shared_data).save(path)
+
+
+def kill_and_resume(config_path: Path, manifest: Manifest, run: Path) -> tuple[dict, dict]:
+    """Train with the config of ``config_path`` (a full run's ``config.json``) into ``run``, kill it after its
+    first epoch, resume it to the end; return (the killed run's checkpoint after epoch 1, the resumed run's
+    final checkpoint)."""
+    import torch
+
+    from medattn.train.config import TrainConfig
+    from medattn.train.logs import read_csv
+    from medattn.train.trainer import EpochRecord, train
+
+    def kill_after_first_epoch(record: EpochRecord) -> None:
+        if record.epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig.load(config_path), manifest, run, progress=False, on_epoch_end=kill_after_first_epoch)
+    assert [r["epoch"] for r in read_csv(run / "log.csv")] == [1]
+    half = torch.load(run / "checkpoint.pt", weights_only=True)
+    result = train(None, manifest, run, resume=True, progress=False)
+    assert result.epochs == 2
+    return half, torch.load(run / "checkpoint.pt", weights_only=True)

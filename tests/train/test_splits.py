@@ -1,4 +1,4 @@
-"""Deterministic k-fold and fixed splits."""
+"""Deterministic k-fold and fixed splits; a test split never trains and never validates."""
 
 from __future__ import annotations
 
@@ -8,16 +8,28 @@ import pytest
 
 from medattn.data.manifest import Case, Channel, Domain, Manifest
 from medattn.errors import ConfigError
-from medattn.train.splits import kfold, make_split, resolve_fold
+from medattn.train.splits import VAL_FRACTION, holdout, kfold, make_split, resolve_fold
 
 
-def manifest(splits: bool = False, n: tuple[int, int] = (7, 5)) -> Manifest:
+def manifest(splits: bool = False, n: tuple[int, int] = (7, 5), val: bool = False) -> Manifest:
+    """Two domains; with ``splits`` the last two cases of each are its test split, with ``val`` the two before them
+    its val split, and the rest its train split."""
     domains = []
-    for name, count in zip(("siteA", "siteB"), n):
+    for name, count in zip(("siteA", "siteB"), n, strict=True):
         cases = tuple(Case(f"{name}_{i:02d}", (f"{name}/{i}.nii.gz",), f"{name}/{i}_seg.nii.gz") for i in range(count))
-        sp = {"train": tuple(c.id for c in cases[:-2]), "test": tuple(c.id for c in cases[-2:])} if splits else {}
+        ids = [c.id for c in cases]
+        sp: dict[str, tuple[str, ...]] = {}
+        if splits:
+            n_val = 2 if val else 0
+            sp = {"train": tuple(ids[: -2 - n_val]), "test": tuple(ids[-2:])}
+            if val:
+                sp["val"] = tuple(ids[-4:-2])
         domains.append(Domain(name, cases, splits=sp))
     return Manifest("toy", (Channel("T1"),), {0: "bg", 1: "fg"}, tuple(domains))
+
+
+def held_out(m: Manifest) -> set[str]:
+    return {i for d in m.domains for i in d.splits.get("test", ())}
 
 
 def test_kfold_partitions_ids_deterministically_whatever_their_order() -> None:
@@ -44,17 +56,84 @@ def test_kfold_split_is_stratified_by_domain() -> None:
     assert len(union) == 12
 
 
-def test_fixed_split_and_default_fold() -> None:
-    m = manifest(splits=True)
-    assert resolve_fold(m, None) == "fixed"
+def test_default_fold_and_missing_train_split() -> None:
+    assert resolve_fold(manifest(splits=True), None) == "fixed"
     assert resolve_fold(manifest(), None) == "0"
-    split = make_split(m, "fixed")
-    assert split.val == ("siteA_05", "siteA_06", "siteB_03", "siteB_04")
-    assert "test" in split.description
     with pytest.raises(ConfigError, match="no 'train' split"):
         make_split(manifest(), "fixed")
+
+
+def test_fixed_split_without_val_validates_on_a_slice_of_train_never_on_test() -> None:
+    m = manifest(splits=True, n=(12, 5))  # train splits of 10 and 3 cases, test splits of 2 each
+    split = make_split(m, "fixed", split_seed=0)
+    train_splits = {i for d in m.domains for i in d.splits["train"]}
+    assert not (set(split.train) | set(split.val)) & held_out(m)
+    assert set(split.train) | set(split.val) == train_splits and not set(split.train) & set(split.val)
+    # 20% of each domain's train split, at least one case: 2 of siteA's 10, 1 of siteB's 3.
+    assert sorted(i.split("_")[0] for i in split.val) == ["siteA", "siteA", "siteB"]
+    assert VAL_FRACTION == 0.2
+    assert "20% of its 'train' split held back (split seed 0)" in split.description
+    assert "4 test case(s) left out" in split.description
+    # Deterministic: the same ids and seed give the same slice whatever the order the cases are listed in.
+    assert make_split(m, "fixed", split_seed=0) == split
+    flipped = replace(
+        m,
+        domains=tuple(
+            replace(d, cases=d.cases[::-1], splits={k: v[::-1] for k, v in d.splits.items()}) for d in m.domains
+        ),
+    )
+    assert set(make_split(flipped, "fixed", split_seed=0).val) == set(split.val)
+    assert any(set(make_split(m, "fixed", split_seed=s).val) != set(split.val) for s in (1, 2, 3))
+
+
+def test_fixed_split_with_val_uses_it() -> None:
+    m = manifest(splits=True, val=True)
+    split = make_split(m, "fixed")
+    assert split.val == ("siteA_03", "siteA_04", "siteB_01", "siteB_02")
+    assert split.train == ("siteA_00", "siteA_01", "siteA_02", "siteB_00")
+    assert "validation from siteA: its 'val' split, siteB: its 'val' split" in split.description
+    named = replace(m, domains=tuple(replace(d, splits={**d.splits, "validation": d.splits["val"]}) for d in m.domains))
+    named = replace(
+        named,
+        domains=tuple(replace(d, splits={k: v for k, v in d.splits.items() if k != "val"}) for d in named.domains),
+    )
+    assert make_split(named, "fixed").val == split.val
+
+
+def test_kfold_and_all_leave_out_the_test_split() -> None:
+    m = manifest(splits=True, val=True)
+    test_cases = held_out(m)
+    union: set[str] = set()
+    for f in range(5):
+        split = make_split(m, str(f), folds=5, split_seed=0)
+        assert not (set(split.train) | set(split.val)) & test_cases
+        assert len(split.train) + len(split.val) == 8
+        union |= set(split.val)
+    assert len(union) == 8  # the train and val splits are cross-validated; the test split never enters
     everything = make_split(m, "all")
-    assert len(everything.train) == 12 and everything.val == ()
+    assert len(everything.train) == 8 and everything.val == () and not set(everything.train) & test_cases
+    assert "4 test case(s) left out" in everything.description
+
+
+def test_a_case_in_train_or_val_and_test_is_refused() -> None:
+    m = manifest(splits=True, val=True)
+    d = m.domains[0]
+    leaky = replace(d, splits={**d.splits, "train": (*d.splits["train"], d.splits["test"][0])})
+    with pytest.raises(ConfigError, match=r"siteA_05.*'train' and its 'test' split"):
+        make_split(replace(m, domains=(leaky, m.domains[1])), "fixed")
+    leaky = replace(d, splits={**d.splits, "val": (*d.splits["val"], d.splits["test"][0])})
+    with pytest.raises(ConfigError, match=r"siteA_05.*'val' and its 'test' split"):
+        make_split(replace(m, domains=(leaky, m.domains[1])), "fixed")
+
+
+def test_holdout_sizes() -> None:
+    ids = [f"c{i:02d}" for i in range(21)]
+    train, val = holdout(ids, 0.2, seed=0)
+    assert len(val) == 4 and sorted(train + val) == ids and not set(train) & set(val)
+    assert holdout(ids[::-1], 0.2, seed=0) == (train, val)
+    assert [len(holdout(ids[:n], 0.2)[1]) for n in (0, 1, 2, 3, 5, 8)] == [0, 0, 1, 1, 1, 2]
+    with pytest.raises(ConfigError, match="fraction"):
+        holdout(ids, 1.0)
 
 
 def test_unlabelled_cases_are_left_out() -> None:

@@ -16,8 +16,8 @@ from medattn.data.manifest import Manifest
 from medattn.errors import ConfigError
 from medattn.train.config import TrainConfig
 from medattn.train.logs import read_csv
-from medattn.train.trainer import EpochRecord, train
-from tests.train.conftest import TINY
+from medattn.train.trainer import train
+from tests.train.conftest import TINY, kill_and_resume
 
 pytestmark = pytest.mark.realdata
 
@@ -72,7 +72,7 @@ def test_model_file_loads_and_predicts_in_a_fresh_process(full_run: Path, hippo_
     from medattn.train.checkpoint import load_model
     from medattn.train.validation import sliding_window_logits
 
-    case = Manifest.load(hippo_manifest).datalist(split="test")[0]["image"][0]
+    case = Manifest.load(hippo_manifest).datalist(split="val")[0]["image"][0]
     out = tmp_path / "logits.pt"
     proc = subprocess.run(
         [sys.executable, "-c", PREDICT, str(full_run / "model.pt"), case, str(out)],
@@ -98,23 +98,11 @@ def test_killed_run_resumes_and_matches_the_uninterrupted_run(
     manifest = Manifest.load(hippo_manifest)
     config = TrainConfig.load(full_run / "config.json")
     run = tmp_path / "run"
-
-    def kill_after_first_epoch(record: EpochRecord) -> None:
-        if record.epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(config, manifest, run, progress=False, on_epoch_end=kill_after_first_epoch)
-    assert [r["epoch"] for r in read_csv(run / "log.csv")] == [1]
-    half = torch.load(run / "checkpoint.pt", weights_only=True)
+    half, done = kill_and_resume(full_run / "config.json", manifest, run)
     assert half["epoch"] == 1 and half["scheduler"]["last_epoch"] == 1
     with pytest.raises(ConfigError, match="--resume"):
         train(config, manifest, run, progress=False)  # a new run must not overwrite it
-
-    result = train(None, manifest, run, resume=True, progress=False)
-    assert result.epochs == 2
     full = torch.load(full_run / "checkpoint.pt", weights_only=True)
-    done = torch.load(run / "checkpoint.pt", weights_only=True)
     assert done["epoch"] == full["epoch"] == 2
     steps = {int(s["step"]) for s in done["optimizer"]["state"].values()}
     assert steps == {2 * TINY["iterations"]}  # AdamW's step count continued from the first epoch

@@ -18,6 +18,7 @@ from medattn.data.importers.common import (
     read_sidecar,
     rel,
     slug,
+    walk_files,
 )
 from medattn.data.io import IMAGE_SUFFIXES, has_suffix, strip_suffix
 from medattn.data.manifest import Case, Channel, Domain, Manifest, normalise_modality
@@ -63,16 +64,15 @@ def import_bids(
     a filename entity (``suffix``, ``ses``, ``acq``, ``sub``); without it there is a single domain.
     """
     root = Path(root)
+    subjects = [d for d in sorted(root.iterdir()) if d.name.startswith("sub-") and d.is_dir()]
     images = [
         p
-        for p in sorted(root.glob("sub-*/**/*"))
-        if p.is_file() and has_suffix(p, IMAGE_SUFFIXES) and not is_label_stem(parse_bids_name(p.name)[1])
+        for p in sorted(f for d in subjects for f in walk_files(d))
+        if has_suffix(p, IMAGE_SUFFIXES) and not is_label_stem(parse_bids_name(p.name)[1])
     ]
     if not images:
         raise ManifestError("BIDS folder has no sub-*/…/*.nii(.gz) images", root)
-    label_files = [
-        p for p in sorted((root / "derivatives").glob("**/*")) if p.is_file() and has_suffix(p, IMAGE_SUFFIXES)
-    ]
+    label_files = [p for p in walk_files(root / "derivatives") if has_suffix(p, IMAGE_SUFFIXES)]
 
     def find_label(img: Path) -> Path | None:
         stem = strip_suffix(img.name)

@@ -1,16 +1,21 @@
-"""Pieces every importer shares: label-file detection, sidecar metadata, path and name helpers."""
+"""Pieces every importer shares: label-file detection, sidecar metadata, path and name helpers.
+
+Paths are listed as found in the dataset folder: a case file or folder that is a symbolic link (data assembled from
+shared storage) keeps the link's own path in the manifest and is read through the link.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from medattn.data.io import strip_suffix
-from medattn.data.manifest import Manifest
+from medattn.data.manifest import Manifest, relative_path_problem
 from medattn.errors import ManifestError
 
 log = logging.getLogger(__name__)
@@ -89,8 +94,70 @@ def clean_rel(p: str) -> str:
     return p[2:] if p.startswith("./") else p
 
 
+def entry_path(p: Any, entry: str, src: Path) -> str:
+    """A path entry of a dataset.json, cleaned (``./imagesTr/x`` -> ``imagesTr/x``) and checked to stay inside.
+
+    Args:
+        p: the value found in the file.
+        entry: where it was found, as the user would look it up (``training[3].image``).
+        src: the dataset.json, named in the error.
+
+    Raises:
+        ManifestError: ``p`` is not a string, is absolute or climbs out of the dataset folder with ``..``.
+    """
+    problem = relative_path_problem(p, root_name="the dataset folder")
+    if problem is not None:
+        raise ManifestError(f"{entry}: {problem}", src)
+    return clean_rel(p)
+
+
 def rel(p: Path, root: Path) -> str:
-    return p.resolve().relative_to(root.resolve()).as_posix()
+    """``p`` relative to ``root`` as a POSIX path, as found in the folder: symbolic links are not followed.
+
+    ``p`` must have been found under ``root`` (``root / ...``, ``root.iterdir()``), so a case file or folder that
+    is a link to shared storage is listed by the link's own path, and the root itself may be reached through a link.
+
+    Raises:
+        ManifestError: ``p`` is not under ``root``.
+    """
+    try:
+        return p.absolute().relative_to(root.absolute()).as_posix()
+    except ValueError:
+        raise ManifestError(f"{p} is not inside the dataset folder", root) from None
+
+
+def is_listed_file(p: Path) -> bool:
+    """A file, or a dangling symbolic link (kept so that ``medattn validate`` reports it as missing)."""
+    return p.is_file() or (p.is_symlink() and not p.exists())
+
+
+def walk_files(folder: Path) -> list[Path]:
+    """Every file under ``folder`` (sorted, as ``folder / ...`` paths), descending into linked folders too.
+
+    ``Path.glob("**")`` skips folders that are symbolic links; this does not, and stops at a link back to a folder
+    it is already inside (a cycle). Dangling links are listed, see :func:`is_listed_file`.
+    """
+    out: list[Path] = []
+
+    def visit(d: Path, inside: frozenset[str]) -> None:
+        try:
+            entries = sorted(d.iterdir())
+        except OSError as e:
+            log.warning("%s: folder skipped (%s)", d, e.strerror or e)
+            return
+        for p in entries:
+            if p.is_dir():
+                real = os.path.realpath(p)
+                if real in inside:
+                    log.warning("%s: link back to an enclosing folder, not followed", p)
+                    continue
+                visit(p, inside | {real})
+            elif is_listed_file(p):
+                out.append(p)
+
+    if folder.is_dir():
+        visit(folder, frozenset({os.path.realpath(folder)}))
+    return out
 
 
 def slug(name: str) -> str:

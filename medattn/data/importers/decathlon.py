@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from medattn.data.importers.common import clean_rel, finish, read_dataset_json, slug
+from medattn.data.importers.common import entry_path, finish, read_dataset_json, slug
 from medattn.data.io import strip_suffix
 from medattn.data.manifest import Case, Channel, Domain, Manifest, normalise_modality
 from medattn.errors import ManifestError
@@ -45,15 +45,22 @@ def import_msd(root: Path, doc: Mapping[str, Any] | None = None, modality: str |
     for i, entry in enumerate(training):
         if not isinstance(entry, Mapping) or "image" not in entry:
             raise ManifestError(f"training[{i}] must be an object with 'image' (and 'label'), found {entry!r}", src)
-        images = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
-        if not all(isinstance(p, str) for p in images):
+        listed = isinstance(entry["image"], list)
+        images = entry["image"] if listed else [entry["image"]]
+        if not images or not all(isinstance(p, str) for p in images):
             raise ManifestError(f"training[{i}].image must be a path or list of paths", src)
-        images = [clean_rel(p) for p in images]
+        images = [
+            entry_path(p, f"training[{i}].image" + (f"[{j}]" if listed else ""), src) for j, p in enumerate(images)
+        ]
         label = entry.get("label")
         if label is not None and not isinstance(label, str):
             raise ManifestError(f"training[{i}].label must be a path", src)
         cases.append(
-            Case(id=strip_suffix(Path(images[0]).name), images=tuple(images), label=clean_rel(label) if label else None)
+            Case(
+                id=strip_suffix(Path(images[0]).name),
+                images=tuple(images),
+                label=entry_path(label, f"training[{i}].label", src) if label else None,
+            )
         )
     meta = {k: doc[k] for k in ("reference", "licence", "release") if k in doc}
     return _single_domain(root, doc, chans, labels, cases, metadata=meta)
@@ -96,12 +103,17 @@ def import_nnunet_v2(root: Path, doc: Mapping[str, Any] | None = None) -> Manife
     ending = str(doc["file_ending"])
     cases: list[Case] = []
     if isinstance(doc.get("dataset"), Mapping):  # explicit file list (nnU-Net v2 'dataset' key)
+        # nnU-Net also accepts absolute paths here; a manifest does not, so those are refused by entry_path.
         for cid, entry in doc["dataset"].items():
+            where = f"dataset[{str(cid)!r}]"
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("images"), list) or not entry["images"]:
+                raise ManifestError(f"{where} must be an object with 'images' (a list of paths) and 'label'", src)
+            label = entry.get("label")
             cases.append(
                 Case(
                     id=str(cid),
-                    images=tuple(clean_rel(p) for p in entry["images"]),
-                    label=clean_rel(entry["label"]) if entry.get("label") else None,
+                    images=tuple(entry_path(p, f"{where}.images[{j}]", src) for j, p in enumerate(entry["images"])),
+                    label=entry_path(label, f"{where}.label", src) if label else None,
                 )
             )
     else:

@@ -1,4 +1,7 @@
-"""A root with one sub-folder per domain (scanner or site), each holding case folders, a dataset or image pairs."""
+"""A root with one sub-folder per domain (scanner or site), each holding case folders, a dataset or image pairs.
+
+Any of these (the root, a domain or case folder, a file) may be a symbolic link; paths are listed as found.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from medattn.data.importers.common import (
     DEFAULT_LABELS,
     finish,
     is_label_stem,
+    is_listed_file,
     rel,
     sidecar_meta,
     slug,
@@ -83,7 +87,9 @@ def _import_domain_dir(
             if not has_suffix(img, IMAGE_SUFFIXES):
                 continue
             lab = dom / "labelsTr" / img.name
-            cases.append(Case(strip_suffix(img.name), (rel(img, root),), rel(lab, root) if lab.exists() else None))
+            cases.append(
+                Case(strip_suffix(img.name), (rel(img, root),), rel(lab, root) if is_listed_file(lab) else None)
+            )
         return cases, [channels[0] if channels else "image"]
     case_dirs = sorted(p for p in dom.iterdir() if p.is_dir() and not p.name.startswith("."))
     if case_dirs:
@@ -116,7 +122,9 @@ def _import_domain_dir(
             )
         return cases, names or []
     # Flat files: every non-label image is a single-channel case; its label is the shortest "<stem>_<label word>".
-    files = {strip_suffix(f.name): f for f in sorted(dom.iterdir()) if f.is_file() and has_suffix(f, IMAGE_SUFFIXES)}
+    files = {
+        strip_suffix(f.name): f for f in sorted(dom.iterdir()) if is_listed_file(f) and has_suffix(f, IMAGE_SUFFIXES)
+    }
     label_stems = {s for s in files if is_label_stem(s)}
     image_stems = sorted(s for s in files if s not in label_stems)
     cases = []

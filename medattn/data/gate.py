@@ -1,0 +1,192 @@
+"""The input gate: every command checks each case with ``medattn validate``'s checks before heavy work.
+
+``train``, ``adapt``, ``predict``, ``drift`` and ``evaluate`` all pass their cases through
+:func:`medattn.data.validate.check_files` (the same code ``validate`` runs), so a case that ``validate`` rejects
+is refused everywhere, by name and with the same reason, instead of becoming a wrong mask, a NaN loss or a
+traceback deep inside MONAI:
+
+* ``predict`` and ``drift`` check each case just before reading it; a refused case is recorded as failed with
+  its file and reason, the others run, and the exit code says something failed.
+* ``train`` and ``adapt`` check every case they will read before the first step (:func:`gate_manifest`); by
+  default one refused case stops the run before it starts, listing every refused case. With
+  ``--exclude-invalid`` the refused cases are left out, and the run's log and summary list them.
+* ``evaluate`` checks each label (and the prediction against it) before scoring.
+
+Channels are matched by name (:func:`channel_mismatch`): a model records its channel names and order, and an input
+whose channels are named in another order, or named otherwise, is refused naming both.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medattn.data.manifest import Manifest
+from medattn.data.validate import CaseResult, NonFinite, Problem, check_files, validate_case
+from medattn.errors import DataError
+
+log = logging.getLogger(__name__)
+
+#: The channel name importers give when a layout names nothing (a flat folder of files): not a name to match.
+UNNAMED_CHANNEL = "image"
+
+#: The option that lets ``train`` and ``adapt`` leave refused cases out instead of stopping.
+EXCLUDE_OPTION = "--exclude-invalid"
+
+
+@dataclass
+class GateReport:
+    """The gate's verdict on a set of cases: one :class:`~medattn.data.validate.CaseResult` each."""
+
+    results: list[CaseResult] = field(default_factory=list)
+
+    @property
+    def refused(self) -> list[CaseResult]:
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def refused_ids(self) -> set[str]:
+        return {r.case for r in self.refused}
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for r in self.results for p in r.warnings]
+
+    def lines(self) -> list[str]:
+        """One line per refused case: ``case 'x' (domain d): <file>: [check] reason; ...``."""
+        return [refusal_line(r) for r in self.refused]
+
+    def to_list(self) -> list[dict[str, Any]]:
+        """The refused cases as JSON records (``case``, ``domain``, ``file``, ``reason``), for run summaries."""
+        return [
+            {"case": r.case, "domain": r.domain, "file": first_file(r), "reason": refusal_reason(r)}
+            for r in self.refused
+        ]
+
+
+def refusal_reason(result: CaseResult) -> str:
+    """Every error of a refused case on one line: ``[check] message; [check] message``."""
+    return "; ".join(f"[{p.check}] {p.message}" for p in result.errors)
+
+
+def first_file(result: CaseResult) -> str | None:
+    """The file of the case's first error (None when the error concerns the case, not a file)."""
+    return next((p.file for p in result.errors if p.file), None)
+
+
+def refusal_line(result: CaseResult) -> str:
+    where = f"case {result.case!r}" + (f" (domain {result.domain!r})" if result.domain != "-" else "")
+    file = first_file(result)
+    return f"{where}" + (f", file {file}" if file else "") + f": {refusal_reason(result)}"
+
+
+def gate_manifest(
+    manifest: Manifest,
+    case_ids: Iterable[str] | None = None,
+    *,
+    data_root: str | Path | None = None,
+    progress: bool = False,
+    desc: str = "check",
+) -> GateReport:
+    """Check the cases ``case_ids`` of ``manifest`` (default: all) with every check, labels included.
+
+    The cases are read one at a time (each file's voxels once), so the memory cost is one case.
+    """
+    from tqdm import tqdm
+
+    wanted = None if case_ids is None else set(case_ids)
+    todo = [(d, c) for d, c in manifest.iter_cases() if wanted is None or c.id in wanted]
+    report = GateReport()
+    with tqdm(total=len(todo), desc=desc, unit="case", disable=not progress, leave=False) as bar:
+        for domain, case in todo:
+            report.results.append(validate_case(manifest, domain, case, data_root=data_root))
+            bar.update(1)
+    for p in report.warnings:
+        log.debug("%s", p)
+    return report
+
+
+def enforce(report: GateReport, *, exclude: bool, command: str) -> None:
+    """Stop ``command`` when a case was refused, unless ``exclude`` (then warn and let the caller leave them out).
+
+    Raises:
+        DataError: listing every refused case with its reason, and how to proceed.
+    """
+    refused = report.refused
+    if not refused:
+        return
+    listing = "\n  ".join(report.lines())
+    if not exclude:
+        raise DataError(
+            f"{len(refused)} of {len(report.results)} case(s) failed the input checks, so {command} did not start "
+            f"(`medattn validate` shows every problem; {EXCLUDE_OPTION} leaves these cases out):\n  {listing}"
+        )
+    log.warning("%s: leaving out %d refused case(s) (%s):\n  %s", command, len(refused), EXCLUDE_OPTION, listing)
+
+
+def check_image_case(
+    case_id: str,
+    images: Sequence[Path],
+    channels: Sequence[str],
+    *,
+    domain: str | None = None,
+    label: Path | None = None,
+    labels: Mapping[int, str] | None = None,
+    nonfinite: NonFinite = "error",
+) -> CaseResult:
+    """The gate for a case that is not (or not only) in a manifest: image files, optionally a label."""
+    return check_files(
+        case_id,
+        [(str(p), Path(p)) for p in images],
+        (str(label), Path(label)) if label is not None else None,
+        channels=channels,
+        labels=labels,
+        domain=domain or "-",
+        nonfinite=nonfinite,
+    )
+
+
+def raise_if_refused(result: CaseResult) -> None:
+    """Turn a refused case into the :class:`DataError` per-case handlers record (file and every reason)."""
+    if not result.ok:
+        raise DataError(refusal_reason(result), first_file(result), result.case)
+
+
+def channel_mismatch(expected: Sequence[str], found: Sequence[str] | None, *, single_file: bool = False) -> str | None:
+    """Why input channels ``found`` do not fit a model's ``expected`` channels, or None when they do.
+
+    Names are compared case-insensitively and in order. ``found`` is None (or every name is
+    :data:`UNNAMED_CHANNEL`) when the input names nothing: then only the count can be checked, which is enough for
+    a one-channel model or for files numbered by channel (nnU-Net's ``_0000``, ``_0001``); a single file that holds
+    several unnamed channels is refused, because nothing says which volume is which.
+
+    Args:
+        expected: the model's channel names, in network order.
+        found: the input's channel names in the order it gives them, or None.
+        single_file: the input is one (4D) file holding every channel.
+    """
+    want = [str(n) for n in expected]
+    unnamed = found is None or all(str(n) == UNNAMED_CHANNEL for n in found)
+    if unnamed:
+        n = len(found) if found is not None else None
+        if len(want) > 1 and single_file:
+            return (
+                f"the model expects {len(want)} channels ({', '.join(want)}) and this single file names none of "
+                "them; give a dataset whose channels are named (a manifest or dataset.json) or one file per channel "
+                "(case_0000, case_0001, ... in the model's order)"
+            )
+        if n is not None and n != len(want):
+            return f"the input has {n} channel(s), the model expects {len(want)} ({', '.join(want)})"
+        return None
+    assert found is not None
+    have = [str(n) for n in found]
+    if [n.lower() for n in have] == [n.lower() for n in want]:
+        return None
+    order = " in another order" if sorted(n.lower() for n in have) == sorted(n.lower() for n in want) else ""
+    return (
+        f"the input's channels are {', '.join(have)}{order}; the model expects {', '.join(want)} (in this order). "
+        "Name and order the input's channels as the model's (--channels for a folder, 'channels' in a manifest)"
+    )
