@@ -204,7 +204,12 @@ def _args_plan(p: argparse.ArgumentParser) -> None:
     _add_data(p)
     _add_import_options(p)
     _add_seed(p)
-    p.add_argument("-o", "--out", default="plan.json", help="plan JSON to write (default plan.json)")
+    p.add_argument(
+        "-o",
+        "--out",
+        default="plan.json",
+        help="plan JSON to write (default plan.json). Cases of a test split are left out of the fingerprint",
+    )
     p.add_argument(
         "--memory-mb",
         type=float,

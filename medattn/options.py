@@ -49,8 +49,9 @@ def add_fold(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fold",
         default=None,
-        help="cross-validation fold (0..k-1) of a deterministic k-fold split, or 'fixed' for the manifest's "
-        "train/test split (default: the manifest's split when it has one, else fold 0 of 5)",
+        help="cross-validation fold (0..k-1) of a deterministic k-fold split of the cases outside the test split, or "
+        "'fixed' for the manifest's train/val split (validation from a held-back slice of train when there is no val; "
+        "a test split is never read); default: fixed when the manifest has a train split, else fold 0 of 5",
     )
 
 

@@ -66,6 +66,14 @@ def normalise_modality(value: str) -> str:
     return "OTHER"
 
 
+#: Split names whose cases are held out: never trained on, validated on or fingerprinted (``medattn.train.splits``).
+TEST_SPLITS = ("test",)
+#: Split names read as the validation side of a fixed split, in order of preference.
+VALIDATION_SPLITS = ("val", "validation")
+#: Share of a domain's training cases that validate when the domain names no validation split.
+VAL_FRACTION = 0.2
+
+
 @dataclass(frozen=True)
 class Channel:
     """One input channel: a display name and a modality from KNOWN_MODALITIES."""
@@ -99,6 +107,10 @@ class Domain:
     cases: tuple[Case, ...]
     metadata: Mapping[str, Any] = field(default_factory=dict)
     splits: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def held_out_ids(self) -> set[str]:
+        """The case ids of this domain's test split(s) (:data:`TEST_SPLITS`): never trained or validated on."""
+        return {i for s in TEST_SPLITS for i in self.splits.get(s, ())}
 
     def case(self, case_id: str) -> Case:
         for c in self.cases:

@@ -15,7 +15,7 @@ read a new volume. The rules:
   then shifted and scaled by the foreground mean and standard deviation; MR and other channels get a per-volume
   z-score, inside the body (non-zero voxels) when the non-zero region is clearly smaller than the volume.
 * **Cases**: the fingerprint reads a domain's labelled cases except those of its ``test`` split
-  (:data:`medattn.train.splits.TEST_SPLITS`), so held-out cases shape neither the patch nor the CT statistics,
+  (:data:`medattn.data.manifest.TEST_SPLITS`), so held-out cases shape neither the patch nor the CT statistics,
   whether the plan comes from ``medattn plan`` or from ``medattn train`` without ``--plan``. Validation cases
   (a ``val`` split) are training data and are read; a domain without splits is read whole.
 """
@@ -35,7 +35,6 @@ import numpy as np
 from medattn.data.fingerprint import CaseFingerprint, fingerprint_case, summarise
 from medattn.data.manifest import Manifest
 from medattn.errors import DataError, ManifestError
-from medattn.train.splits import held_out_ids
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +291,7 @@ def make_plan(
     work: list[tuple[Any, Any]] = []
     left_out = 0
     for d in manifest.domains:
-        held_out = held_out_ids(d)
+        held_out = d.held_out_ids()
         cases = [c for c in d.cases if c.label is not None and c.id not in held_out]
         left_out += sum(1 for c in d.cases if c.label is not None and c.id in held_out)
         if max_cases is not None and len(cases) > max_cases:

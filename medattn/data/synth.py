@@ -30,7 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from medattn.data.io import atomic_write_text, atomic_write_with, read_volume, write_volume
-from medattn.data.manifest import Case, Channel, Domain, Manifest
+from medattn.data.manifest import VAL_FRACTION, Case, Channel, Domain, Manifest
 from medattn.data.scanners import ScannerProfile, format_profiles, get_profiles, simulate_scanner
 from medattn.errors import ConfigError, DataError
 
@@ -273,12 +273,10 @@ def default_splits(ids: Sequence[str], test_fraction: float = TEST_FRACTION) -> 
     """Fixed train/val/test split of ``ids``, in their order.
 
     The last ``round(test_fraction * n)`` cases (at least one when n >= 2) are the test set; of the cases before
-    them, the last ``round(VAL_FRACTION * m)`` (:data:`medattn.train.splits.VAL_FRACTION`; at least one when
+    them, the last ``round(VAL_FRACTION * m)`` (:data:`medattn.data.manifest.VAL_FRACTION`; at least one when
     m >= 2) validate and the rest train. Validation thus never draws on the test set, and ``test`` is the same as
     a plain train/test split of the same ids. Example: 40 ids give 24 train, 6 val and 10 test.
     """
-    from medattn.train.splits import VAL_FRACTION
-
     n_test = 0 if len(ids) < 2 else max(1, round(test_fraction * len(ids)))
     m = len(ids) - n_test
     n_val = 0 if m < 2 else max(1, round(VAL_FRACTION * m))

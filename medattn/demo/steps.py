@@ -84,7 +84,7 @@ class DemoSteps:
         self.steps.start(
             "train",
             f"train {cfg.model} on scanner {self.first} ({len(domain.splits['train'])} cases, {cfg.epochs} x "
-            f"{cfg.iterations} steps; validation on its {len(domain.splits['test'])} held-out cases)",
+            f"{cfg.iterations} steps; validation on its {len(domain.splits.get('val', ()))} validation cases)",
         )
         config = TrainConfig(
             data=str(self.out / "data" / "manifest.json"),

@@ -59,8 +59,10 @@ class TrainConfig:
         batch_dice: Dice over the whole batch (nnU-Net's batch Dice) rather than averaged per patch.
         precision: ``"auto"`` (CUDA: bf16 where supported, else fp16 with gradient scaling; CPU: fp32),
             ``"fp32"``, ``"fp16"`` (CUDA only) or ``"bf16"`` (CUDA, or a CPU with native bf16).
-        fold: ``"0"`` .. ``"k-1"`` (k-fold over each domain's sorted case ids), ``"fixed"`` (the manifest's
-            train/val-or-test split) or ``"all"`` (every case, no validation); None: fixed if the manifest has
+        fold: ``"0"`` .. ``"k-1"`` (k-fold over each domain's sorted case ids outside its test split),
+            ``"fixed"`` (the manifest's train split against its val split, or a held-back slice of train; never the
+            test split: :mod:`medattn.train.splits`) or ``"all"`` (every case but the test split, no validation);
+            None: fixed if the manifest has
             a split, else fold 0.
         folds: k of the k-fold split.
         split_seed: seed of the k-fold shuffle (separate from ``seed`` so folds stay put across training seeds).

@@ -68,7 +68,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     v = p.add_argument_group("split and validation")
     add_fold(p)
     v.add_argument("--folds", type=int, help="k of the k-fold split (default 5); --fold all trains on every case")
-    v.add_argument("--split-seed", type=int, help="seed of the k-fold shuffle (default 0)")
+    v.add_argument(
+        "--split-seed", type=int, help="seed of the k-fold shuffle and of the held-back validation slice (default 0)"
+    )
     v.add_argument("--val-every", type=int, help="validate every N epochs, and after the last (default 1)")
     v.add_argument("--val-overlap", type=float, help="sliding-window overlap in validation (default 0.5)")
     v.add_argument("--sw-batch-size", type=int, help="windows per forward pass in validation (default 2)")

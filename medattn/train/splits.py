@@ -1,11 +1,12 @@
 """Which cases train and which validate: the manifest's fixed split, a deterministic k-fold split, or all.
 
-Held-out means held out: a case listed in a domain's ``test`` split (:data:`TEST_SPLITS`) never trains and never
-validates, so it can pick neither a checkpoint nor anything else. The rules, per domain:
+Held-out means held out: a case listed in a domain's ``test`` split (:data:`medattn.data.manifest.TEST_SPLITS`)
+never trains and never validates, so it can pick neither a checkpoint nor anything else. The rules, per domain:
 
 * ``fixed``: the ``train`` split trains. Validation comes from the ``val`` (or ``validation``) split when the domain
-  has one; otherwise from a deterministic slice of ``train``: :data:`VAL_FRACTION` of its labelled ids (sorted, then
-  shuffled with ``split_seed``; at least one when the domain has two or more), which then do not train.
+  has one; otherwise from a deterministic slice of ``train``: :data:`~medattn.data.manifest.VAL_FRACTION` of its
+  labelled ids (sorted, then shuffled with ``split_seed``; at least one when the domain has two or more), which then
+  do not train.
 * ``0``..``k-1``: the domain's labelled cases outside its test split are sorted, shuffled with ``split_seed`` and cut
   into ``k`` near-equal folds, so every fold sees every scanner and the split depends only on the ids and the seed
   (not on the order cases are listed in, nor on the training seed).
@@ -22,17 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medattn.data.manifest import Domain, Manifest
+from medattn.data.manifest import VAL_FRACTION, VALIDATION_SPLITS, Domain, Manifest
 from medattn.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-#: Split names read as the validation side of a fixed split, in order of preference.
-VALIDATION_SPLITS = ("val", "validation")
-#: Split names whose cases are held out: never trained on, never validated on.
-TEST_SPLITS = ("test",)
-#: Share of a domain's ``train`` split held back for validation when the domain has no validation split.
-VAL_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -84,11 +78,6 @@ def has_fixed_split(manifest: Manifest) -> bool:
     return all(d.splits.get("train") for d in manifest.domains)
 
 
-def held_out_ids(d: Domain) -> set[str]:
-    """The case ids of ``d``'s test split(s) (:data:`TEST_SPLITS`): never trained or validated on."""
-    return {i for s in TEST_SPLITS for i in d.splits.get(s, ())}
-
-
 def _labelled(d: Domain) -> list[str]:
     return [c.id for c in d.cases if c.label is not None]
 
@@ -103,7 +92,7 @@ def resolve_fold(manifest: Manifest, fold: str | None) -> str:
 def _fixed(d: Domain, split_seed: int) -> tuple[list[str], list[str], str]:
     """(train, val, where validation came from) of one domain's fixed split."""
     labelled = set(_labelled(d))
-    held_out = held_out_ids(d)
+    held_out = d.held_out_ids()
     train = [i for i in d.splits["train"] if i in labelled]
     leaked = sorted(set(train) & held_out)
     if leaked:
@@ -133,8 +122,8 @@ def make_split(manifest: Manifest, fold: str, folds: int = 5, split_seed: int = 
     Args:
         fold: ``"0"``..``"k-1"`` (k-fold over the cases outside the test split), ``"fixed"`` (each domain's
             ``train`` split, validated on its ``val``/``validation`` split or else on a held-back
-            :data:`VAL_FRACTION` of ``train``) or ``"all"`` (every case outside the test split trains; nothing
-            validates).
+            :data:`~medattn.data.manifest.VAL_FRACTION` of ``train``) or ``"all"`` (every case outside the test split
+            trains; nothing validates).
         folds: k of the k-fold split.
         split_seed: seed of the k-fold shuffle and of the held-back slice of ``train``.
 
@@ -147,11 +136,11 @@ def make_split(manifest: Manifest, fold: str, folds: int = 5, split_seed: int = 
     unlabelled = [c.id for _, c in manifest.iter_cases() if c.label is None]
     if unlabelled:
         log.warning("%d case(s) have no label and are left out of training: %s", len(unlabelled), unlabelled[:5])
-    n_test = sum(len(held_out_ids(d)) for d in manifest.domains)
+    n_test = sum(len(d.held_out_ids()) for d in manifest.domains)
     left_out = f"; {n_test} test case(s) left out" if n_test else ""
     if fold == "all":
         for d in manifest.domains:
-            held_out = held_out_ids(d)
+            held_out = d.held_out_ids()
             train += [i for i in _labelled(d) if i not in held_out]
         desc = f"all cases, no validation{left_out}"
     elif fold == "fixed":
@@ -169,7 +158,7 @@ def make_split(manifest: Manifest, fold: str, folds: int = 5, split_seed: int = 
         if not fold.isdigit():
             raise ConfigError(f"fold: expected 0..{folds - 1}, 'fixed' or 'all', got {fold!r}")
         for d in manifest.domains:
-            held_out = held_out_ids(d)
+            held_out = d.held_out_ids()
             t, v = kfold([i for i in _labelled(d) if i not in held_out], folds, int(fold), split_seed)
             train += t
             val += v
