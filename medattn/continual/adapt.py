@@ -33,7 +33,7 @@ from typing import Any
 from medattn.continual.config import AdaptConfig
 from medattn.continual.metrics import DiceMatrix
 from medattn.continual.runner import MethodRun, run_method
-from medattn.data.gate import channel_mismatch, enforce, gate_manifest
+from medattn.data.gate import admit, channel_mismatch
 from medattn.data.guard import InputGuard, clean_orphans, prepare_output_dir
 from medattn.data.io import atomic_write_text
 from medattn.data.manifest import Manifest
@@ -56,7 +56,8 @@ class AdaptResult:
     """Cases the input gate refused and ``exclude_invalid`` left out (``case``, ``domain``, ``file``, ``reason``)."""
 
 
-def _prepare_out(out: Path, cfg: AdaptConfig, resume: bool) -> None:
+def _check_out(out: Path, cfg: AdaptConfig, resume: bool) -> None:
+    """Refuse a folder that holds something else than this run (before anything is read or written there)."""
     saved = out / "config.json"
     if resume:
         if not saved.is_file():
@@ -71,7 +72,6 @@ def _prepare_out(out: Path, cfg: AdaptConfig, resume: bool) -> None:
             raise ConfigError(f"--resume: options {changed} differ from the earlier run in {out}; use a new --out")
     elif out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out}: output folder exists and is not empty; use a new --out or --resume")
-    cfg.save(saved)
 
 
 def _check_labels(manifest: Manifest, start: Any, model_path: Path) -> None:
@@ -156,17 +156,17 @@ def adapt(
 
     out = Path(out)
     model_path = Path(model)
-    guard = InputGuard.of_manifest(manifest, data_root, other_files=[model_path])
-    guard.check_dir(out, "--out")
-    prepare_output_dir(out, "--out")  # before the model and the data are read
-    clean_orphans(out, recursive=True)  # the method folders hold model files written atomically
+    InputGuard.of_manifest(manifest, data_root, other_files=[model_path]).check_dir(out, "--out")
+    _check_out(out, cfg, resume)  # before the model and the data are read, and before anything is written
+    prepare_output_dir(out, "--out", clean=False)
+    clean_orphans(out, recursive=True)  # this run's folder: the method folders hold model files written atomically
     start = load_model(model_path, device="cpu")
     _check_labels(manifest, start, model_path)
     why = channel_mismatch([ch.name for ch in start.plan.channels], [ch.name for ch in manifest.channels])
     if why:
         raise DataError(why, manifest.base_dir or manifest.name)
     manifest, excluded = _gate(manifest, cfg, data_root, resume, out, quiet)
-    _prepare_out(out, cfg, resume)
+    cfg.save(out / "config.json")
     atomic_write_text(out / EXCLUDED_NAME, json.dumps(excluded, indent=2) + "\n")
     bench = domain_scenario(
         manifest,
@@ -206,21 +206,18 @@ def _gate(
 ) -> tuple[Manifest, list[dict[str, Any]]]:
     """Every case of every domain through the input gate before the first step; refused cases stop the run, or
     with ``exclude_invalid`` leave the manifest (a resumed run must keep the same cases)."""
-    report = gate_manifest(manifest, data_root=data_root, progress=not quiet, desc="check cases")
-    enforce(report, exclude=cfg.exclude_invalid, command="adaptation")
-    excluded = report.to_list()
+    kept, excluded = admit(
+        manifest, exclude=cfg.exclude_invalid, command="adaptation", data_root=data_root, progress=not quiet
+    )
     saved = out / EXCLUDED_NAME
     if resume and saved.is_file():
         before = {e["case"] for e in json.loads(saved.read_text())}
-        if before != report.refused_ids:
+        now = {e["case"] for e in excluded}
+        if before != now:
             raise DataError(
                 "--resume: the cases refused by the input checks changed since the run started (then "
-                f"{sorted(before)[:5]}, now {sorted(report.refused_ids)[:5]}); restore the files or use a new --out"
+                f"{sorted(before)[:5]}, now {sorted(now)[:5]}); restore the files or use a new --out"
             )
-    kept = manifest.without(report.refused_ids)
-    if len(kept.domains) != len(manifest.domains):
-        gone = [d for d in manifest.domain_names if d not in kept.domain_names]
-        raise DataError(f"every case of domain(s) {gone} was refused by the input checks")
     return kept, excluded
 
 

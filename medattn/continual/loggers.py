@@ -21,7 +21,6 @@ from typing import Any, TextIO
 import numpy as np
 from avalanche.logging import CSVLogger
 
-from medattn.continual.metrics import forgetting
 from medattn.data.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -86,25 +85,26 @@ class DiceCSVLogger(CSVLogger):
         seen = self.dice_history.setdefault(j, {})
         earlier = [seen[step] for step in sorted(seen) if step < i]  # rows of an interrupted step i are stale
         seen[i] = dice
-        _write(self.eval_file, [j, i, dice, loss, entry_forgetting([*earlier, dice])])
+        # forgetting is defined for domains trained on before this step (Chaudhry et al.): j < i
+        lost = entry_forgetting([*earlier, dice]) if j < i else math.nan
+        _write(self.eval_file, [j, i, dice, loss, lost])
 
 
 def entry_forgetting(history: Sequence[float]) -> float:
-    """Forgetting of one domain ``j`` at its latest evaluation: ``max_{l<i} R[l][j] - R[i][j]``.
+    """Forgetting of one domain ``j`` at its latest evaluation: ``max_{l<i} R[l][j] - R[i][j]``, the per-entry
+    term of :func:`medattn.continual.metrics.forgetting` (NaN entries skipped, as there).
 
     Args:
         history: ``R[0][j], ..., R[i][j]``, the domain's Dice after each training experience so far, in training
             order (the start model's Dice not included).
 
     Returns:
-        :func:`medattn.continual.metrics.forgetting` of the matrix whose first column is ``history`` and whose
-        other entries are NaN (which it skips), so the definition is the Dice matrix's own; NaN for a single
-        evaluation, or where the latest Dice or every earlier one is NaN.
+        NaN for a single evaluation, or where the latest Dice or every earlier one is NaN.
     """
-    n = len(history)
-    r = np.full((n, n), np.nan)
-    r[:, 0] = history
-    return forgetting(r)
+    earlier = [float(h) for h in history[:-1] if not math.isnan(h)]
+    if not earlier or math.isnan(history[-1]):
+        return math.nan
+    return max(earlier) - float(history[-1])
 
 
 def _metric(values: Sequence[Any], prefix: str, stream: str | None = None) -> float:

@@ -19,7 +19,7 @@ whose channels are named in another order, or named otherwise, is refused naming
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,15 +90,19 @@ def gate_manifest(
     data_root: str | Path | None = None,
     progress: bool = False,
     desc: str = "check",
+    share: tuple[int, int] = (0, 1),
 ) -> GateReport:
     """Check the cases ``case_ids`` of ``manifest`` (default: all) with every check, labels included.
 
-    The cases are read one at a time (each file's voxels once), so the memory cost is one case.
+    The cases are read one at a time (each file's voxels once), so the memory cost is one case. ``share`` =
+    ``(rank, world_size)`` checks only every ``world_size``-th case from ``rank`` (processes of a distributed run
+    split the work and gather the results: :func:`admit`).
     """
     from tqdm import tqdm
 
     wanted = None if case_ids is None else set(case_ids)
     todo = [(d, c) for d, c in manifest.iter_cases() if wanted is None or c.id in wanted]
+    todo = todo[share[0] :: share[1]]
     report = GateReport()
     with tqdm(total=len(todo), desc=desc, unit="case", disable=not progress, leave=False) as bar:
         for domain, case in todo:
@@ -107,6 +111,39 @@ def gate_manifest(
     for p in report.warnings:
         log.debug("%s", p)
     return report
+
+
+def admit(
+    manifest: Manifest,
+    case_ids: Iterable[str] | None = None,
+    *,
+    exclude: bool,
+    command: str,
+    data_root: str | Path | None = None,
+    progress: bool = False,
+    share: tuple[int, int] = (0, 1),
+    gather: Callable[[list[CaseResult]], list[list[CaseResult]]] | None = None,
+) -> tuple[Manifest, list[dict[str, Any]]]:
+    """The gate of a run that trains (``train``, ``adapt``): check every case it will read before the first step.
+
+    Returns the manifest without the refused cases and the refused cases as records (``case``, ``domain``,
+    ``file``, ``reason``) for the run's summary. Every process of a distributed run calls this with its ``share``
+    and a ``gather`` that collects every process's results (``torch.distributed.all_gather_object``), so each
+    reads only its share of the files and all reach the same verdict.
+
+    Raises:
+        DataError: a case was refused and ``exclude`` is False (listing every refused case), or every case of a
+            domain was refused.
+    """
+    report = gate_manifest(manifest, case_ids, data_root=data_root, progress=progress, desc="check cases", share=share)
+    if gather is not None:
+        report = GateReport([r for part in gather(report.results) for r in part])
+    enforce(report, exclude=exclude, command=command)
+    kept = manifest.without(report.refused_ids)
+    gone = [d for d in manifest.domain_names if d not in kept.domain_names]
+    if gone:
+        raise DataError(f"every case of domain(s) {gone} was refused by the input checks")
+    return kept, report.to_list()
 
 
 def enforce(report: GateReport, *, exclude: bool, command: str) -> None:
@@ -153,6 +190,42 @@ def raise_if_refused(result: CaseResult) -> None:
     """Turn a refused case into the :class:`DataError` per-case handlers record (file and every reason)."""
     if not result.ok:
         raise DataError(refusal_reason(result), first_file(result), result.case)
+
+
+def check_input_case(
+    case_id: str,
+    images: Sequence[str | Path],
+    channels: Sequence[str],
+    *,
+    input_channels: Sequence[str] | None = None,
+    domain: str | None = None,
+    label: str | Path | None = None,
+    labels: Mapping[int, str] | None = None,
+    nonfinite: NonFinite = "error",
+) -> CaseResult:
+    """The gate of a case a model reads (``predict``, ``drift``): every check on its files, and its channels
+    (``input_channels``, the names the input gives, or None) matched to the model's ``channels``.
+
+    Returns:
+        The check's result (its warnings, and stats such as ``nonfinite``), when the case passes.
+
+    Raises:
+        DataError: naming the file and every reason, when the case is refused.
+    """
+    checked = check_image_case(
+        case_id,
+        [Path(p) for p in images],
+        channels,
+        domain=domain,
+        label=Path(label) if label else None,
+        labels=labels,
+        nonfinite=nonfinite,
+    )
+    raise_if_refused(checked)
+    why = channel_mismatch(channels, input_channels, single_file=len(images) == 1)
+    if why:
+        raise DataError(why, images[0], case_id)
+    return checked
 
 
 def channel_mismatch(expected: Sequence[str], found: Sequence[str] | None, *, single_file: bool = False) -> str | None:

@@ -32,9 +32,15 @@ log = logging.getLogger(__name__)
 
 #: ``.<name>.medattn-tmp-<host>-<pid>-<random>.tmp<suffix>``, the names :func:`medattn.data.io.atomic_path` gives.
 _TEMP = re.compile(rf"^\..+\.{re.escape(TEMP_TAG)}(?P<host>[0-9a-f]{{8}})-(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp.*$")
-#: What earlier medattn versions named them (``mkstemp``'s 8 random characters, no owner).
-_LEGACY_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\..+)?$")
-#: Age after which a temporary file of another host (a shared file system) or of an earlier version is an orphan.
+#: Files that describe a dataset folder (MSD / nnU-Net, medattn, BIDS): inputs, whatever command reads them.
+DESCRIPTION_FILES = (
+    "dataset.json",
+    "manifest.json",
+    "dataset_description.json",
+    "participants.tsv",
+    "participants.json",
+)
+#: Age after which a temporary file of another host (a shared file system, another container) is an orphan.
 _FOREIGN_AGE_S = 24 * 3600.0
 
 
@@ -80,11 +86,14 @@ class InputGuard:
         if dataset is not None:
             spec = Path(dataset)
             if spec.is_dir():
-                for name in ("dataset.json", "manifest.json"):
+                for name in DESCRIPTION_FILES:
                     if (spec / name).is_file():
                         files |= _forms(spec / name)
             elif spec.exists():
                 files |= _forms(spec)
+                for name in DESCRIPTION_FILES:  # a dataset.json's or manifest's neighbours (BIDS: the root's files)
+                    if (spec.parent / name).is_file():
+                        files |= _forms(spec.parent / name)
         return cls(frozenset(files), frozenset(folders))
 
     @classmethod
@@ -191,7 +200,7 @@ def clean_orphans(folder: str | os.PathLike[str], *, recursive: bool = False) ->
     """Remove the temporary files a killed medattn process left in ``folder``; return what was removed.
 
     A temporary file is an orphan when its writer (host and process id in its name) is this host and that process
-    no longer runs, or, for another host's files and earlier versions' unnamed ones, when it is older than a day.
+    no longer runs, or, for another host's files, when it is older than a day.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -202,12 +211,12 @@ def clean_orphans(folder: str | os.PathLike[str], *, recursive: bool = False) ->
     me = host_tag()
     for p in candidates:
         m = _TEMP.match(p.name)
-        if m is None and not _LEGACY_TEMP.match(p.name):
+        if m is None:  # not ours (earlier versions' unnamed temporary files are left alone too)
             continue
         try:
             if not p.is_file() or p.is_symlink():
                 continue
-            if m is not None and m["host"] == me:
+            if m["host"] == me:
                 orphan = not _alive(int(m["pid"]))
             else:
                 orphan = now - p.stat().st_mtime > _FOREIGN_AGE_S

@@ -201,8 +201,16 @@ TEMP_TAG = "medattn-tmp-"
 
 
 def host_tag() -> str:
-    """Eight hex digits naming this host (a CRC of its name), part of every temporary file's name."""
-    return f"{zlib.crc32(socket.gethostname().encode()) & 0xFFFFFFFF:08x}"
+    """Eight hex digits naming this host and its process-id namespace, part of every temporary file's name.
+
+    Containers may share a host name but not their process ids, so the namespace is part of the tag: a process id
+    in a temporary file's name is only compared with the processes it can refer to.
+    """
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # not Linux
+        namespace = 0
+    return f"{zlib.crc32(f'{socket.gethostname()}:{namespace}'.encode()) & 0xFFFFFFFF:08x}"
 
 
 @contextlib.contextmanager

@@ -442,7 +442,8 @@ def relative_path_problem(p: Any, *, may_climb: bool = False, root_name: str = "
     if not may_climb and ".." in re.split(r"[/\\]", p):
         return (
             f"path {p!r} climbs out of {root_name} with '..'; paths must stay inside it "
-            f"(put the file, or a symbolic link to it, under {root_name})"
+            f"(put the file, or a symbolic link to it, under {root_name}; a manifest written by an earlier "
+            "`medattn synth --from` is fixed by running that command again)"
         )
     if "\\" in p:
         return f"path {p!r} holds a backslash; paths are POSIX paths with '/' separators"

@@ -277,15 +277,20 @@ def make_plan(
     max_cases: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    checked: bool = False,
 ) -> Plan:
     """Fingerprint ``manifest`` and derive a :class:`Plan`.
 
     Only labelled cases outside each domain's ``test`` split are fingerprinted (at most ``max_cases`` of them per
-    domain, drawn with ``seed``); the number left out is ``fingerprint["test_cases_left_out"]``. Cases that cannot be
-    read are skipped with a warning naming them (run ``medattn validate`` for the full list); planning fails only
-    when no case is readable.
+    domain, drawn with ``seed``); the number left out is ``fingerprint["test_cases_left_out"]``. Each case passes
+    the input gate first (the checks of ``medattn validate``; ``checked=True`` when the caller has already run it,
+    as ``medattn train`` does): a refused case, or one that cannot be read, is skipped with a warning naming it and
+    its reason and listed in ``fingerprint["skipped_cases"]``; planning fails only when no case is left.
     """
     from tqdm.auto import tqdm
+
+    from medattn.data.gate import refusal_line
+    from medattn.data.validate import validate_case
 
     rng = np.random.default_rng(seed)
     work: list[tuple[Any, Any]] = []
@@ -306,6 +311,12 @@ def make_plan(
     fps: list[CaseFingerprint] = []
     skipped: list[str] = []
     for d, c in tqdm(work, desc="fingerprint", disable=not progress, unit="case"):
+        if not checked:
+            result = validate_case(manifest, d, c, data_root=data_root)
+            if not result.ok:
+                log.warning("skipping %s", refusal_line(result))
+                skipped.append(refusal_line(result))
+                continue
         try:
             fps.append(fingerprint_case(manifest, d, c, data_root, rng))
         except DataError as e:

@@ -404,17 +404,6 @@ def format_report(report: ValidationReport, max_rows: int | None = 50) -> str:
     return "\n".join(lines)
 
 
-def input_files(manifest: Manifest, data_root: str | Path | None = None) -> list[Path]:
-    """Absolute paths of every image and label file the manifest lists (outputs must never overwrite these)."""
-    root = manifest.data_root(data_root)
-    out: list[Path] = []
-    for _, c in manifest.iter_cases():
-        out.extend(root / p for p in c.images)
-        if c.label is not None:
-            out.append(root / c.label)
-    return out
-
-
 # ---- implementation --------------------------------------------------------------------------------------------
 
 
@@ -471,6 +460,14 @@ class _CaseChecker:
 
     # -- the checks --
     def run(self) -> None:
+        if len(self.images) > 1 and len(self.images) != len(self.channels):
+            self.error(
+                None,
+                "dims",
+                f"{len(self.images)} channel files ({', '.join(f.rel for f in self.images)}) but "
+                f"{len(self.channels)} channel(s) expected ({', '.join(self.channels)})",
+            )
+            return
         files = [*self.images, *([self.label] if self.label else [])]
         for f in files:
             self.open(f)
@@ -527,17 +524,18 @@ class _CaseChecker:
         n_ch = len(self.channels)
         names = ", ".join(self.channels)
         if why is None and f.spatial is not None:
+            shape = f.header.shape if f.header else "?"
             if len(self.images) == 1 and n_ch > 1 and f.volumes != n_ch:
                 why = (
-                    f"image holds {f.volumes} volume(s) (shape {f.header.shape if f.header else '?'}) but the "
-                    f"manifest declares {n_ch} channels ({names}) in this one file; expected a 4D file with "
-                    f"{n_ch} volumes along the last axis, or one file per channel"
+                    f"image holds {f.volumes} volume(s) (shape {shape}) but {n_ch} channels ({names}) are expected "
+                    f"in this one file; expected a 4D file with {n_ch} volumes along the last axis, or one file per "
+                    "channel"
                 )
             elif (len(self.images) > 1 or n_ch == 1) and f.volumes != 1:
                 which = self.channels[self.images.index(f)] if len(self.images) > 1 else names
                 why = (
-                    f"image is 4D with {f.volumes} volumes (shape {f.header.shape if f.header else '?'}) but it "
-                    f"should hold the single channel {which!r}; expected a 3D volume"
+                    f"image holds {f.volumes} volumes (shape {shape}) but it should hold the single channel "
+                    f"{which!r}; expected a 3D volume"
                 )
             if why is not None:
                 f.spatial = None

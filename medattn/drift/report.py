@@ -191,6 +191,7 @@ def extract_features(
     """
     from tqdm.auto import tqdm
 
+    from medattn.data.gate import check_input_case
     from medattn.data.io import read_volume
     from medattn.data.transforms import apply, eval_transforms, inference_transforms
     from medattn.infer.sliding import sliding_window_predict
@@ -207,7 +208,16 @@ def extract_features(
         images = list(item["image"]) if isinstance(item["image"], (list, tuple)) else [item["image"]]
         case_id = str(item.get("case_id", Path(images[0]).name))
         try:
-            _gate(item, case_id, images, channel_names, plan.labels)
+            label = item.get("label")
+            check_input_case(
+                case_id,
+                images,
+                channel_names,
+                input_channels=item.get("channels"),
+                domain=item.get("domain"),
+                label=label,
+                labels=plan.labels if label else None,
+            )
             src = {"image": images[0] if len(images) == 1 else images}
             has_label = bool(item.get("label"))
             if has_label:
@@ -242,27 +252,6 @@ def extract_features(
             log.warning("skipping %s: %s", case_id, e)
             failures.append({"case": case_id, "file": images[0], "reason": f"{type(e).__name__}: {e}"})
     return feats, failures
-
-
-def _gate(
-    item: Mapping[str, Any], case_id: str, images: Sequence[str], channels: Sequence[str], labels: Mapping[int, str]
-) -> None:
-    """The input gate for one volume (and its label, when it has one); raises a DataError when it is refused."""
-    from medattn.data.gate import channel_mismatch, check_image_case, raise_if_refused
-
-    label = item.get("label")
-    checked = check_image_case(
-        case_id,
-        [Path(p) for p in images],
-        channels,
-        domain=item.get("domain"),
-        label=Path(label) if label else None,
-        labels=labels,
-    )
-    raise_if_refused(checked)
-    why = channel_mismatch(channels, item.get("channels"), single_file=len(images) == 1)
-    if why:
-        raise DataError(why, images[0], case_id)
 
 
 def _metadata_changes(ref: Sequence[VolumeFeatures], tgt: Sequence[VolumeFeatures]) -> dict[str, Any]:
@@ -461,16 +450,15 @@ def run_drift(
 
 def drift_command(args: argparse.Namespace) -> int:
     from medattn.data.guard import InputGuard, prepare_output_file
-    from medattn.data.importers import split_spec
     from medattn.data.io import atomic_write_text
+    from medattn.infer.inputs import input_files
 
     options = DriftOptions.from_args(args)
     out = Path(args.out)
     guard = InputGuard.of(other_files=[args.model])  # before the model or any volume is read
-    for spec, split in ((args.reference, args.reference_split), (args.target, args.target_split)):
-        items = dataset_items(spec, args.data_root, 1, split)
-        files = [p for d in items for p in [*d["image"], *([d["label"]] if d.get("label") else [])]]
-        guard = guard | InputGuard.of(files, dataset=split_spec(spec)[0] if items and "channels" in items[0] else None)
+    for spec in (args.reference, args.target):
+        files, dataset = input_files(spec, data_root=args.data_root)
+        guard = guard | InputGuard.of(files, dataset=dataset)
     guard.check_file(out, "-o")
     prepare_output_file(out, "-o")
     try:

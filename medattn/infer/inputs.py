@@ -10,7 +10,6 @@ image file in a folder is a case of its own (a 4D file may hold every channel).
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -116,41 +115,28 @@ def collect_inputs(
     return cases
 
 
-def verify_readable(path: Path) -> None:
-    """Raise a :class:`DataError` naming ``path`` when it is not a readable image or its voxel data is cut short.
+def input_files(
+    spec: str | Path, *, data_root: str | Path | None = None, import_options: dict[str, Any] | None = None
+) -> tuple[list[Path], Path | None]:
+    """Every file an input names, for :class:`~medattn.data.guard.InputGuard`: ``(files, dataset)``.
 
-    MONAI's NIfTI loader accepts a truncated ``.nii.gz`` without complaint (the missing voxels come back as
-    garbage), so for NIfTI the decompressed length is checked against the header by streaming through the file
-    (constant memory, about the cost of decompressing it once). Other formats fail loudly in their reader.
+    For a dataset, every image and label of every case of every domain, whatever ``:DOMAIN`` or ``--split``
+    selects (an output must not land among the other cases' files either), and the dataset's path (its
+    description file, or its folder); for image files, those files and None.
     """
-    import gzip
-    import zlib
+    from medattn.data.importers import load_dataset, split_spec
 
-    from medattn.data.io import NIFTI_SUFFIXES, read_header
-
-    read_header(path)
-    if not has_suffix(path, NIFTI_SUFFIXES):
-        return
-    import nibabel as nib
-
-    img: Any = nib.load(str(path))
-    hdr: Any = img.header
-    expected = int(hdr.get_data_offset()) + math.prod(img.shape) * hdr.get_data_dtype().itemsize
-    if not path.name.lower().endswith(".gz"):
-        got = path.stat().st_size
-    else:
-        got = 0
-        try:
-            with gzip.open(path, "rb") as f:
-                while got < expected:
-                    chunk = f.read(min(1 << 24, expected - got))
-                    if not chunk:
-                        break
-                    got += len(chunk)
-        except (EOFError, OSError, zlib.error) as e:
-            raise DataError(f"cannot read voxel data ({type(e).__name__}: {e}); the file may be truncated", path) from e
-    if got < expected:
-        raise DataError(f"voxel data is cut short: {got} of {expected} bytes; the file is truncated", path)
+    path, domains = split_spec(spec)
+    if path.is_file() and not domains and has_suffix(path, IMAGE_SUFFIXES):
+        return [path], None
+    if path.is_dir() and not domains and not _is_dataset(path) and _image_files(path):
+        return _image_files(path), None
+    if not path.exists():
+        raise DataError("input does not exist (expected an image file, a folder or a dataset)", path)
+    manifest = load_dataset(path, **(import_options or {}))
+    root = manifest.data_root(data_root)
+    files = [root / p for _, c in manifest.iter_cases() for p in (*c.images, *([c.label] if c.label else []))]
+    return files, path
 
 
 def shard(cases: Sequence[InputCase], rank: int, world_size: int) -> list[InputCase]:

@@ -33,7 +33,7 @@ import torch
 from medattn.data.io import read_header
 from medattn.errors import ConfigError, DataError
 from medattn.infer.distributed import Rank, gather, process_group
-from medattn.infer.inputs import InputCase, collect_inputs, shard
+from medattn.infer.inputs import InputCase, collect_inputs, input_files, shard
 from medattn.infer.outputs import (
     OUTPUT_FORMATS,
     PROBABILITY_DIR,
@@ -214,17 +214,18 @@ def run_predict(
         ConfigError: an output path that is an input file, or an output folder that is a file.
     """
     from medattn.data.gate import channel_mismatch
-    from medattn.data.guard import prepare_output_dir
-    from medattn.data.importers import split_spec
+    from medattn.data.guard import InputGuard, prepare_output_dir
     from medattn.train.checkpoint import load_model
 
     options = options or PredictOptions()
     rank = rank or Rank()
     out = Path(output_dir)
+    # The inputs (and a wrong --split) are known before anything is written or loaded; OUTPUT is checked against
+    # every file of the dataset, not only the cases selected.
     collect = {"data_root": data_root, "import_options": import_options, "split": split}
-    # The inputs are known before anything is written or loaded, so OUTPUT is checked against them first.
     cases = collect_inputs(input_spec, num_channels=1, **collect)  # type: ignore[arg-type]
-    guard = input_guard(cases, model_path, split_spec(input_spec)[0])
+    files, dataset = input_files(input_spec, data_root=data_root, import_options=import_options)
+    guard = InputGuard.of(files, [model_path], dataset)
     guard.check_dir(out, "OUTPUT")
     if options.save_probabilities is not None:
         guard.check_dir(out / PROBABILITY_DIR, "OUTPUT")
@@ -241,9 +242,8 @@ def run_predict(
     if len(named) == 1:  # a dataset names its channels once: a mismatch concerns every case, so stop here
         why = channel_mismatch(names, next(iter(named)), single_file=all(len(c.images) == 1 for c in cases))
         if why:
-            raise DataError(why, split_spec(input_spec)[0])
+            raise DataError(why, dataset)
     protected = sorted(guard.files)
-    _check_outputs(cases, out, options, protected)
     mine = shard(cases, rank.rank, rank.world_size)
     log.info("rank %d/%d: %d of %d cases on %s", rank.rank, rank.world_size, len(mine), len(cases), device)
 
@@ -264,15 +264,6 @@ def run_predict(
     return summary
 
 
-def input_guard(cases: Sequence[InputCase], model_path: str | Path, spec: Path) -> Any:
-    """The :class:`~medattn.data.guard.InputGuard` of a predict run: images, labels, the model, the dataset file."""
-    from medattn.data.guard import InputGuard
-
-    data = [p for c in cases for p in (*c.images, *([c.label] if c.label is not None else []))]
-    dataset = spec if any(c.channels is not None for c in cases) else None
-    return InputGuard.of(data, [model_path], dataset)
-
-
 class _Progress:
     """``predictions.json`` kept current as cases finish (``"complete": false``), so a killed run says what is done.
 
@@ -283,6 +274,12 @@ class _Progress:
     def __init__(self, out: Path, rank: Rank, build: Any) -> None:
         self.path = out / (SUMMARY_NAME if rank.world_size == 1 else f"predictions.rank{rank.rank}.json")
         self.out, self.rank, self.build = out, rank, build
+        if rank.is_main:  # before the first case: an earlier run's summary must not describe this run's folder
+            doc = build([])
+            doc["complete"] = False
+            if rank.world_size > 1:
+                doc["rank_files"] = [f"predictions.rank{r}.json" for r in range(rank.world_size)]
+            write_summary(out / SUMMARY_NAME, doc, ())
 
     def update(self, results: list[dict[str, Any]]) -> None:
         doc = self.build(results)
@@ -345,7 +342,8 @@ def _predict_cases(
         except Exception as e:  # one bad case must not stop the others; the reason is recorded
             result.status = "failed"
             result.file = getattr(e, "path", None) or str(case.images[0])
-            result.reason = _first_line(getattr(e, "problem", None) or f"{type(e).__name__}: {e}")
+            problem = getattr(e, "problem", None)  # ours: one line, kept whole (the gate lists every reason)
+            result.reason = _first_line(problem, 4000) if problem else _first_line(f"{type(e).__name__}: {e}")
             result.output, result.probabilities = None, []
             result.removed_stale = _remove_stale(case, out, options, plan, protected)
             log.warning("case %s failed: %s: %s", case.case_id, result.file, result.reason)
@@ -416,37 +414,25 @@ def _first_line(text: str, limit: int = 400) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def check_case(case: InputCase, names: Sequence[str], replace_nonfinite: bool = False) -> Any:
-    """The input gate for one case (:mod:`medattn.data.gate`): the checks of ``validate`` on its image files, and
-    its channels against the model's ``names``. Returns the gate's ``CaseResult``; raises a DataError naming the
-    file and every reason when the case is refused."""
-    from medattn.data.gate import channel_mismatch, check_image_case, raise_if_refused
-
-    checked = check_image_case(
-        case.case_id,
-        case.images,
-        names,
-        domain=case.domain,
-        nonfinite="replace" if replace_nonfinite else "error",
-    )
-    raise_if_refused(checked)
-    why = channel_mismatch(names, case.channels, single_file=len(case.images) == 1)
-    if why:
-        raise DataError(why, case.images[0], case.case_id)
-    return checked
-
-
 def _preprocessed(
     cases: Sequence[InputCase], transform: Any, options: PredictOptions, names: Sequence[str]
 ) -> Iterator[tuple[InputCase, Any, float]]:
     """(case, (preprocessed dict, gate result) or the exception, seconds), reading up to ``options.workers`` cases
     ahead in threads."""
+    from medattn.data.gate import check_input_case
     from medattn.data.transforms import apply
 
     def load(case: InputCase) -> tuple[Any, float]:
         t = time.perf_counter()
         try:
-            checked = check_case(case, names, options.replace_nonfinite)
+            checked = check_input_case(
+                case.case_id,
+                case.images,
+                names,
+                input_channels=case.channels,
+                domain=case.domain,
+                nonfinite="replace" if options.replace_nonfinite else "error",
+            )
             return (apply(transform, case.transform_input()), checked), time.perf_counter() - t
         except Exception as e:  # reported per case by the caller
             return e, time.perf_counter() - t
@@ -489,14 +475,6 @@ def _device(requested: str | None, rank: Rank) -> torch.device:
         if dev.index is None:
             dev = torch.device("cuda", rank.local_rank % torch.cuda.device_count())
     return dev
-
-
-def _check_outputs(cases: Sequence[InputCase], out: Path, options: PredictOptions, protected: Sequence[Path]) -> None:
-    inputs = {p.resolve() for p in protected}
-    targets = [output_path(c, out, options.output_format) for c in cases] + [out / SUMMARY_NAME]
-    clash = [str(t) for t in targets if t.resolve() in inputs]
-    if clash:
-        raise ConfigError(f"output file(s) {clash[:3]} would overwrite an input; choose another OUTPUT folder")
 
 
 def _summary(

@@ -37,10 +37,9 @@ RUN_FILES = (
 
 def prepare_run(
     config: TrainConfig | None, out: Path, resume: bool, info: distributed.DistInfo
-) -> tuple[TrainConfig, dict[str, Any] | None, Plan | None]:
-    """The run's config, its resume checkpoint (or None) and its saved plan (resume only)."""
-    from medattn.train.state import load_checkpoint
-
+) -> tuple[TrainConfig, Path | None, Plan | None]:
+    """The run's config, the path of its resume checkpoint (or None; loaded by the caller once the run folder is
+    known to be writable) and its saved plan (resume only)."""
     if resume:
         if not (out / "config.json").is_file():
             raise ConfigError(f"--resume: {out} holds no run (no config.json); start one without --resume")
@@ -48,7 +47,7 @@ def prepare_run(
         if config is not None:
             saved = saved.replace(**{f: getattr(config, f) for f in RUNTIME_FIELDS})
         plan = Plan.load(out / "plan.json") if (out / "plan.json").is_file() else None
-        ckpt = load_checkpoint(out / "checkpoint.pt") if (out / "checkpoint.pt").is_file() else None
+        ckpt = out / "checkpoint.pt" if (out / "checkpoint.pt").is_file() else None
         if ckpt is None and info.is_main:
             log.warning("%s: no checkpoint yet (killed during its first epoch); starting it again", out)
         return saved, ckpt, plan
@@ -78,6 +77,7 @@ def resolve_plan(
                 max_cases=config.plan_max_cases,
                 seed=config.seed,
                 progress=progress,
+                checked=True,  # the trainer's input gate has passed every case it is given
             )
             doc = plan.to_dict()
         plan = Plan.from_dict(distributed.broadcast_object(doc, info))

@@ -146,17 +146,18 @@ def train(
     from medattn.train.network import build_network, output_scales
     from medattn.train.optim import make_optimizer, make_poly_schedule
     from medattn.train.precision import resolve_precision
-    from medattn.train.state import capture_rng, restore_rng, save_checkpoint
+    from medattn.train.state import capture_rng, load_checkpoint, restore_rng, save_checkpoint
     from medattn.train.validation import validate
 
     out = Path(out)
     info = distributed.current()
-    config, ckpt, saved_plan = prepare_run(config, out, resume, info)
+    config, ckpt_path, saved_plan = prepare_run(config, out, resume, info)
     if info.is_main:  # before any data is read: the run folder is no input and can be written
         from medattn.data.guard import InputGuard, prepare_output_dir
 
         InputGuard.of_manifest(manifest, config.data_root, config.data or None).check_dir(out, "--out")
         prepare_output_dir(out, "--out")
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
     config = config.replace(fold=resolve_fold(manifest, config.fold))
     split = make_split(manifest, str(config.fold), config.folds, config.split_seed)
     split, excluded = _gate(manifest, split, config, info, progress and info.is_main)
@@ -325,25 +326,21 @@ def train(
 def _gate(
     manifest: Manifest, split: Split, config: TrainConfig, info: distributed.DistInfo, progress: bool
 ) -> tuple[Split, list[dict[str, Any]]]:
-    """Pass every training and validation case through the input gate before the first step (rank 0 reads,
-    every rank gets the verdict). Refused cases stop the run, or with ``exclude_invalid`` leave the split."""
-    from medattn.data.gate import enforce, gate_manifest
+    """Pass every training and validation case through the input gate before the first step (each process checks
+    its share, all get the verdict). Refused cases stop the run, or with ``exclude_invalid`` leave the split."""
+    from medattn.data.gate import admit
     from medattn.errors import DataError
 
-    doc: dict[str, Any] | None = None
-    if info.is_main:
-        report = gate_manifest(
-            manifest, [*split.train, *split.val], data_root=config.data_root, progress=progress, desc="check cases"
-        )
-        try:
-            enforce(report, exclude=config.exclude_invalid, command="training")
-            doc = {"excluded": report.to_list()}
-        except DataError as e:
-            doc = {"error": str(e)}
-    doc = distributed.broadcast_object(doc, info)
-    if "error" in doc:
-        raise DataError(doc["error"])
-    excluded: list[dict[str, Any]] = doc["excluded"]
+    _, excluded = admit(
+        manifest,
+        [*split.train, *split.val],
+        exclude=config.exclude_invalid,
+        command="training",
+        data_root=config.data_root,
+        progress=progress,
+        share=(info.rank, info.world_size),
+        gather=(lambda results: distributed.gather_objects(results, info)) if info.enabled else None,
+    )
     bad = {e["case"] for e in excluded}
     if not bad:
         return split, excluded

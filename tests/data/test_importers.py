@@ -370,6 +370,6 @@ def test_validate_refuses_manifest_climbing_out(tmp_path: Path, capsys: pytest.C
     assert err.strip().splitlines() == [
         f"medattn validate: error: {path}: case 'c1', images[0]: path '../../outside/img.nii.gz' climbs out of "
         "the data root with '..'; paths must stay inside it (put the file, or a symbolic link to it, under the "
-        "data root)"
+        "data root; a manifest written by an earlier `medattn synth --from` is fixed by running that command again)"
     ]
     assert not (tmp_path / "report.json").exists()

@@ -171,3 +171,21 @@ def test_fingerprint_leaves_out_the_test_split(tmp_path: Path) -> None:
     only_test = replace(m, domains=(replace(d, splits={"train": (), "test": tuple(ids)}),))
     with pytest.raises(ManifestError, match=r"4 labelled case.*test split"):
         make_plan(only_test)
+
+
+def test_plan_leaves_out_cases_the_input_checks_refuse(make_msd, tmp_path: Path, capsys) -> None:
+    """A case with a NaN voxel would skew the fingerprint's statistics: it is left out, named, and the exit code
+    says so (the plan is still written from the other cases)."""
+    import nibabel as nib
+
+    root = make_msd(n=4)
+    img = nib.load(root / "imagesTr" / "blob_002.nii.gz")
+    voxels = np.asarray(img.dataobj, dtype=np.float32)
+    voxels[1, 1, 1] = np.nan
+    nib.save(nib.Nifti1Image(voxels, img.affine), str(root / "imagesTr" / "blob_002.nii.gz"))
+    out = tmp_path / "plan.json"
+    assert main(["plan", str(root), "-o", str(out), "--quiet"]) == 1
+    printed = capsys.readouterr().out
+    assert "1 case(s) failed the input checks" in printed and "case 'blob_002'" in printed and "1 NaN" in printed
+    plan = json.loads(out.read_text())
+    assert plan["fingerprint"]["cases_used"] == 3 and len(plan["fingerprint"]["skipped_cases"]) == 1

@@ -162,7 +162,7 @@ def c_garbage(root: Path) -> tuple[Path, str, list[str]]:
 def c_4d(root: Path) -> tuple[Path, str, list[str]]:
     image, _ = blob_case(SHAPE, 1)
     write_nifti(img_path(root), np.stack([image] * 3, axis=-1))
-    return img_path(root), "dims", ["4D with 3 volumes", "'T1'"]
+    return img_path(root), "dims", ["holds 3 volumes", "'T1'"]
 
 
 def c_label_4d(root: Path) -> tuple[Path, str, list[str]]:
@@ -394,7 +394,8 @@ def test_one_4d_file_holds_the_declared_channels(tmp_path: Path) -> None:
     assert lows == pytest.approx([image.min(), -image.max()])
     assert [(p.case, p.check) for p in report.errors] == [("c1", "dims"), ("c2", "dims")]
     assert (
-        "holds 3 volume(s)" in report.errors[0].message and "declares 2 channels (T1, T2)" in report.errors[0].message
+        "holds 3 volume(s)" in report.errors[0].message
+        and "2 channels (T1, T2) are expected" in report.errors[0].message
     )
     assert "holds 1 volume(s)" in report.errors[1].message
 

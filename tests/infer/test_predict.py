@@ -105,7 +105,7 @@ def test_corrupt_truncated_and_wrong_channel_files_are_named_and_skipped(tmp_pat
     failed = {f["case"]: f for f in summary["failed"]}
     assert set(failed) == {"garbage", "truncated", "twochannel"}
     assert failed["truncated"]["file"].endswith("truncated.nii.gz") and "truncated" in failed["truncated"]["reason"]
-    assert "4D with 2 volumes" in failed["twochannel"]["reason"]
+    assert "holds 2 volumes" in failed["twochannel"]["reason"]
     assert "single channel 'MRI'" in failed["twochannel"]["reason"]
     assert summary["num_written"] == 2 and summary["num_failed"] == 3
     ok = [c for c in summary["cases"] if c["status"] == "ok"]

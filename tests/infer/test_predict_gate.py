@@ -192,3 +192,49 @@ def test_bad_files_get_a_one_line_reason_with_file_and_case(tmp_path: Path, mode
     assert failed["broken"]["reason"].startswith("[header] cannot read image header (SimpleITK:")
     assert "parsed 2 values, but dimension is 3" in failed["broken"]["reason"]  # ITK's cause, not its source path
     assert ".cxx" not in failed["broken"]["reason"]
+
+
+def test_split_outputs_are_refused_among_the_other_cases_files(tmp_path: Path, model_file, make_msd) -> None:
+    """--split selects the cases to predict, not the files to protect: the label folder of the training cases is
+    still the dataset's label folder."""
+    from tests.conftest import split_manifest
+
+    root = make_msd(n=3)
+    manifest = split_manifest(root, ["blob_002"])
+    (root / "labelsTr" / "blob_002.nii.gz").unlink()  # the test case has no label: its own folder is not at stake
+    assert main(["predict", str(model_file()), str(manifest), str(root / "labelsTr"), "--split", "test"]) == 2
+    assert sorted(p.name for p in (root / "labelsTr").iterdir()) == ["blob_000.nii.gz", "blob_001.nii.gz"]
+
+
+def test_an_interrupted_run_never_leaves_an_earlier_complete_summary(tmp_path: Path, model_file, monkeypatch) -> None:
+    import medattn.infer.predict as predict
+
+    inp = tmp_path / "in"
+    _images(inp)
+    out = tmp_path / "out"
+    assert main(["predict", str(model_file()), str(inp), str(out), "--quiet"]) == 0
+    assert _summary(out)["complete"] is True and _summary(out)["num_written"] == 2
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stands for a kill during the first case
+
+    monkeypatch.setattr(predict, "_predict_one", killed)
+    assert main(["predict", str(model_file()), str(inp), str(out), "--quiet"]) == 130
+    summary = _summary(out)
+    assert summary["complete"] is False and summary["cases"] == []  # the old masks are not this run's
+
+
+def test_numbered_channel_files_of_another_count_are_refused(tmp_path: Path, model_file) -> None:
+    model = model_file(small_plan(channels=("FLAIR", "T1")))
+    inp = tmp_path / "in"
+    for k in range(3):
+        write_nifti(inp / f"x_{k:04d}.nii.gz", blob_case(SHAPE, seed=0)[0] + k)
+    for k in range(2):
+        write_nifti(inp / f"y_{k:04d}.nii.gz", blob_case(SHAPE, seed=1)[0] + k)
+    assert main(["predict", str(model), str(inp), str(tmp_path / "out"), "--quiet"]) == 1
+    summary = _summary(tmp_path / "out")
+    assert [c["case"] for c in summary["cases"] if c["status"] == "ok"] == ["y"]
+    assert (
+        "3 channel files" in summary["failed"][0]["reason"]
+        and "2 channel(s) expected (FLAIR, T1)" in summary["failed"][0]["reason"]
+    )
