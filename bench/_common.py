@@ -1,5 +1,7 @@
 """Shared helpers for the benchmarks in ``bench/``: interleaved timing, machine description, JSON and tables.
 
+JSON and tables come from the package (:func:`medattn.jsonio.write_json`, :func:`medattn.text.format_table`).
+
 Timing rules every benchmark follows: contenders are timed in the same process and interleaved (one call of each
 per round, in an order that rotates every round) so that a slow spell of the machine hits all of them alike;
 each result reports the median, the fastest run and the spread (interquartile range); a ratio between two
@@ -12,7 +14,6 @@ against the baseline of the same run, its spread and the goal), which ``bench/ru
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import platform
@@ -21,9 +22,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from medattn.jsonio import write_json as write_json  # re-exported: every benchmark writes its JSON with it
+from medattn.text import format_table as format_table  # re-exported: every benchmark prints its tables with it
 
 REPO = Path(__file__).resolve().parents[1]
 #: The real datasets beside the checkout (read-only; never copied into the project).
@@ -379,35 +383,3 @@ def run_fresh(fn: Callable[..., Any], *args: Any) -> Any:
     ctx.set_forkserver_preload(_FORKSERVER_PRELOAD)
     with ctx.Pool(1) as pool:
         return pool.apply(fn, args)
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Dataclasses, tuples and paths to plain JSON types (recursively)."""
-    if hasattr(obj, "__dataclass_fields__"):
-        return to_jsonable(asdict(obj))
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def write_json(path: str | Path, doc: Any) -> Path:
-    """Write ``doc`` as indented JSON atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(to_jsonable(doc), indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain-text table with a rule under the header; cells are ``str()``-ed and left-aligned."""
-    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)

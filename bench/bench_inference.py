@@ -274,10 +274,9 @@ def throughput(
 
 
 def dice_of(pred: torch.Tensor, label: torch.Tensor) -> float:
-    from medattn.train.validation import dice_per_class
+    from medattn.dice import defined_mean, dice_per_class
 
-    d = dice_per_class(pred.cpu(), label.cpu(), CLASSES).numpy()
-    return float(np.nanmean(d)) if not np.all(np.isnan(d)) else math.nan
+    return defined_mean(dice_per_class(pred.cpu(), label.cpu(), range(1, CLASSES)))[0]
 
 
 def _train_step(

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from medattn.data.io import atomic_write_text
     from medattn.drift.calibration import cached_features, calibrate
     from medattn.drift.report import DriftOptions, dataset_items
-    from medattn.train.checkpoint import load_model
+    from medattn.models.model_file import load_model
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     out = Path(args.out)

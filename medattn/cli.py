@@ -14,7 +14,6 @@ failed mid-run); 4 ``drift`` found drift. No error ends in a traceback unless ``
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -90,23 +89,9 @@ def _guard_output_file(manifest: Any, args: argparse.Namespace, out: Path, what:
 
 
 def _write_json(path: str | Path, doc: Any) -> Path:
-    from medattn.data.io import atomic_write_text
+    from medattn.jsonio import write_json
 
-    return atomic_write_text(path, json.dumps(doc, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    return write_json(path, doc)
 
 
 # ---- commands --------------------------------------------------------------------------------------------------
@@ -117,6 +102,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from medattn.data.io import atomic_write_text
     from medattn.data.validate import CHECKS, format_report, validate_manifest
     from medattn.errors import ConfigError, DataError
+    from medattn.jsonio import dumps
 
     skip = [s.strip() for s in (args.skip or "").split(",") if s.strip()]
     unknown = sorted(set(skip) - set(CHECKS))
@@ -132,7 +118,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     report = validate_manifest(manifest, data_root=args.data_root, checks=checks, progress=not args.quiet)
     print(format_report(report, max_rows=args.max_rows))
     if out is not None:
-        doc = json.dumps(report.to_dict(), indent=2, default=_json_default) + "\n"
+        doc = dumps(report.to_dict())
         try:
             atomic_write_text(out, doc)
         except OSError as e:

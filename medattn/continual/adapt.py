@@ -152,7 +152,7 @@ def adapt(
     """
     from medattn.continual.loggers import close_loggers, make_loggers
     from medattn.continual.scenario import ScenarioOptions, domain_scenario
-    from medattn.train.checkpoint import load_model
+    from medattn.models.model_file import load_model
 
     out = Path(out)
     model_path = Path(model)

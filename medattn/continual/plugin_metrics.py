@@ -8,13 +8,14 @@
 * :class:`EpochDice` (train): Dice of the full-resolution training output on the epoch's patches, pooled over the
   epoch's voxels (``Dice_Epoch/train_phase/train_stream/Task000``), a cheap learning signal for the logs.
 
-Per case, Dice is :func:`medattn.train.validation.dice_per_class` (the one ``medattn train`` validates with): a
-class absent from both prediction and label gives NaN and is left out of the averages.
+Dice is :mod:`medattn.dice`, the one every command scores with (``medattn train``'s validation, drift,
+``evaluate``): per case :func:`~medattn.dice.dice_per_class`, pooled over an epoch
+:func:`~medattn.dice.dice_from_counts`. A class absent from both prediction and label gives NaN; it is left out of
+the averages and counted (``n_empty`` in :attr:`ExperienceDice.results`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,12 +25,12 @@ from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
 from avalanche.evaluation.metric_utils import get_metric_name
 
-from medattn.train.validation import dice_per_class
+from medattn.dice import confusion_counts, defined_mean, dice_from_counts, dice_per_class
+from medattn.models.unet import full_resolution
 
 
 def _nanmean(values: Sequence[float]) -> float:
-    arr = np.asarray(values, dtype=float)
-    return float(np.nanmean(arr)) if arr.size and not np.all(np.isnan(arr)) else math.nan
+    return defined_mean(values)[0]
 
 
 class ExperienceDice(PluginMetric[float]):
@@ -39,8 +40,9 @@ class ExperienceDice(PluginMetric[float]):
         class_names: names of all classes, background first; Dice is reported for classes 1..K-1.
 
     Attributes:
-        results: experience id -> ``{"domain", "dice", "per_class": {name: value}, "cases": {id: {name: value}}}``
-            for the experiences evaluated since :meth:`clear_results`.
+        results: experience id -> ``{"domain", "dice", "per_class": {name: value}, "n_empty": {name: count},
+            "cases": {id: {name: value}}}`` for the experiences evaluated since :meth:`clear_results`; ``n_empty``
+            counts the cases where the class is absent from both prediction and label (left out of ``per_class``).
     """
 
     def __init__(self, class_names: Sequence[str]) -> None:
@@ -59,10 +61,16 @@ class ExperienceDice(PluginMetric[float]):
         self.results = {}
 
     def per_class(self) -> list[float]:
-        """Mean over cases of each foreground class's Dice."""
-        n = len(self.class_names) - 1
+        """Mean over cases of each foreground class's Dice (cases where it is undefined left out)."""
+        return [m for m, _ in self._class_means()]
+
+    def n_empty(self) -> list[int]:
+        """Per foreground class, the cases where it is absent from both prediction and label (Dice undefined)."""
+        return [e for _, e in self._class_means()]
+
+    def _class_means(self) -> list[tuple[float, int]]:
         rows = list(self._cases.values())
-        return [_nanmean([r[c] for r in rows]) for c in range(n)]
+        return [defined_mean([r[c] for r in rows]) for c in range(len(self.class_names) - 1)]
 
     def result(self) -> float:
         return _nanmean(self.per_class())
@@ -75,7 +83,7 @@ class ExperienceDice(PluginMetric[float]):
         ids = strategy.mbatch.meta.get("case_id") or [None] * len(pred)
         for i, (p, t) in enumerate(zip(pred, target)):
             key = str(ids[i]) if ids[i] is not None else f"#{len(self._cases)}"
-            self._cases[key] = dice_per_class(p.cpu(), t.cpu(), len(self.class_names)).tolist()
+            self._cases[key] = dice_per_class(p, t, range(1, len(self.class_names))).tolist()
 
     def after_eval_exp(self, strategy: Any) -> list[MetricValue]:
         exp = strategy.experience
@@ -86,6 +94,7 @@ class ExperienceDice(PluginMetric[float]):
             "domain": getattr(exp, "domain", None),
             "dice": mean,
             "per_class": dict(zip(names, per_class)),
+            "n_empty": dict(zip(names, self.n_empty())),
             "cases": {cid: dict(zip(names, vals)) for cid, vals in self._cases.items()},
         }
         x = strategy.clock.train_iterations
@@ -136,21 +145,18 @@ class EpochDice(PluginMetric[float]):
         return "Dice_Epoch"
 
     def reset(self) -> None:
-        self._inter = torch.zeros(self.num_classes - 1, dtype=torch.float64)
-        self._total = torch.zeros(self.num_classes - 1, dtype=torch.float64)
+        self._counts = np.zeros((3, self.num_classes - 1), dtype=np.int64)  # TP, FP, FN per foreground class
 
     def result(self) -> float:
-        present = self._total > 0
-        if not bool(present.any()):
-            return math.nan
-        return float((2 * self._inter[present] / self._total[present]).mean())
+        """Mean over foreground classes of the pooled Dice; a class absent from every patch and prediction is left
+        out (NaN when every class is)."""
+        return defined_mean(dice_from_counts(*self._counts))[0]
 
     def before_training_epoch(self, strategy: Any) -> None:
         self.reset()
 
     @torch.no_grad()
     def after_training_iteration(self, strategy: Any) -> None:
-        from medattn.continual.template import full_resolution
         from medattn.infer.stitch import argmax_classes
 
         logits = full_resolution(strategy.mb_output)
@@ -159,11 +165,7 @@ class EpochDice(PluginMetric[float]):
         dtype = torch.uint8 if logits.shape[1] <= 256 else torch.int32
         pred = torch.empty((logits.shape[0], *logits.shape[2:]), dtype=dtype, device=logits.device)
         argmax_classes(logits.transpose(0, 1), pred)
-        target = strategy.mb_y[:, 0].long()
-        for c in range(1, self.num_classes):
-            p, t = pred == c, target == c
-            self._inter[c - 1] += float((p & t).sum())
-            self._total[c - 1] += float(p.sum() + t.sum())
+        self._counts += np.stack(confusion_counts(pred, strategy.mb_y[:, 0], range(1, self.num_classes)))
 
     def after_training_epoch(self, strategy: Any) -> list[MetricValue]:
         name = get_metric_name(self, strategy, add_experience=False)

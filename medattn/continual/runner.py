@@ -25,7 +25,6 @@ import dataclasses
 import json
 import logging
 import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,8 @@ from medattn.continual.metrics import DiceMatrix
 from medattn.continual.plugin_metrics import ExperienceDice
 from medattn.data.io import atomic_write_text, atomic_write_with
 from medattn.errors import ConfigError, DataError
+from medattn.jsonio import dumps
+from medattn.runtime import resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -80,23 +81,6 @@ class ExperienceGate(Protocol):
     def __call__(
         self, model: Any, plan: Any, incoming: Any, trained: Sequence[Any], dice_row: dict[str, float | None] | None
     ) -> dict[str, Any]: ...
-
-
-def resolve_device(device: str | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
-    return dev
-
-
-def seed_everything(seed: int) -> None:
-    """Seed PyTorch, NumPy and Python's global generators (the MONAI transforms are seeded per experience)."""
-    seed = int(seed) % (2**32)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def experience_seed(seed: int, index: int) -> int:
@@ -232,7 +216,7 @@ def run_method(
 
     Args:
         name: method name.
-        start: the loaded start model (``medattn.train.checkpoint.load_model``).
+        start: the loaded start model (``medattn.models.model_file.load_model``).
         bench: the Avalanche benchmark of :func:`~medattn.continual.scenario.domain_scenario`.
         cfg: the run configuration.
         folder: this method's output folder.
@@ -244,7 +228,7 @@ def run_method(
     Returns:
         :class:`MethodRun`; ``finished`` is False when stopped early.
     """
-    from medattn.train.checkpoint import save_model
+    from medattn.models.model_file import save_model
 
     folder = Path(folder)
     state_path = folder / "state.pt"
@@ -379,7 +363,7 @@ def _adapted(decisions: Sequence[dict[str, Any]], index: int) -> bool:
 
 def _plain(record: dict[str, Any]) -> dict[str, Any]:
     """A JSON round trip: NumPy scalars become Python ones, so the record is weights-only loadable in ``state.pt``."""
-    return json.loads(json.dumps(record, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+    return json.loads(dumps(record, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
 def _first_decision(domain: str) -> dict[str, Any]:

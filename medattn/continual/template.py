@@ -57,11 +57,6 @@ _CLOCK_FIELDS = (
 )
 
 
-def full_resolution(output: Any) -> torch.Tensor:
-    """The finest logits of a network output (a tensor, or a deep-supervision list whose first item it is)."""
-    return output[0] if isinstance(output, (list, tuple)) else output
-
-
 def batch_norm_layers(model: nn.Module) -> list[str]:
     """Names of the batch-norm modules of ``model`` (whose running statistics follow the latest training data)."""
     return [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

@@ -62,6 +62,7 @@ from medattn.data.geometry import axcodes
 from medattn.data.io import VolumeHeader, read_header, read_volume, spacing_from_affine
 from medattn.data.manifest import Case, Domain, Manifest
 from medattn.errors import ConfigError, DataError
+from medattn.text import table_lines
 
 log = logging.getLogger(__name__)
 
@@ -390,9 +391,7 @@ def format_report(report: ValidationReport, max_rows: int | None = 50) -> str:
         header = ("case", "domain", "file", "check", "level", "problem")
         rows = [(p.case, p.domain, p.file or "-", p.check, p.severity, p.message) for p in shown]
         if rows:
-            widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
-            for r in [header, *rows]:
-                lines.append("  ".join([*(v.ljust(w) for v, w in zip(r, widths)), r[-1]]).rstrip())
+            lines += table_lines(header, rows, rule=False)
         hidden = problems[len(shown) :]
         if hidden:
             n_err = sum(p.severity == "error" for p in hidden)

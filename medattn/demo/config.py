@@ -49,6 +49,7 @@ class DemoConfig:
         threads: PyTorch intra-op threads, fixed so that two runs compute in the same order. One by default: on a
             shared 2-core machine a second thread spins waiting for a core (a training step measured 5-7 s with two
             threads against 0.1 s CPU with one, at load average 13), and the demo's 32^3 patches gain little from it.
+            ``medattn demo`` applies it around the run; :func:`medattn.demo.run` only records it.
         device: ``cpu``, ``cuda`` or ``cuda:N``; None: CUDA when available.
     """
 

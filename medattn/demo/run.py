@@ -44,12 +44,14 @@ def run(
         progress: show progress bars.
         echo: where the step lines go.
 
+    ``cfg.threads`` is recorded in ``demo_config.json`` but not applied: the thread count is the caller's (global
+    PyTorch state); ``medattn demo`` runs this inside :func:`medattn.runtime.torch_threads`, and a caller that wants
+    the command's numbers does the same.
+
     Raises:
         ConfigError: bad options or output folder; DataError / ManifestError: unreadable data;
         MedattnError: validation found problems (the report lists them in ``validation.json``).
     """
-    import torch
-
     from medattn.data.io import atomic_write_text
     from medattn.data.plan import make_plan
     from medattn.data.validate import format_report, validate_manifest
@@ -57,7 +59,6 @@ def run(
 
     out = Path(out)
     prepare_out(out, data)
-    torch.set_num_threads(cfg.threads)
     atomic_write_text(out / "demo_config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
     steps = StepLog(echo)
 
@@ -100,12 +101,15 @@ def _fmt_triple(values: Sequence[float]) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """``medattn demo``: run, print the summary table and where the report is; returns the exit code."""
+    """``medattn demo``: run with ``--threads`` PyTorch threads, print the summary table and where the report is;
+    returns the exit code."""
     from medattn.report.demo_report import format_summary
+    from medattn.runtime import torch_threads
 
     cfg = DemoConfig.from_args(args)
     t0 = time.perf_counter()
-    result = run(cfg, args.out, data=args.data, data_root=args.data_root, progress=not args.quiet)
+    with torch_threads(cfg.threads):
+        result = run(cfg, args.out, data=args.data, data_root=args.data_root, progress=not args.quiet)
     print()
     print(format_summary(result.summary))
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; report: {result.report.resolve()}")

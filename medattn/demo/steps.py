@@ -66,7 +66,7 @@ class DemoSteps:
     def loaded_model(self) -> Any:
         """The trained model (``model_last.pt``), loaded once for the drift step and the figures."""
         if self._loaded is None:
-            from medattn.train.checkpoint import load_model
+            from medattn.models.model_file import load_model
 
             self._loaded = load_model(self.model_path, device=self.cfg.device or "cpu")
         return self._loaded
@@ -121,9 +121,9 @@ class DemoSteps:
         )
 
     def predict(self) -> None:
-        from medattn.data.io import atomic_write_text
         from medattn.evaluate.report import EvaluateOptions, evaluate_folder
         from medattn.infer.predict import PredictOptions, run_predict
+        from medattn.jsonio import write_json
 
         heldout = dataclasses.replace(
             self.manifest,
@@ -151,7 +151,7 @@ class DemoSteps:
                 "dice": _round(s["mean"]["dice"]["mean"]),
                 "per_class": {s[str(v)]["name"]: _round(s[str(v)]["dice"]["mean"]) for v in labels},
             }
-        atomic_write_text(pred_dir / "evaluation.json", json.dumps(docs, indent=2, default=_jsonable) + "\n")
+        write_json(pred_dir / "evaluation.json", docs)
         self.results["heldout"] = per_domain
         self.results["predictions"] = sorted(
             f"predictions/{Path(c['output']).name}" for c in summary["cases"] if c["status"] == "ok"
@@ -162,9 +162,9 @@ class DemoSteps:
             raise MedattnError(f"{summary['num_failed']} held-out volume(s) could not be predicted; see {pred_dir}")
 
     def drift(self) -> None:
-        from medattn.data.io import atomic_write_text
         from medattn.drift.report import DriftOptions, analyse, extract_features, write_plots
         from medattn.errors import DataError
+        from medattn.jsonio import write_json
 
         others = [d.name for d in self.manifest.domains if d.name != self.first]
         self.steps.start("drift", f"drift tests: scanner {self.first} as reference, {', '.join(others)} as targets")
@@ -187,10 +187,7 @@ class DemoSteps:
                 lines.append(f"{name}: not tested ({e.problem})")
                 continue
             rep.plots = [str(p) for p in write_plots(rep, self.out, f"drift_{safe_name(name)}")]
-            atomic_write_text(
-                self.out / "drift" / f"{safe_name(name)}.json",
-                json.dumps(rep.to_dict(), indent=2, default=_jsonable) + "\n",
-            )
+            write_json(self.out / "drift" / f"{safe_name(name)}.json", rep.to_dict())
             found[name] = {
                 "drift": rep.drift,
                 "p_mmd": _round(rep.tests["mmd"].p_value),
@@ -343,16 +340,3 @@ def _round(v: Any) -> float | None:
         return None
     v = float(v)
     return None if v != v else round(v, 6)
-
-
-def _jsonable(o: Any) -> Any:
-    """numpy scalars and arrays in the drift and evaluation documents, as JSON numbers and lists."""
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

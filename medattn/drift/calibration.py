@@ -160,7 +160,7 @@ def cached_features(
     match; any change extracts again.
     """
     from medattn.drift.report import extract_features
-    from medattn.train.checkpoint import load_model
+    from medattn.models.model_file import load_model
 
     cache = Path(cache)
     key = {

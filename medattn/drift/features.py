@@ -26,6 +26,8 @@ import torch
 from scipy import ndimage
 from torch import nn
 
+from medattn.dice import defined_mean, dice_per_class
+
 log = logging.getLogger(__name__)
 
 IMAGE_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -144,7 +146,8 @@ class VolumeFeatures:
         prediction: mean softmax entropy and predicted volume per foreground class in mm³.
         image: raw-intensity statistics of the first channel (see :func:`image_statistics`).
         metadata: spacing (mm, as stored), shape, orientation code, and acquisition metadata when known.
-        dice: per foreground class Dice against the label on the preprocessed grid, when a label exists.
+        dice: per foreground class Dice against the label on the preprocessed grid, when a label exists
+            (:func:`class_dice`: NaN where the class is absent from both prediction and label).
     """
 
     case_id: str
@@ -158,8 +161,13 @@ class VolumeFeatures:
 
     @property
     def mean_dice(self) -> float | None:
-        """Mean foreground Dice of this volume; None without a label."""
-        return float(np.mean(list(self.dice.values()))) if self.dice else None
+        """Mean foreground Dice of this volume over the classes where it is defined; None without a label, or when
+        every class is absent from both prediction and label (then it is left out of set means, see
+        :func:`mean_dice`, and counted by :func:`count_undefined_dice`)."""
+        if not self.dice:
+            return None
+        mean, _ = defined_mean(list(self.dice.values()))
+        return None if np.isnan(mean) else mean
 
     def vector(self, groups: Sequence[str] = ("model", "prediction")) -> np.ndarray:
         """The numeric feature vector of the chosen groups (``model``, ``prediction``, ``image``)."""
@@ -182,7 +190,7 @@ class VolumeFeatures:
             "prediction": self.prediction,
             "image": self.image,
             "metadata": self.metadata,
-            "dice": self.dice,
+            "dice": None if self.dice is None else {k: None if np.isnan(v) else v for k, v in self.dice.items()},
             "model_features": self.model.tolist(),
         }
 
@@ -201,16 +209,11 @@ def prediction_statistics(
     return stats
 
 
-def dice_per_class(pred: np.ndarray, label: np.ndarray, class_names: Mapping[int, str]) -> dict[str, float]:
-    """Dice per foreground class (class indices); 1.0 when both are empty."""
-    out = {}
-    for k, name in class_names.items():
-        if k == 0:
-            continue
-        p, g = pred == k, label == k
-        denom = p.sum() + g.sum()
-        out[name] = 1.0 if denom == 0 else float(2.0 * np.logical_and(p, g).sum() / denom)
-    return out
+def class_dice(pred: np.ndarray, label: np.ndarray, class_names: Mapping[int, str]) -> dict[str, float]:
+    """Class name -> Dice of each foreground class of class-index maps (X, Y, Z), by
+    :func:`medattn.dice.dice_per_class`: NaN where the class is absent from both prediction and label."""
+    fg = {k: name for k, name in class_names.items() if k != 0}
+    return {name: float(d) for name, d in zip(fg.values(), dice_per_class(pred, label, list(fg)), strict=True)}
 
 
 def header_metadata(meta: Mapping[str, Any], case_metadata: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -231,6 +234,12 @@ def header_metadata(meta: Mapping[str, Any], case_metadata: Mapping[str, Any] | 
 
 
 def mean_dice(features: Sequence[VolumeFeatures]) -> float | None:
-    """Mean over volumes of each volume's mean foreground Dice; None when no volume has a label."""
+    """Mean over volumes of each volume's mean foreground Dice; None when no volume has a defined one (volumes
+    without a label, or with every class absent from both prediction and label, are left out)."""
     vals = [f.mean_dice for f in features if f.mean_dice is not None]
     return float(np.mean(vals)) if vals else None
+
+
+def count_undefined_dice(features: Sequence[VolumeFeatures]) -> int:
+    """Volumes with a label whose mean Dice is undefined (every class absent from both prediction and label)."""
+    return sum(1 for f in features if f.dice is not None and f.mean_dice is None)

@@ -116,7 +116,7 @@ class DriftGate:
         """
         import torch
 
-        from medattn.train.checkpoint import LoadedModel
+        from medattn.models.model_file import LoadedModel
 
         t0 = time.perf_counter()
         opts = self.options

@@ -31,7 +31,8 @@ import numpy as np
 from medattn.drift.features import (
     FeatureCollector,
     VolumeFeatures,
-    dice_per_class,
+    class_dice,
+    count_undefined_dice,
     header_metadata,
     image_statistics,
     mean_dice,
@@ -186,7 +187,7 @@ def extract_features(
     """Run sliding-window inference once per item, collecting :class:`VolumeFeatures`; failures are named.
 
     Args:
-        loaded: a :class:`~medattn.train.checkpoint.LoadedModel`.
+        loaded: a :class:`~medattn.models.model_file.LoadedModel`.
         items: dicts with ``image`` (paths), optional ``label``, ``case_id``, ``domain``, ``metadata``.
     """
     from tqdm.auto import tqdm
@@ -233,7 +234,7 @@ def extract_features(
             labels = result.labels.cpu().numpy()
             dice = None
             if has_label:
-                dice = dice_per_class(labels, np.rint(np.asarray(data["label"][0])).astype(np.int64), names)
+                dice = class_dice(labels, np.rint(np.asarray(data["label"][0])).astype(np.int64), names)
             feats.append(
                 VolumeFeatures(
                     case_id=case_id,
@@ -282,7 +283,11 @@ def _dice_summary(ref: Sequence[VolumeFeatures], tgt: Sequence[VolumeFeatures]) 
         "reference_mean": r,
         "target_mean": t,
         "drop": (r - t) if r is not None and t is not None else None,
-        "note": "mean foreground Dice on the preprocessed grid; only volumes with labels",
+        "reference_n_empty": count_undefined_dice(ref),
+        "target_n_empty": count_undefined_dice(tgt),
+        "note": "mean foreground Dice on the preprocessed grid; only volumes with labels; a class absent from both "
+        "prediction and label is left out of its volume's mean, and a volume with every class absent is left out "
+        "of the set's mean and counted in *_n_empty",
     }
 
 
@@ -430,7 +435,7 @@ def run_drift(
     target_split: str | None = None,
 ) -> DriftReport:
     """Extract features from both sets with the model and analyse them (see the module docstring)."""
-    from medattn.train.checkpoint import load_model
+    from medattn.models.model_file import load_model
 
     options = options or DriftOptions()
     t0 = time.perf_counter()
@@ -450,8 +455,8 @@ def run_drift(
 
 def drift_command(args: argparse.Namespace) -> int:
     from medattn.data.guard import InputGuard, prepare_output_file
-    from medattn.data.io import atomic_write_text
     from medattn.infer.inputs import input_files
+    from medattn.jsonio import write_json
 
     options = DriftOptions.from_args(args)
     out = Path(args.out)
@@ -479,17 +484,9 @@ def drift_command(args: argparse.Namespace) -> int:
             return EXIT_TOO_FEW
         raise
     report.plots = write_plots(report, out.parent if str(out.parent) else Path("."), out.name.rsplit(".", 1)[0])
-    atomic_write_text(out, json.dumps(report.to_dict(), indent=2, default=_default) + "\n")
+    write_json(out, report.to_dict())
     print(format_report(report))
     print(f"report written to {out}; plots: {', '.join(report.plots)}")
     if report.drift:
         return EXIT_DRIFT
     return EXIT_PROBLEMS if report.failures else EXIT_NO_DRIFT
-
-
-def _default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o).__name__)

@@ -2,7 +2,7 @@
 
 Per foreground class of one case, from a predicted and a reference label map on the same grid:
 
-* **Dice** (``monai.metrics.DiceMetric``): ``2 |P ∩ G| / (|P| + |G|)``.
+* **Dice** (:func:`medattn.dice.dice_from_counts`, the one Dice of every medattn command): ``2 |P ∩ G| / (|P| + |G|)``.
 * **HD95** (``monai.metrics.HausdorffDistanceMetric(percentile=95)``): the larger of the two directed 95th
   percentiles of the distances (mm) between the surface voxels of P and of G (surface: voxels removed by a
   one-voxel erosion, 6-connected).
@@ -12,19 +12,20 @@ Per foreground class of one case, from a predicted and a reference label map on 
 
 Distances use the voxel spacing (column norms of the affine), so anisotropic grids are measured in mm.
 
-Empty masks, decided once and used everywhere:
+Empty masks, by the rule of :mod:`medattn.dice` (nnU-Net's), the same for the three metrics:
 
 =====================  ======  ========  =====
 P (prediction), G      Dice    HD95      NSD
 =====================  ======  ========  =====
-both empty             1.0     0.0       1.0
+both empty             NaN     NaN       NaN
 one of them empty      0.0     ``inf``   0.0
 =====================  ======  ========  =====
 
-"Both empty" is a correct prediction of absence and scores as perfect (MONAI's ``ignore_empty=False``); the case
-row records ``gt_voxels`` and ``pred_voxels`` so such rows can be filtered. HD95 is undefined when exactly one
-surface is missing; it is reported as ``inf``, summaries average the finite values and count the infinite ones
-(``n_infinite``) so a missed structure is never silently averaged away.
+"Both empty" (a class absent from the case and not predicted) has nothing to measure: every metric is undefined
+(NaN, written as ``null`` in JSON and empty in CSV), summaries leave it out and count it (``n_empty``), and the case
+row records ``gt_voxels`` and ``pred_voxels`` (both 0). HD95 is undefined when exactly one surface is missing; it is
+reported as ``inf``, summaries average the finite values and count the infinite ones (``n_infinite``) so a missed
+or hallucinated structure is never silently averaged away.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from medattn.dice import dice_from_counts
+
 #: NSD tolerance (mm) used for every class unless told otherwise.
 DEFAULT_NSD_TOLERANCE_MM = 1.0
 METRICS = ("dice", "hd95", "nsd")
@@ -48,9 +51,9 @@ class ClassScores:
     """Scores of one foreground class in one case.
 
     Attributes:
-        dice: in [0, 1].
-        hd95: mm; 0.0 when both masks are empty, ``inf`` when exactly one is.
-        nsd: in [0, 1] at ``tolerance_mm``.
+        dice: in [0, 1]; NaN when both masks are empty.
+        hd95: mm; NaN when both masks are empty, ``inf`` when exactly one is.
+        nsd: in [0, 1] at ``tolerance_mm``; NaN when both masks are empty.
         tolerance_mm: NSD tolerance used.
         gt_voxels, pred_voxels: voxels of the class in the reference and in the prediction.
     """
@@ -95,23 +98,24 @@ def segmentation_scores(
 
 def binary_scores(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], tolerance_mm: float) -> ClassScores:
     """:class:`ClassScores` of two boolean masks (see the module docstring for empty masks)."""
-    from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDiceMetric
+    from monai.metrics import HausdorffDistanceMetric, SurfaceDiceMetric
 
-    n_pred, n_gt = int(pred.sum()), int(gt.sum())
+    n_pred, n_gt = int(np.count_nonzero(pred)), int(np.count_nonzero(gt))
+    n_both = int(np.count_nonzero(pred & gt))
+    dice = float(dice_from_counts(n_both, n_pred - n_both, n_gt - n_both))
     if n_pred == 0 and n_gt == 0:
-        return ClassScores(1.0, 0.0, 1.0, tolerance_mm, 0, 0)
+        return ClassScores(dice, math.nan, math.nan, tolerance_mm, 0, 0)
     if n_pred == 0 or n_gt == 0:
-        return ClassScores(0.0, math.inf, 0.0, tolerance_mm, n_gt, n_pred)
+        return ClassScores(dice, math.inf, 0.0, tolerance_mm, n_gt, n_pred)
     p, g = _crop_to_union(pred, gt)
     yp = torch.from_numpy(p)[None, None].float()
     yg = torch.from_numpy(g)[None, None].float()
     sp = list(spacing)
     with warnings.catch_warnings():  # MONAI 1.5+ passes a deprecated argument to itself; nothing a user can act on
         warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
-        dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(yp, yg)
         hd = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(yp, yg, spacing=sp)
         nsd = SurfaceDiceMetric([tolerance_mm], include_background=True, reduction="none")(yp, yg, spacing=sp)
-    return ClassScores(_scalar(dice), _scalar(hd), _scalar(nsd), tolerance_mm, n_gt, n_pred)
+    return ClassScores(dice, _scalar(hd), _scalar(nsd), tolerance_mm, n_gt, n_pred)
 
 
 def _scalar(x: Any) -> float:
@@ -149,6 +153,7 @@ class Summary:
         median: of the finite values.
         n: finite values summarised.
         n_infinite: values left out because infinite (HD95 of a missed or hallucinated structure).
+        n_empty: values left out because undefined (NaN: the class absent from both prediction and reference).
         confidence, resamples: of the bootstrap.
     """
 
@@ -159,6 +164,7 @@ class Summary:
     ci_high: float
     n: int
     n_infinite: int
+    n_empty: int
     confidence: float
     resamples: int
 
@@ -171,14 +177,15 @@ def summarise(values: Sequence[float], resamples: int = 1000, seed: int = 0, con
     arr = np.asarray(values, dtype=float)
     finite = arr[np.isfinite(arr)]
     n_inf = int(np.isinf(arr).sum())
+    n_empty = int(np.isnan(arr).sum())
     n = int(finite.size)
     if n == 0:
         nan = float("nan")
-        return Summary(nan, nan, nan, nan, nan, 0, n_inf, confidence, resamples)
+        return Summary(nan, nan, nan, nan, nan, 0, n_inf, n_empty, confidence, resamples)
     mean = float(finite.mean())
     std = float(finite.std(ddof=1)) if n > 1 else 0.0
     lo, hi = bootstrap_ci(finite, resamples, seed, confidence)
-    return Summary(mean, std, float(np.median(finite)), lo, hi, n, n_inf, confidence, resamples)
+    return Summary(mean, std, float(np.median(finite)), lo, hi, n, n_inf, n_empty, confidence, resamples)
 
 
 def bootstrap_ci(

@@ -9,7 +9,11 @@ prediction are listed as ``missing`` (and warned about); prediction files withou
 Outputs: the JSON (``-o``: options, per-class summaries, per-case rows, failures) and a CSV beside it with one
 row per case and class. In both, an infinite HD95 is written as ``inf`` (a string in JSON, which has no
 infinity) and an undefined value as empty/``null``. The summary has an entry per foreground class and ``mean``,
-the per-case average over foreground classes (infinite if any class is).
+the per-case average over the foreground classes defined in that case (infinite if any class is).
+
+A class absent from both the prediction and the label of a case has every metric undefined (the rule of
+:mod:`medattn.dice`, nnU-Net's): it is ``null`` in the case row, left out of the summaries and counted in their
+``n_empty``; the JSON's ``conventions`` block states the rule.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -29,8 +32,10 @@ import numpy as np
 
 from medattn.data.guard import prepare_output_file
 from medattn.data.io import IMAGE_SUFFIXES, has_suffix, strip_suffix
+from medattn.dice import defined_mean
 from medattn.errors import ConfigError, DataError, ManifestError
 from medattn.evaluate.metrics import DEFAULT_NSD_TOLERANCE_MM, METRICS, ClassScores, segmentation_scores, summarise
+from medattn.text import format_table
 
 log = logging.getLogger(__name__)
 
@@ -299,9 +304,12 @@ def build_report(
         "predictions": str(pred_dir),
         "options": {**asdict(options), "nsd_tolerance": dict(tol) if isinstance(tol, Mapping) else tol},
         "conventions": {
-            "both_empty": {"dice": 1.0, "hd95": 0.0, "nsd": 1.0},
+            "both_empty": {"dice": None, "hd95": None, "nsd": None},
             "one_empty": {"dice": 0.0, "hd95": "inf", "nsd": 0.0},
-            "summaries": "mean/std/median/CI over finite values; n_infinite counts infinite HD95",
+            "rule": "a class absent from both prediction and reference is undefined (null) for every metric, "
+            "as in nnU-Net; it is left out of the summaries and of the case mean, and counted in n_empty",
+            "summaries": "mean/std/median/CI over finite values; n_infinite counts infinite HD95, n_empty "
+            "undefined values",
         },
         "labels": {str(k): v for k, v in labels.items()},
         "num_cases": len(rows),
@@ -315,7 +323,10 @@ def build_report(
 
 
 def _case_mean(values: Sequence[float]) -> float:
-    return math.inf if any(math.isinf(v) for v in values) else float(np.mean(values)) if values else math.nan
+    """Mean over a case's classes: ``inf`` if any is, else over the defined ones (NaN when none is)."""
+    if any(math.isinf(v) for v in values):
+        return math.inf
+    return defined_mean(values)[0]
 
 
 def _row_doc(r: CaseRow, labels: Mapping[int, str]) -> dict[str, Any]:
@@ -336,8 +347,9 @@ def _row_doc(r: CaseRow, labels: Mapping[int, str]) -> dict[str, Any]:
 def write_reports(doc: dict[str, Any], json_path: Path, csv_path: Path, protected: Sequence[Path] = ()) -> None:
     """Write the JSON document and the per-case-and-class CSV atomically (never over an input)."""
     from medattn.data.io import atomic_write_text
+    from medattn.jsonio import write_json
 
-    atomic_write_text(json_path, json.dumps(_json_safe(doc), indent=2) + "\n", protected=protected)
+    write_json(json_path, doc, non_finite="inf_string", protected=protected)
     atomic_write_text(csv_path, to_csv(doc), protected=protected)
 
 
@@ -363,19 +375,6 @@ def _csv_num(x: float) -> str:
     return "inf" if math.isinf(x) else repr(float(x))
 
 
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        f = float(x)
-        return None if math.isnan(f) else ("inf" if f > 0 else "-inf") if math.isinf(f) else f
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
 def format_summary(doc: Mapping[str, Any]) -> str:
     """The table ``medattn evaluate`` prints: per class, Dice / HD95 / NSD mean ± std with the CI."""
     rows = []
@@ -386,14 +385,13 @@ def format_summary(doc: Mapping[str, Any]) -> str:
             cell = f"{x['mean']:.3f} ± {x['std']:.3f} [{x['ci_low']:.3f}, {x['ci_high']:.3f}]"
             if m == "hd95" and x["n_infinite"]:
                 cell += f" ({x['n_infinite']} inf)"
+            if x.get("n_empty"):
+                cell += f" ({x['n_empty']} empty)"
             cells.append(cell)
         rows.append(cells)
     conf = round(float(doc["options"]["confidence"]) * 100)
     header = ["label", "name", "n", f"Dice ({conf}% CI)", "HD95 mm", "NSD"]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return format_table(header, rows)
 
 
 def _bar(items: Sequence[str], enabled: bool) -> Any:

@@ -2,50 +2,23 @@
 
 ``torchrun --nproc_per_node N -m medattn.cli predict MODEL INPUT OUTPUT`` (or ``torchrun --no-python medattn
 predict ...``) starts N copies; each reads its rank from the standard ``torch.distributed`` environment variables
-(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), takes cases ``rank, rank + N, ...`` and writes their masks itself.
-At the end the per-case results are gathered over a Gloo process group (metadata only, so Gloo serves CPU and GPU
-runs alike) and rank 0 writes the summary. There is no process pool of our own.
+(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``: :meth:`medattn.runtime.Rank.from_env`), takes cases ``rank, rank + N,
+...`` and writes their masks itself. At the end the per-case results are gathered over a Gloo process group
+(metadata only, so Gloo serves CPU and GPU runs alike) and rank 0 writes the summary. There is no process pool of
+our own.
 """
 
 from __future__ import annotations
 
 import datetime
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
+
+from medattn.runtime import Rank
 
 #: How long ranks wait for each other at the final gather (slow ranks may still be predicting large volumes).
 GATHER_TIMEOUT = datetime.timedelta(hours=24)
-
-
-@dataclass(frozen=True)
-class Rank:
-    """This process's place in a ``torchrun`` job (``rank 0 of 1`` when run directly)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls) -> Rank:
-        """Read ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (as set by ``torchrun``)."""
-        from medattn.errors import ConfigError
-
-        try:
-            world = int(os.environ.get("WORLD_SIZE", "1"))
-            rank = int(os.environ.get("RANK", "0"))
-            local = int(os.environ.get("LOCAL_RANK", str(rank)))
-        except ValueError as e:
-            raise ConfigError(f"malformed torch.distributed environment variable: {e}") from e
-        if world < 1 or not 0 <= rank < world:
-            raise ConfigError(f"RANK={rank} and WORLD_SIZE={world} are inconsistent")
-        return cls(rank, world, local)
 
 
 @contextmanager

@@ -8,7 +8,6 @@ or one file per class named ``<case>_<label value>``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from medattn.data.io import IMAGE_SUFFIXES, atomic_write_text, write_volume
+from medattn.data.io import IMAGE_SUFFIXES, write_volume
 from medattn.errors import DataError
 from medattn.infer.inputs import InputCase
+from medattn.jsonio import write_json
 
 SUMMARY_NAME = "predictions.json"
 PROBABILITY_DIR = "probabilities"
@@ -121,14 +121,4 @@ def probability_paths(case: InputCase, out: Path, lut: np.ndarray, output_format
 
 def write_summary(path: Path, doc: dict[str, Any], protected: Sequence[Path]) -> Path:
     """Write the summary JSON atomically (non-finite numbers as null), never over an input."""
-    return atomic_write_text(path, json.dumps(_jsonable(doc), indent=2) + "\n", protected=protected)
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
+    return write_json(path, doc, non_finite="null", protected=protected)

@@ -32,7 +32,7 @@ import torch
 
 from medattn.data.io import read_header
 from medattn.errors import ConfigError, DataError
-from medattn.infer.distributed import Rank, gather, process_group
+from medattn.infer.distributed import gather, process_group
 from medattn.infer.inputs import InputCase, collect_inputs, input_files, shard
 from medattn.infer.outputs import (
     OUTPUT_FORMATS,
@@ -46,6 +46,8 @@ from medattn.infer.outputs import (
     write_probabilities,
     write_summary,
 )
+from medattn.progress import progress_bar
+from medattn.runtime import Rank, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +217,7 @@ def run_predict(
     """
     from medattn.data.gate import channel_mismatch
     from medattn.data.guard import InputGuard, prepare_output_dir
-    from medattn.train.checkpoint import load_model
+    from medattn.models.model_file import load_model
 
     options = options or PredictOptions()
     rank = rank or Rank()
@@ -232,7 +234,7 @@ def run_predict(
     prepare_output_dir(out, "OUTPUT")
     if options.save_probabilities is not None:
         prepare_output_dir(out / PROBABILITY_DIR, "OUTPUT")
-    device = _device(options.device, rank)
+    device = resolve_device(options.device, local_rank=rank.local_rank)
     loaded = load_model(model_path, device)
     plan = loaded.plan
     if plan.num_channels != 1:  # nnU-Net-style channel files group into cases only for a multi-channel model
@@ -327,7 +329,7 @@ def _predict_cases(
 
     transform = inference_transforms(plan, replace_nonfinite=options.replace_nonfinite)
     lut = label_lookup(plan)
-    bar = _bar(len(cases), options.progress and rank.is_main)
+    bar = progress_bar(len(cases), desc="predict", unit="case", enabled=options.progress and rank.is_main)
     names = [ch.name for ch in plan.channels]
     for case, loaded, load_s in _preprocessed(cases, transform, options, names):
         result = CaseResult(case=case.case_id, inputs=[str(p) for p in case.images], rank=rank.rank)
@@ -462,21 +464,6 @@ def _preprocessed(
 # ---- run-level helpers -----------------------------------------------------------------------------------------
 
 
-def _device(requested: str | None, rank: Rank) -> torch.device:
-    if requested in (None, "", "auto"):
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(str(requested))
-    except RuntimeError as e:
-        raise ConfigError(f"--device: {e}") from e
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {requested}: CUDA is not available on this machine")
-        if dev.index is None:
-            dev = torch.device("cuda", rank.local_rank % torch.cuda.device_count())
-    return dev
-
-
 def _summary(
     model_path: str | Path,
     input_spec: str | Path,
@@ -504,22 +491,3 @@ def _summary(
         "failed": failed,
         "cases": results,
     }
-
-
-class _NoBar:
-    def set_postfix_str(self, s: str, refresh: bool = True) -> None:
-        pass
-
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _bar(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="predict", unit="case")

@@ -306,20 +306,10 @@ def _predict(
     return acc
 
 
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
+    from medattn.progress import progress_bar
 
-    return tqdm(total=total, desc="windows", unit="win", leave=False)
+    return progress_bar(total, desc="windows", unit="win", enabled=enabled, leave=False)
 
 
 # ---- the class that caches -------------------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 Start with :func:`build_model` (a preset by name) or :class:`AttentionGatedUNet` (a config); a checkpoint stores
 ``model.config`` and rebuilds with :func:`build_from_config` / :func:`model_from_checkpoint`.
+:mod:`medattn.models.from_plan` shapes a preset to a preprocessing plan (``build_network``), and
+:mod:`medattn.models.model_file` writes and reads the self-contained ``model.pt`` that ``predict``, ``drift`` and
+``adapt`` load (``save_model``, ``load_model``).
 """
 
 from medattn.models.attention import (

@@ -21,6 +21,7 @@ from torch import nn
 from medattn.models import config as unet_config
 from medattn.models import monai_attention_unet as monai_wrapper
 from medattn.models.config import ModelConfigError
+from medattn.text import format_table
 
 StageSelector = Mapping[str, Any]
 """Per-stage values relative to the depth: ``{"rest": v}`` plus any of ``"first"``, ``"last"`` and stage indices
@@ -200,8 +201,5 @@ def models_table(measure: bool, in_channels: int, out_channels: int, window: int
             row += [f"{t.median * 1e3:.0f}", f"{voxels / t.median / 1e6:.2f}"]
         row.append(str(PRESETS[name]["description"]))
         rows.append(row)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
     note = f"in_channels={in_channels}, out_channels={out_channels}, window {window}^3, batch 1, forward only"
-    return "\n".join([*lines, "", note])
+    return "\n".join([format_table(header, rows), "", note])

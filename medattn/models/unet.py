@@ -50,6 +50,14 @@ from medattn.models.padding import (
 )
 
 ModelOutput = torch.Tensor | list[torch.Tensor]
+"""What a network's forward pass returns: logits, or under deep supervision in training a list of them, finest
+(full resolution) first."""
+
+
+def full_resolution(output: Any) -> torch.Tensor:
+    """The full-resolution logits of a network output: the output itself, or the first item of a deep-supervision
+    list or tuple (see :class:`AttentionGatedUNet`)."""
+    return output[0] if isinstance(output, (list, tuple)) else output
 
 
 class AttentionGatedUNet(nn.Module):

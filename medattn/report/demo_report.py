@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from medattn.report import html as h
+from medattn.text import table_lines
 
 Figures = Mapping[str, Sequence[tuple[str, str]]]
 """Per section (``train``, ``slices``, ``drift``, ``adapt``), the PNG file names in the report's folder and their
@@ -25,9 +26,8 @@ def fmt_number(v: Any, signed: bool = False) -> str:
 
 
 def _text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    line = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
-    return [line.format(*headers), *(line.format(*r) for r in rows)]
+    """Names left-aligned in the first column, numbers right-aligned in the others; no rule."""
+    return table_lines(headers, rows, align="<" + ">" * (len(headers) - 1), rule=False)
 
 
 def _drift_rows(doc: Mapping[str, Any]) -> list[list[str]]:

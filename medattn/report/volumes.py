@@ -83,7 +83,7 @@ def volume_view(
     """Preprocess ``item`` with the model's plan and segment it, keeping the attention of its selective gate.
 
     Args:
-        loaded: a :class:`~medattn.train.checkpoint.LoadedModel` (network in eval mode on ``device``).
+        loaded: a :class:`~medattn.models.model_file.LoadedModel` (network in eval mode on ``device``).
         item: a ``Manifest.datalist`` dict (``image`` paths, optional ``label``, ``case_id``).
         overlap: sliding-window overlap.
         window_batch: windows per network call.

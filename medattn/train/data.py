@@ -22,7 +22,7 @@ from torch.utils.data import DistributedSampler
 
 from medattn.data.plan import Plan
 from medattn.data.transforms import AugmentConfig, eval_transforms, make_dataset, train_transforms
-from medattn.train.distributed import DistInfo
+from medattn.runtime import Rank
 
 #: Keys of a datalist item the pipelines need (other keys, such as free-form metadata, would break collation).
 ITEM_KEYS = ("image", "label", "case_id")
@@ -91,7 +91,7 @@ def epoch_batches(
     plan: BatchPlan,
     epoch: int,
     seed: int,
-    info: DistInfo,
+    info: Rank,
     workers: int = 0,
     pin_memory: bool = False,
 ) -> Iterator[dict[str, torch.Tensor]]:

@@ -10,29 +10,12 @@ initialised ``torch.distributed`` gets :func:`current` without re-initialising a
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-
-@dataclass(frozen=True)
-class DistInfo:
-    """This process's place in the job: ``rank`` of ``world_size``; ``owned``: this module initialised the group."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    owned: bool = False
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+from medattn.runtime import Rank, auto_device
 
 
 def env_world_size() -> int:
@@ -43,22 +26,22 @@ def env_world_size() -> int:
         return 1
 
 
-def current() -> DistInfo:
+def current() -> Rank:
     """The initialised process group's rank and size, or a single process."""
     if dist.is_available() and dist.is_initialized():
         local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
-        return DistInfo(dist.get_rank(), dist.get_world_size(), local, owned=False)
-    return DistInfo()
+        return Rank(dist.get_rank(), dist.get_world_size(), local, owned=False)
+    return Rank()
 
 
-def init_from_env(device: str | None) -> tuple[DistInfo, str]:
+def init_from_env(device: str | None) -> tuple[Rank, str]:
     """Join the torchrun job described by the environment, if any; return it and this process's device.
 
     Args:
         device: the requested device (``cpu``, ``cuda``, ``cuda:N`` or None for CUDA when available). Under a
             multi-process job on CUDA, each process takes ``cuda:LOCAL_RANK``.
     """
-    want_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    want_cuda = (device or auto_device()).startswith("cuda")
     resolved = device or ("cuda" if want_cuda else "cpu")
     if dist.is_available() and dist.is_initialized():
         info = current()
@@ -68,26 +51,26 @@ def init_from_env(device: str | None) -> tuple[DistInfo, str]:
         if want_cuda:
             torch.cuda.set_device(local)
         dist.init_process_group(backend=backend)
-        info = DistInfo(dist.get_rank(), dist.get_world_size(), local, owned=True)
+        info = Rank(dist.get_rank(), dist.get_world_size(), local, owned=True)
     else:
-        return DistInfo(), resolved
+        return Rank(), resolved
     if want_cuda and info.enabled:
         resolved = f"cuda:{info.local_rank}"
     return info, resolved
 
 
-def shutdown(info: DistInfo) -> None:
+def shutdown(info: Rank) -> None:
     """Leave the process group if :func:`init_from_env` created it."""
     if info.owned and dist.is_initialized():
         dist.destroy_process_group()
 
 
-def barrier(info: DistInfo) -> None:
+def barrier(info: Rank) -> None:
     if info.enabled:
         dist.barrier()
 
 
-def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+def all_reduce_sum(values: torch.Tensor, info: Rank) -> torch.Tensor:
     """Sum a float64 tensor over ranks (in place on a copy; the input is unchanged). Single process: a copy."""
     out = values.detach().to(torch.float64).clone()
     if info.enabled:
@@ -99,7 +82,7 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return out
 
 
-def broadcast_object(obj: Any, info: DistInfo, src: int = 0) -> Any:
+def broadcast_object(obj: Any, info: Rank, src: int = 0) -> Any:
     """``obj`` from rank ``src`` on every rank (pickled; for small objects such as a plan dict)."""
     if not info.enabled:
         return obj
@@ -108,7 +91,7 @@ def broadcast_object(obj: Any, info: DistInfo, src: int = 0) -> Any:
     return box[0]
 
 
-def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+def gather_objects(obj: Any, info: Rank) -> list[Any]:
     """Every rank's ``obj``, in rank order, on every rank."""
     if not info.enabled:
         return [obj]

@@ -17,6 +17,7 @@ from typing import Any
 from medattn.data.manifest import Manifest
 from medattn.data.plan import Plan
 from medattn.errors import ConfigError
+from medattn.runtime import Rank
 from medattn.train import distributed
 from medattn.train.config import RUNTIME_FIELDS, TrainConfig
 
@@ -36,7 +37,7 @@ RUN_FILES = (
 
 
 def prepare_run(
-    config: TrainConfig | None, out: Path, resume: bool, info: distributed.DistInfo
+    config: TrainConfig | None, out: Path, resume: bool, info: Rank
 ) -> tuple[TrainConfig, Path | None, Plan | None]:
     """The run's config, the path of its resume checkpoint (or None; loaded by the caller once the run folder is
     known to be writable) and its saved plan (resume only)."""
@@ -62,7 +63,7 @@ def prepare_run(
 
 
 def resolve_plan(
-    config: TrainConfig, manifest: Manifest, plan: Plan | None, info: distributed.DistInfo, progress: bool
+    config: TrainConfig, manifest: Manifest, plan: Plan | None, info: Rank, progress: bool
 ) -> tuple[TrainConfig, Plan]:
     """Compute the plan on rank 0 when none is given, apply the run's overrides, and resolve them in the config."""
     if plan is None:

@@ -4,7 +4,7 @@
 
     RUN/config.json      the resolved run config          RUN/plan.json       the (effective) plan
     RUN/split.json       training and validation case ids RUN/log.csv         one row per epoch
-    RUN/model.pt         best validation Dice (self-contained, medattn.train.checkpoint.save_model)
+    RUN/model.pt         best validation Dice (self-contained, medattn.models.model_file.save_model)
     RUN/model_last.pt    the latest epoch                 RUN/checkpoint.pt   resume state (medattn.train.state)
     RUN/summary.json     best epoch and Dice              RUN/tensorboard/    TensorBoard events
 
@@ -20,20 +20,19 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from medattn.data.manifest import Manifest
 from medattn.data.plan import Plan
-from medattn.errors import ConfigError, MedattnError
+from medattn.errors import MedattnError
+from medattn.runtime import Rank, resolve_device, seed_everything
 from medattn.train import distributed
 from medattn.train.config import TrainConfig, augment_config
 from medattn.train.run import case_items, config_for_command, prepare_run, resolve_plan
@@ -89,23 +88,6 @@ class TrainResult:
         }
 
 
-def _device(requested: str | None, info: distributed.DistInfo) -> torch.device:
-    name = requested or ("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-        if info.enabled and dev.index is None:
-            dev = torch.device("cuda", info.local_rank)
-    return dev
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
 def train(
     config: TrainConfig | None,
     manifest: Manifest,
@@ -139,11 +121,11 @@ def train(
         ConfigError: an invalid option, or ``out`` already holding a run without ``resume``.
         DataError: an unreadable case or checkpoint.
     """
-    from medattn.train.checkpoint import save_model
+    from medattn.models.from_plan import build_network, output_scales
+    from medattn.models.model_file import save_model
     from medattn.train.data import batch_plan, epoch_batches, training_dataset, validation_dataset
     from medattn.train.logs import RunLogger, log_columns
     from medattn.train.losses import DeepSupervisionLoss
-    from medattn.train.network import build_network, output_scales
     from medattn.train.optim import make_optimizer, make_poly_schedule
     from medattn.train.precision import resolve_precision
     from medattn.train.state import capture_rng, load_checkpoint, restore_rng, save_checkpoint
@@ -165,13 +147,13 @@ def train(
         _check_same_split(out, split)
     planning = manifest.without({e["case"] for e in excluded})
     config, plan = resolve_plan(config, planning, saved_plan or plan, info, progress and info.is_main)
-    device = _device(config.device, info)
+    device = resolve_device(config.device, local_rank=info.local_rank if info.enabled else None)
     precision = resolve_precision(config.precision, device)
     train_items = case_items(manifest, split.train, config.data_root)
     val_items = case_items(manifest, split.val, config.data_root)[: config.val_max_cases]
     class_names = [plan.labels[k] for k in sorted(plan.labels)]
     # ---- model, optimiser, state -------------------------------------------------------------------------------
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
     net = build_network(config.model, plan, config.widths, config.deep_supervision, config.model_options).to(device)
     optimizer = make_optimizer(
         net, config.optimizer, float(config.lr or 0), float(config.weight_decay or 0), config.momentum
@@ -190,7 +172,7 @@ def train(
         atomic_write_text(out / "split.json", json.dumps(doc, indent=2) + "\n")
         log.info("training on %d case(s), validating on %d: %s", len(split.train), len(val_items), split.description)
 
-    _seed_everything(config.seed + info.rank)
+    seed_everything(config.seed + info.rank)
     start, best_dice, best_epoch, history = 0, float("nan"), 0, []
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
@@ -324,7 +306,7 @@ def train(
 
 
 def _gate(
-    manifest: Manifest, split: Split, config: TrainConfig, info: distributed.DistInfo, progress: bool
+    manifest: Manifest, split: Split, config: TrainConfig, info: Rank, progress: bool
 ) -> tuple[Split, list[dict[str, Any]]]:
     """Pass every training and validation case through the input gate before the first step (each process checks
     its share, all get the verdict). Refused cases stop the run, or with ``exclude_invalid`` leave the split."""

@@ -1,8 +1,11 @@
-"""Validation: sliding-window inference on whole preprocessed volumes and Dice per foreground class.
+"""Validation: sliding-window labels of whole preprocessed volumes and Dice per foreground class.
 
-The continual-learning evaluation reuses these pieces: :func:`sliding_window_logits` for one volume,
-:func:`dice_per_class` for one prediction, :func:`validate` for a list of cases (optionally sharded across the
-ranks of a distributed job, with the sums reduced so every rank gets the same result).
+:func:`validate` segments each case with the one sliding-window implementation,
+:class:`medattn.infer.sliding.SlidingWindowPredictor` (the one ``medattn predict`` uses: Gaussian-weighted windows
+stitched slab by slab, so only the label volume, one byte per voxel, spans the whole volume), and scores it with
+:func:`medattn.dice.dice_per_class` (the one Dice of every command: a class absent from both prediction and
+reference is NaN, left out of the means and counted in :attr:`ValidationResult.num_empty`). Under a distributed job
+each rank passes its own share of the cases and the sums are reduced so every rank gets the same result.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from monai.inferers import sliding_window_inference
 from torch import nn
 
-from medattn.train.distributed import DistInfo, all_reduce_sum
+from medattn.dice import dice_per_class
+from medattn.infer.sliding import SlidingWindowPredictor
+from medattn.runtime import Rank
+from medattn.train.distributed import all_reduce_sum
 from medattn.train.precision import Precision
 
 
@@ -30,12 +35,15 @@ class ValidationResult:
         per_case: case id -> Dice per foreground class (NaN where the class is absent from both prediction and
             reference); only the cases this process evaluated under distributed validation.
         num_cases: cases evaluated over all processes.
+        num_empty: per foreground class, the cases (over all processes) where the class is absent from both
+            prediction and reference: its Dice is undefined and left out of :attr:`per_class`.
     """
 
     class_names: tuple[str, ...]
     per_class: tuple[float, ...]
     per_case: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     num_cases: int = 0
+    num_empty: tuple[int, ...] = ()
 
     @property
     def mean(self) -> float:
@@ -50,69 +58,6 @@ class ValidationResult:
         return row
 
 
-def sliding_window_logits(
-    model: nn.Module,
-    image: torch.Tensor,
-    roi_size: Sequence[int],
-    *,
-    sw_batch_size: int = 2,
-    overlap: float = 0.5,
-    precision: Precision | None = None,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """Logits of a whole volume by Gaussian-weighted sliding windows (MONAI ``sliding_window_inference``).
-
-    Args:
-        model: network in eval mode returning (B, K, X, Y, Z) logits for a (B, C, X, Y, Z) window.
-        image: float32 (C, X, Y, Z) preprocessed volume (any device; moved to ``device``).
-        roi_size: window size (X, Y, Z) in voxels, usually the training patch; volumes smaller than it are padded.
-        sw_batch_size: windows per forward pass.
-        overlap: fraction of the window shared by neighbours.
-        precision: autocast setting (None: float32).
-        device: where the network runs (default: the image's device).
-
-    Returns:
-        float32 (K, X, Y, Z) logits on ``device``.
-    """
-    dev = torch.device(device) if device is not None else image.device
-    x = image.as_tensor() if hasattr(image, "as_tensor") else image
-    x = x.to(dev, torch.float32)[None]
-    ctx = precision.autocast() if precision is not None else torch.autocast(dev.type, enabled=False)
-    with torch.no_grad(), ctx:
-        out = sliding_window_inference(
-            x,
-            roi_size=tuple(int(r) for r in roi_size),
-            sw_batch_size=sw_batch_size,
-            predictor=model,
-            overlap=overlap,
-            mode="gaussian",
-        )
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"the model returned {type(out).__name__}, expected a logits tensor (is it in eval mode?)")
-    return out[0].float()
-
-
-def dice_per_class(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Dice of each foreground class 1..K-1 of one volume.
-
-    Args:
-        pred, target: class-index maps of the same shape (any leading singleton axes, any dtype).
-
-    Returns:
-        float64 (K-1,): ``2|P∩T| / (|P| + |T|)``, NaN where the class is absent from both.
-    """
-    if pred.shape != target.shape:
-        raise ValueError(f"prediction {tuple(pred.shape)} and reference {tuple(target.shape)} differ in shape")
-    p = pred.reshape(-1).long()
-    t = target.reshape(-1).round().long()
-    out = torch.empty(num_classes - 1, dtype=torch.float64)
-    for c in range(1, num_classes):
-        pc, tc = p == c, t == c
-        denom = int(pc.sum()) + int(tc.sum())
-        out[c - 1] = 2.0 * int((pc & tc).sum()) / denom if denom else float("nan")
-    return out
-
-
 def validate(
     model: nn.Module,
     cases: Any,
@@ -123,45 +68,65 @@ def validate(
     sw_batch_size: int = 2,
     overlap: float = 0.5,
     precision: Precision | None = None,
-    dist_info: DistInfo | None = None,
+    dist_info: Rank | None = None,
     progress: bool = False,
 ) -> ValidationResult:
     """Segment each case by sliding window and score it; under ``dist_info`` each rank passes its own share.
 
+    Each volume is segmented by :class:`~medattn.infer.sliding.SlidingWindowPredictor` with Gaussian blending
+    (MONAI's window layout and weights): the image stays where the dataset put it (normally the CPU) and only
+    window batches go to ``device``; windows are stitched on ``device`` when the label volume and one slab of
+    per-class sums fit in half of its free memory, else on the CPU. No full-volume logits are formed.
+
     Args:
-        model: the network (switched to eval mode for the call and restored afterwards).
+        model: the network (switched to eval mode for the call and restored afterwards), on ``device``.
         cases: a sequence (``len`` and indexing) of preprocessed items: ``image`` float32 (C, X, Y, Z),
             ``label`` (1, X, Y, Z) class indices, ``case_id``; e.g. a dataset of
             :func:`medattn.data.transforms.eval_transforms` (:func:`medattn.train.data.validation_dataset`).
+        roi_size: window size (X, Y, Z) in voxels, usually the training patch; smaller volumes are zero-padded.
         class_names: every class name, background first (K names).
+        device: where the network runs.
+        sw_batch_size: windows per forward pass.
+        overlap: fraction of a window shared with its neighbour.
+        precision: autocast setting of the forward passes (None: float32); blending sums stay float32.
         dist_info: when distributed, the per-class sums are reduced over ranks (every rank must call this).
+        progress: show a progress bar over cases.
     """
     from tqdm.auto import tqdm
 
     k = len(class_names)
+    dev = torch.device(device)
+
+    def network(x: torch.Tensor) -> Any:
+        with precision.autocast() if precision is not None else torch.autocast(dev.type, enabled=False):
+            return model(x)
+
+    predictor = SlidingWindowPredictor(
+        network,
+        tuple(int(r) for r in roi_size),
+        overlap=overlap,
+        window_batch=sw_batch_size,
+        blend="gaussian",
+        sw_device=dev,
+        num_classes=k,
+    )
     was_training = model.training
     model.eval()
-    sums = torch.zeros(2, k - 1, dtype=torch.float64)  # row 0: sum of Dice, row 1: number of defined values
+    sums = torch.zeros(3, k - 1, dtype=torch.float64)  # rows: sum of Dice, defined values, undefined values
     per_case: dict[str, tuple[float, ...]] = {}
     try:
         for i in tqdm(range(len(cases)), desc="validate", unit="case", leave=False, disable=not progress):
             item = cases[i]
-            logits = sliding_window_logits(
-                model,
-                item["image"],
-                roi_size,
-                sw_batch_size=sw_batch_size,
-                overlap=overlap,
-                precision=precision,
-                device=device,
-            )
-            pred = logits.argmax(0).cpu()
+            image = item["image"]
+            image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+            pred = predictor(image.float()).labels.cpu()
             label = item["label"]
             label = label.as_tensor() if hasattr(label, "as_tensor") else torch.as_tensor(label)
-            d = dice_per_class(pred, label[0].cpu(), k)
+            d = torch.from_numpy(dice_per_class(pred, label[0].cpu(), range(1, k)))
             defined = ~torch.isnan(d)
             sums[0] += torch.where(defined, d, torch.zeros_like(d))
             sums[1] += defined.double()
+            sums[2] += (~defined).double()
             per_case[str(item.get("case_id", i))] = tuple(float(v) for v in d)
     finally:
         model.train(was_training)
@@ -170,4 +135,5 @@ def validate(
         sums = all_reduce_sum(sums, dist_info)
         counts = all_reduce_sum(counts, dist_info)
     per_class = tuple(float(s / n) if n > 0 else float("nan") for s, n in zip(sums[0], sums[1]))
-    return ValidationResult(tuple(class_names[1:]), per_class, per_case, int(counts.item()))
+    empty = tuple(int(n) for n in sums[2])
+    return ValidationResult(tuple(class_names[1:]), per_class, per_case, int(counts.item()), empty)

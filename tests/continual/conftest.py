@@ -108,8 +108,8 @@ def start_model(shift_manifest: Path, tmp_path_factory: pytest.TempPathFactory) 
 
     from medattn.data.importers import load_dataset
     from medattn.data.plan import make_plan
+    from medattn.models.model_file import save_model
     from medattn.models.registry import build_model
-    from medattn.train.checkpoint import save_model
 
     manifest = load_dataset(str(shift_manifest))
     plan = make_plan(manifest)

@@ -52,7 +52,7 @@ def test_a_run_interrupted_between_experiences_resumes_to_the_same_result(
     from medattn.continual.scenario import ScenarioOptions, domain_scenario
     from medattn.data.importers import load_dataset
     from medattn.errors import ConfigError
-    from medattn.train.checkpoint import load_model
+    from medattn.models.model_file import load_model
 
     start = load_model(start_model)
     cfg = tiny_config(epochs=2, methods={"replay": {"mem_size": 4}}, augment="default")

@@ -92,7 +92,7 @@ def test_decisions_survive_a_resume(stream_manifest: Path, start_model: Path, tm
     from medattn.continual.runner import run_method
     from medattn.continual.scenario import ScenarioOptions, domain_scenario
     from medattn.data.importers import load_dataset
-    from medattn.train.checkpoint import load_model
+    from medattn.models.model_file import load_model
 
     start = load_model(start_model)
     cfg = tiny_config(epochs=1, eval_before=False)

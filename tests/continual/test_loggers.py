@@ -175,7 +175,7 @@ def _whole_volume_loss(model_file: Path, exp: Any, overlap: float) -> float:
     from monai.inferers import sliding_window_inference
     from monai.losses import DiceCELoss
 
-    from medattn.train.checkpoint import load_model
+    from medattn.models.model_file import load_model
 
     net = load_model(model_file).model
     loss = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
@@ -196,7 +196,7 @@ def test_a_tiny_run_logs_its_dice_matrix_its_eval_loss_and_no_constant_column(
     from medattn.continual.runner import run_method
     from medattn.continual.scenario import ScenarioOptions, domain_scenario
     from medattn.data.importers import load_dataset
-    from medattn.train.checkpoint import load_model
+    from medattn.models.model_file import load_model
 
     start = load_model(start_model)
     cfg = tiny_config(epochs=1, device="cpu")  # the reference below runs on the CPU too

@@ -106,7 +106,7 @@ class Spy:
 def setup(shift_manifest: Path, start_model: Path):  # type: ignore[no-untyped-def]
     from medattn.continual.scenario import ScenarioOptions, domain_scenario
     from medattn.data.importers import load_dataset
-    from medattn.train.checkpoint import load_model
+    from medattn.models.model_file import load_model
 
     start = load_model(start_model)
     cfg = tiny_config(samples_per_volume=1, methods={"replay": {"mem_size": 4}})
@@ -133,8 +133,9 @@ def test_method_runs_through_avalanche_and_resumes_from_its_state(name: str, set
 
     from avalanche.training.templates import SupervisedTemplate
 
-    from medattn.continual.runner import build_strategy, evaluate, seed_everything
+    from medattn.continual.runner import build_strategy, evaluate
     from medattn.continual.template import SegmentationStrategy
+    from medattn.runtime import seed_everything
 
     start, cfg, bench = setup
     seed_everything(0)

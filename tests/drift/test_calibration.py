@@ -56,10 +56,10 @@ def test_cache_is_reused_only_for_the_same_model_and_volumes(tmp_path: Path, mon
         return _volumes(len(items), len(calls)), []
 
     import medattn.drift.report as report
-    import medattn.train.checkpoint as checkpoint
+    import medattn.models.model_file as model_file
 
     monkeypatch.setattr(report, "extract_features", fake_extract)
-    monkeypatch.setattr(checkpoint, "load_model", lambda *a, **k: None)
+    monkeypatch.setattr(model_file, "load_model", lambda *a, **k: None)
     model = tmp_path / "model.pt"
     model.write_bytes(b"weights 1")
     items = [{"case_id": f"c{i}", "image": [f"c{i}.nii.gz"]} for i in range(4)]

@@ -15,7 +15,7 @@ from medattn.data.importers import load_dataset
 from medattn.data.synth import synth_phantom
 from medattn.drift.features import FeatureCollector, bottleneck_module, image_statistics
 from medattn.drift.report import DriftOptions, analyse, extract_features
-from medattn.train.checkpoint import load_model
+from medattn.models.model_file import load_model
 from medattn.train.config import TrainConfig
 from medattn.train.trainer import train
 

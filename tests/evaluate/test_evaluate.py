@@ -115,13 +115,43 @@ def test_empty_masks_follow_the_documented_conventions() -> None:
     empty = np.zeros((8, 8, 8), bool)
     cube = empty.copy()
     cube[2:5, 2:5, 2:5] = True
-    both = binary_scores(empty, empty, (1, 1, 1), 1.0)
-    assert (both.dice, both.hd95, both.nsd) == (1.0, 0.0, 1.0)
+    both = binary_scores(empty, empty, (1, 1, 1), 1.0)  # nothing to measure: every metric undefined
+    assert all(math.isnan(v) for v in (both.dice, both.hd95, both.nsd)) and (both.gt_voxels, both.pred_voxels) == (0, 0)
     for pred, gt in ((empty, cube), (cube, empty)):
         one = binary_scores(pred, gt, (1, 1, 1), 1.0)
         assert (one.dice, one.nsd) == (0.0, 0.0) and math.isinf(one.hd95)
-    s = summarise([1.0, math.inf, 3.0])
-    assert s.n == 2 and s.n_infinite == 1 and s.mean == 2.0
+    s = summarise([1.0, math.inf, 3.0, math.nan])
+    assert s.n == 2 and s.n_infinite == 1 and s.n_empty == 1 and s.mean == 2.0
+
+
+def test_a_class_absent_from_a_case_is_null_left_out_and_counted(tmp_path: Path) -> None:
+    """Case c1 has no posterior (117) in its label and none predicted: its metrics are null in the JSON, empty in the
+    CSV, left out of the class summary and of the case mean, and counted in n_empty."""
+    root = _dataset(tmp_path / "data", n=2)
+    aff = np.diag([*SPACING, 1.0])
+    lab1 = np.asarray(nib.load(str(root / "labelsTr" / "c1.nii.gz")).dataobj)
+    no_posterior = np.where(lab1 == 117, 0, lab1).astype(np.uint8)
+    write_nifti(root / "labelsTr" / "c1.nii.gz", no_posterior, aff)
+    write_nifti(tmp_path / "pred" / "c1.nii.gz", no_posterior, aff)
+    lab0 = np.asarray(nib.load(str(root / "labelsTr" / "c0.nii.gz")).dataobj)
+    write_nifti(tmp_path / "pred" / "c0.nii.gz", _perturbed(lab0, 1), aff)
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(tmp_path / "pred"), str(root), "-o", str(out), "--quiet"]) == 0
+    doc = json.loads(out.read_text())
+    c1 = next(c for c in doc["cases"] if c["case"] == "c1")["classes"]
+    assert {m: c1["117"][m] for m in ("dice", "hd95", "nsd")} == {"dice": None, "hd95": None, "nsd": None}
+    assert c1["63"]["dice"] == 1.0
+    post = doc["summary"]["117"]
+    for m in ("dice", "hd95", "nsd"):
+        assert (post[m]["n"], post[m]["n_empty"]) == (1, 1)
+    c0 = next(c for c in doc["cases"] if c["case"] == "c0")["classes"]
+    assert post["dice"]["mean"] == pytest.approx(c0["117"]["dice"])
+    # the case mean of c1 is over its one defined class
+    expected_mean = np.mean([np.mean([c0["63"]["dice"], c0["117"]["dice"]]), 1.0])
+    assert doc["summary"]["mean"]["dice"]["mean"] == pytest.approx(expected_mean, abs=1e-12)
+    assert doc["conventions"]["both_empty"] == {"dice": None, "hd95": None, "nsd": None}
+    row = next(r for r in csv.DictReader((tmp_path / "m.csv").open()) if r["case"] == "c1" and r["label"] == "117")
+    assert (row["dice"], row["hd95"], row["nsd"]) == ("", "", "")
 
 
 def test_bootstrap_interval_is_seeded_and_shrinks_with_more_cases() -> None:

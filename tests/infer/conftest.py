@@ -10,7 +10,7 @@ import torch
 
 from medattn.data.plan import ChannelNorm, Plan
 from medattn.models import build_model
-from medattn.train.checkpoint import save_model
+from medattn.models.model_file import save_model
 
 
 def small_plan(

@@ -61,7 +61,7 @@ def predicted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, tuple
     import torch
 
     from medattn.models import build_model
-    from medattn.train.checkpoint import save_model
+    from medattn.models.model_file import save_model
     from tests.infer.conftest import small_plan
 
     root = tmp_path_factory.mktemp("geometry")

@@ -19,7 +19,7 @@ from medattn.cli import main
 from medattn.data.transforms import inference_transforms
 from medattn.errors import DataError
 from medattn.infer.inputs import InputCase, collect_inputs, shard
-from medattn.train.checkpoint import load_model
+from medattn.models.model_file import load_model
 from tests.conftest import REPO, blob_case, split_manifest, write_nifti
 from tests.infer.conftest import small_plan
 

@@ -69,8 +69,8 @@ def test_deep_supervision_loss_equals_independent_computation(batch_dice: bool) 
 
 
 def test_loss_trains_a_deep_supervised_unet_on_an_odd_sized_patch() -> None:
+    from medattn.models.from_plan import output_scales
     from medattn.models.registry import build_model
-    from medattn.train.network import output_scales
 
     torch.manual_seed(0)
     strides = ((1, 1, 1), (2, 2, 2), (2, 2, 2))  # the plan's topology: a full-resolution stem, then halving

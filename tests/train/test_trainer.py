@@ -58,22 +58,22 @@ def test_training_writes_the_run_and_the_loss_falls(full_run: Path) -> None:
 PREDICT = """
 import json, sys, torch
 from medattn.data.transforms import inference_transforms, apply
-from medattn.train.checkpoint import load_model
-from medattn.train.validation import sliding_window_logits
+from medattn.models.model_file import load_model
+from medattn.infer.sliding import sliding_window_predict
 m = load_model(sys.argv[1])
 item = apply(inference_transforms(m.plan), {"image": sys.argv[2]})
-logits = sliding_window_logits(m.model, item["image"], m.plan.patch_size)
-torch.save(logits, sys.argv[3])
+r = sliding_window_predict(item["image"], m.model, m.plan.patch_size, window_batch=2, return_probabilities=True)
+torch.save({"labels": r.labels, "probabilities": r.probabilities}, sys.argv[3])
 print(json.dumps({"labels": m.labels, "epoch": m.meta["epoch"], "shape": list(item["image"].shape)}))
 """
 
 
 def test_model_file_loads_and_predicts_in_a_fresh_process(full_run: Path, hippo_manifest: Path, tmp_path: Path) -> None:
-    from medattn.train.checkpoint import load_model
-    from medattn.train.validation import sliding_window_logits
+    from medattn.infer.sliding import sliding_window_predict
+    from medattn.models.model_file import load_model
 
     case = Manifest.load(hippo_manifest).datalist(split="val")[0]["image"][0]
-    out = tmp_path / "logits.pt"
+    out = tmp_path / "prediction.pt"
     proc = subprocess.run(
         [sys.executable, "-c", PREDICT, str(full_run / "model.pt"), case, str(out)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
@@ -82,14 +82,18 @@ def test_model_file_loads_and_predicts_in_a_fresh_process(full_run: Path, hippo_
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info["labels"] == {"0": "background", "1": "Anterior", "2": "Posterior"}
     assert info["epoch"] == json.loads((full_run / "summary.json").read_text())["best_epoch"]
-    logits = torch.load(out, weights_only=True)
-    assert logits.shape == (3, *info["shape"][1:])
+    saved = torch.load(out, weights_only=True)
+    assert saved["probabilities"].shape == (3, *info["shape"][1:])
+    assert saved["labels"].shape == tuple(info["shape"][1:])
     # The same file, loaded here, gives the same numbers: nothing outside model.pt was needed.
     from medattn.data.transforms import apply, inference_transforms
 
     loaded = load_model(full_run / "model.pt")
     item = apply(inference_transforms(loaded.plan), {"image": case})
-    assert torch.allclose(logits, sliding_window_logits(loaded.model, item["image"], loaded.plan.patch_size), atol=1e-5)
+    patch = loaded.plan.patch_size
+    here = sliding_window_predict(item["image"], loaded.model, patch, window_batch=2, return_probabilities=True)
+    assert torch.allclose(saved["probabilities"], here.probabilities, atol=1e-5)
+    assert torch.equal(saved["labels"], here.labels)
 
 
 def test_killed_run_resumes_and_matches_the_uninterrupted_run(

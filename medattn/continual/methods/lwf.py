@@ -26,8 +26,8 @@ from avalanche.training.plugins import LwFPlugin
 from avalanche.training.regularization import LearningWithoutForgetting
 
 from medattn.continual.methods import MethodContext, MethodSpec
-from medattn.continual.template import full_resolution
 from medattn.errors import ConfigError
+from medattn.models.unet import full_resolution
 
 DESCRIPTION = "learning without forgetting, per-voxel distillation (Avalanche LwFPlugin)"
 #: ``alpha`` 4: on the hippocampus stream of the issue-5 study alpha 1 kept little (BWT -0.096 against naive's

@@ -11,7 +11,7 @@ Layout (a plain dict of tensors and JSON-like values, so it loads with ``torch.l
       "meta": {...},            # free-form: training run, epoch, metrics, source dataset, ...
     }
 
-Training checkpoints (optimiser, scheduler, RNG state) are the trainer's business and live beside it.
+Training checkpoints (optimiser, scheduler, RNG state) are the trainer's business (:mod:`medattn.train.state`).
 """
 
 from __future__ import annotations

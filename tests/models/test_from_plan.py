@@ -9,7 +9,7 @@ import torch
 
 from medattn.data.plan import ChannelNorm, Plan
 from medattn.errors import ConfigError
-from medattn.train.network import build_network, network_overrides
+from medattn.models.from_plan import build_network, network_overrides
 
 ISO = ((1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2))
 ANISO = ((1, 1, 1), (2, 2, 1), (2, 2, 2), (2, 2, 2))  # the third axis is coarse: pooled from the second step on
