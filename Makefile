@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check medattn tests bench
 	$(BIN)/mypy
 
-# The benchmark suite (about 10 minutes on 2 idle cores): one table, JSON in runs/bench/run_all.json.
+# The benchmark suite (5.0 minutes measured on 2 idle cores, docs/benchmarks.md): one table, JSON in runs/bench/run_all.json.
 # `make bench BENCH_ARGS=--quick` for the short version; bench/bench_models.py (model costs) runs on its own.
 BENCH_ARGS ?=
 bench: $(STAMP)

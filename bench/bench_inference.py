@@ -32,7 +32,7 @@ and ``UNet`` under MONAI's ``sliding_window_inference``, with the Dice each pair
    interval, at both points. The goal counts Dice as "equal or better" at equal training time unless ours is
    significantly worse (the interval's upper end below 0); the equal-steps figures stay in the note and the JSON.
    Few steps on a CPU give a far-from-converged Dice: it says which network a time budget favours, not where
-   either ends (the README accuracy table trains to 3000 steps).
+   either ends (the accuracy table of docs/results.md trains to 3000 steps).
 
 Goal (issue 7): ``monai_attention_unet`` seconds / ``medattn`` seconds >= 3, at equal or better Dice. ``--device
 cuda`` runs everything on the GPU.

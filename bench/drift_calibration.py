@@ -96,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import logging
 
+    from medattn.commands.drift import drift_options
     from medattn.data.io import atomic_write_text
     from medattn.drift.calibration import cached_features, calibrate
-    from medattn.drift.report import DriftOptions, dataset_items
+    from medattn.drift.report import dataset_items
     from medattn.models.model_file import load_model
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.shifted:
         name, data = _named(spec)
         shifted[name], shift_fail[name] = features(f"shifted_{name}", data, args.shifted_split)
-    options = DriftOptions.from_args(args)
+    options = drift_options(args)
     result = calibrate(
         reference,
         shifted,

@@ -1,8 +1,10 @@
-"""The ``medattn`` command line: one thin function per subcommand over the library API.
+"""The ``medattn`` command line: the entry point that builds the parser from the command modules of
+:mod:`medattn.commands` and maps exceptions to exit codes.
 
-Heavy imports (torch, monai) happen inside the command functions so ``medattn --help`` is instant. Options that
-several commands share are defined once in the ``_add_*`` helpers. Every command accepts ``--config FILE.yaml``
-whose keys are option names (``data_root``, ``out``, ...); flags given on the command line override the file.
+Each command module defines its arguments and its ``run(args) -> int`` (the thin layer over one library call);
+options several commands share are defined once in :mod:`medattn.commands.options`. Heavy imports (torch, monai)
+happen inside ``run``, so ``medattn --help`` is instant. Every command accepts ``--config FILE.yaml`` whose keys
+are option names (``data_root``, ``out``, ...); flags given on the command line override the file.
 
 Exit codes: 0 success; 1 the command ran but found problems (validation failures, failed or refused cases, cases
 left out with ``--exclude-invalid``, an internal error); 2 usage or configuration error (an output that would
@@ -18,324 +20,33 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-EXIT_OK = 0
-EXIT_PROBLEMS = 1
-EXIT_USAGE = 2
-EXIT_DATA = 3
+from medattn.commands import (
+    adapt,
+    demo,
+    drift,
+    evaluate,
+    manifest,
+    models,
+    plan,
+    predict,
+    synth,
+    train,
+    validate,
+)
+from medattn.commands.common import EXIT_DATA, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
+from medattn.commands.options import add_common
+
+__all__ = ["EXIT_DATA", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "build_parser", "main"]
 
 log = logging.getLogger("medattn")
 
 Handler = Callable[[argparse.Namespace], int]
-_COMMANDS: dict[str, tuple[Handler, Callable[[argparse.ArgumentParser], None], str]] = {}
-
-
-def command(name: str, help: str) -> Callable[[Handler], Handler]:
-    """Register ``fn`` as subcommand ``name``; the parser is configured by ``fn.configure`` (set below it)."""
-
-    def deco(fn: Handler) -> Handler:
-        _COMMANDS[name] = (fn, lambda p: None, help)
-        return fn
-
-    return deco
-
-
-def arguments(name: str) -> Callable[[Callable[[argparse.ArgumentParser], None]], Any]:
-    def deco(conf: Callable[[argparse.ArgumentParser], None]) -> Any:
-        fn, _, help_ = _COMMANDS[name]
-        _COMMANDS[name] = (fn, conf, help_)
-        return conf
-
-    return deco
-
-
-# ---- shared options --------------------------------------------------------------------------------------------
-
-
-from medattn.options import add_data as _add_data  # noqa: E402
-from medattn.options import add_import_options as _add_import_options  # noqa: E402
-from medattn.options import add_seed as _add_seed  # noqa: E402
-
-
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML file of option values (keys are option names); flags override it")
-    p.add_argument("--quiet", action="store_true", help="only warnings and errors")
-    p.add_argument("--verbose", action="store_true", help="debug logging")
-
-
-# ---- helpers used by several commands --------------------------------------------------------------------------
-
-
-def _load_data(args: argparse.Namespace) -> Any:
-    from medattn.data.importers import load_dataset
-
-    return load_dataset(
-        args.data,
-        domain_from=getattr(args, "domain_from", None),
-        channels=getattr(args, "channels", None),
-        label_name=getattr(args, "label_name", None),
-        modality=getattr(args, "modality", None),
-    )
-
-
-def _guard_output_file(manifest: Any, args: argparse.Namespace, out: Path, what: str) -> None:
-    """Refuse an output file that is one of the dataset's files or its description, or lies in its image or label
-    folders; then check it can be written (both before any volume is read)."""
-    from medattn.data.guard import InputGuard, prepare_output_file
-
-    InputGuard.of_manifest(manifest, getattr(args, "data_root", None), args.data).check_file(out, what)
-    prepare_output_file(out, what)
-
-
-def _write_json(path: str | Path, doc: Any) -> Path:
-    from medattn.jsonio import write_json
-
-    return write_json(path, doc)
-
-
-# ---- commands --------------------------------------------------------------------------------------------------
-
-
-@command("validate", "check every case of a dataset; table of problems; exit 1 if any")
-def cmd_validate(args: argparse.Namespace) -> int:
-    from medattn.data.io import atomic_write_text
-    from medattn.data.validate import CHECKS, format_report, validate_manifest
-    from medattn.errors import ConfigError, DataError
-    from medattn.jsonio import dumps
-
-    skip = [s.strip() for s in (args.skip or "").split(",") if s.strip()]
-    unknown = sorted(set(skip) - set(CHECKS))
-    if unknown:
-        raise ConfigError(f"--skip: unknown check(s) {unknown}; known checks: {', '.join(CHECKS)}")
-    if {"exists", "header"} & set(skip):
-        raise ConfigError("--skip: the 'exists' and 'header' checks cannot be skipped")
-    manifest = _load_data(args)
-    out = Path(args.out) if args.out else None
-    if out is not None:  # refuse before the run, not after it
-        _guard_output_file(manifest, args, out, "--out")
-    checks = [c for c in CHECKS if c not in skip] if skip else None
-    report = validate_manifest(manifest, data_root=args.data_root, checks=checks, progress=not args.quiet)
-    print(format_report(report, max_rows=args.max_rows))
-    if out is not None:
-        doc = dumps(report.to_dict())
-        try:
-            atomic_write_text(out, doc)
-        except OSError as e:
-            raise DataError(f"cannot write the report: {e.strerror or e}; choose another path with --out", out) from e
-        print(f"report written to {out}")
-    return EXIT_OK if report.ok else EXIT_PROBLEMS
-
-
-@arguments("validate")
-def _args_validate(p: argparse.ArgumentParser) -> None:
-    _add_data(p)
-    _add_import_options(p)
-    p.add_argument(
-        "-o",
-        "--out",
-        default="validation.json",
-        help="write the report as JSON here (default: validation.json in the current folder; '' for none); "
-        "never one of the dataset's files",
-    )
-    p.add_argument("--max-rows", type=int, default=50, help="rows of the problem table to print (default 50)")
-    p.add_argument(
-        "--skip",
-        metavar="CHECK[,CHECK]",
-        help="checks to leave out: voxels, dims, spacing, shape, affine, finite, intensity, labels "
-        "(skipping voxels, finite, intensity and labels reads headers only)",
-    )
-
-
-@command("manifest", "build a manifest JSON from a dataset folder")
-def cmd_manifest(args: argparse.Namespace) -> int:
-    manifest = _load_data(args)
-    _guard_output_file(manifest, args, Path(args.out), "-o")
-    path = manifest.save(args.out)
-    counts = ", ".join(f"{d.name}: {len(d.cases)}" for d in manifest.domains)
-    print(f"{manifest.name}: {manifest.num_cases} cases in {len(manifest.domains)} domains ({counts})")
-    print(f"manifest written to {path}")
-    return EXIT_OK
-
-
-@arguments("manifest")
-def _args_manifest(p: argparse.ArgumentParser) -> None:
-    _add_data(p)
-    _add_import_options(p)
-    p.add_argument("-o", "--out", required=True, help="manifest JSON to write")
-
-
-@command("plan", "fingerprint a dataset and derive a preprocessing plan")
-def cmd_plan(args: argparse.Namespace) -> int:
-    from medattn.data.plan import format_plan, make_plan
-
-    manifest = _load_data(args)
-    _guard_output_file(manifest, args, Path(args.out), "-o")
-    plan = make_plan(
-        manifest,
-        data_root=args.data_root,
-        memory_budget_mb=args.memory_mb,
-        max_cases=args.max_cases,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
-    plan.save(args.out)
-    print(format_plan(plan))
-    print(f"plan written to {args.out}")
-    skipped = plan.fingerprint.get("skipped_cases", [])
-    if skipped:
-        print(f"{len(skipped)} case(s) failed the input checks and were left out of the fingerprint:")
-        for line in skipped:
-            print(f"  {line}")
-    return EXIT_PROBLEMS if skipped else EXIT_OK
-
-
-@arguments("plan")
-def _args_plan(p: argparse.ArgumentParser) -> None:
-    _add_data(p)
-    _add_import_options(p)
-    _add_seed(p)
-    p.add_argument(
-        "-o",
-        "--out",
-        default="plan.json",
-        help="plan JSON to write (default plan.json). Cases of a test split are left out of the fingerprint",
-    )
-    p.add_argument(
-        "--memory-mb",
-        type=float,
-        default=2048.0,
-        help="activation-memory budget for one training patch (batch 2), in MiB (default 2048)",
-    )
-    p.add_argument("--max-cases", type=int, default=None, help="fingerprint at most this many cases per domain")
-
-
-@command("synth", "write a multi-scanner phantom dataset, or simulated scanner domains of a real one (--from)")
-def cmd_synth(args: argparse.Namespace) -> int:
-    from medattn.data.synth import synth_command
-
-    return synth_command(args)
-
-
-@arguments("synth")
-def _args_synth(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out", nargs="?", help="output folder (created; must be new or empty)")
-    p.add_argument("--from", dest="source", help="derive scanner domains from this dataset instead of phantoms")
-    p.add_argument("--data-root", help="data root for --from's manifest")
-    _add_seed(p)
-    p.add_argument("--cases", type=int, default=None, help="cases per domain (phantom default 8)")
-    p.add_argument("--size", type=int, default=None, help="phantom volume edge in voxels (default 48)")
-    p.add_argument(
-        "--scanners",
-        default=None,
-        help="comma-separated scanner profiles to write (see `medattn synth --list-profiles`)",
-    )
-    p.add_argument("--list-profiles", action="store_true", help="print the scanner profiles and exit")
-    _add_import_options(p)
-
-
-@command("models", "list model presets with parameters and FLOPs per voxel")
-def cmd_models(args: argparse.Namespace) -> int:
-    from medattn.models.registry import models_table
-
-    print(
-        models_table(
-            measure=args.measure, in_channels=args.in_channels, out_channels=args.out_channels, window=args.window
-        )
-    )
-    return EXIT_OK
-
-
-@arguments("models")
-def _args_models(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--measure", action="store_true", help="also time the forward pass on this machine")
-    p.add_argument("--in-channels", type=int, default=1)
-    p.add_argument("--out-channels", type=int, default=3)
-    p.add_argument("--window", type=int, default=64, help="cubic window edge for --measure (default 64)")
-
-
-@command("train", "train a model on a dataset; RUN/model.pt plus logs (--resume continues)")
-def cmd_train(args: argparse.Namespace) -> int:
-    from medattn.train.trainer import train_command
-
-    return train_command(args)
-
-
-@arguments("train")
-def _args_train(p: argparse.ArgumentParser) -> None:
-    from medattn.train.options import add_train_arguments
-
-    add_train_arguments(p)
-
-
-@command("predict", "sliding-window inference on a file, folder or manifest; masks in the input's geometry")
-def cmd_predict(args: argparse.Namespace) -> int:
-    from medattn.infer.predict import predict_command
-
-    return predict_command(args)
-
-
-@arguments("predict")
-def _args_predict(p: argparse.ArgumentParser) -> None:
-    from medattn.infer.options import add_predict_arguments
-
-    add_predict_arguments(p)
-
-
-@command("evaluate", "Dice, HD95 and surface Dice per case and class, with confidence intervals")
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from medattn.evaluate.report import evaluate_command
-
-    return evaluate_command(args)
-
-
-@arguments("evaluate")
-def _args_evaluate(p: argparse.ArgumentParser) -> None:
-    from medattn.evaluate.options import add_evaluate_arguments
-
-    add_evaluate_arguments(p)
-
-
-@command("drift", "test whether target volumes drifted from the reference; exit 0 no drift, 4 drift")
-def cmd_drift(args: argparse.Namespace) -> int:
-    from medattn.drift.report import drift_command
-
-    return drift_command(args)
-
-
-@arguments("drift")
-def _args_drift(p: argparse.ArgumentParser) -> None:
-    from medattn.drift.options import add_drift_arguments
-
-    add_drift_arguments(p)
-
-
-@command("adapt", "continual learning over a dataset's domains (Avalanche); Dice matrix, BWT, forgetting, FWT")
-def cmd_adapt(args: argparse.Namespace) -> int:
-    from medattn.continual.adapt import adapt_command
-
-    return adapt_command(args)
-
-
-@arguments("adapt")
-def _args_adapt(p: argparse.ArgumentParser) -> None:
-    from medattn.continual.options import add_adapt_arguments
-
-    add_adapt_arguments(p)
-
-
-@command("demo", "the whole story end to end on the embedded phantom dataset (or --data)")
-def cmd_demo(args: argparse.Namespace) -> int:
-    from medattn.demo import run_demo
-
-    return run_demo(args)
-
-
-@arguments("demo")
-def _args_demo(p: argparse.ArgumentParser) -> None:
-    from medattn.demo import add_demo_arguments
-
-    add_demo_arguments(p)
+#: Subcommand name -> (its ``run``, the function that adds its arguments, its one-line help), in ``--help`` order.
+_COMMANDS: dict[str, tuple[Handler, Callable[[argparse.ArgumentParser], None], str]] = {
+    m.NAME: (m.run, m.add_arguments, m.HELP)
+    for m in (validate, manifest, plan, synth, models, train, predict, evaluate, drift, adapt, demo)
+}
 
 
 # ---- entry point -----------------------------------------------------------------------------------------------
@@ -353,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (fn, conf, help_) in _COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         conf(p)
-        _add_common(p)
+        add_common(p)
         p.set_defaults(_handler=fn)
     return parser
 

@@ -147,13 +147,14 @@ def test_config_file_holds_the_defaults_and_flags_win() -> None:
     import dataclasses
 
     from medattn.cli import _apply_config, build_parser
+    from medattn.commands.demo import demo_config
     from medattn.demo import DemoConfig
 
     parser = build_parser()
     argv = ["demo", "--config", str(REPO / "pipelines" / "demo.yaml"), "--steps", "7", "--strategies", "naive"]
     args = parser.parse_args(argv)
     _apply_config(parser, argv, args)
-    cfg = DemoConfig.from_args(args)
+    cfg = demo_config(args)
     assert cfg == dataclasses.replace(DemoConfig(), steps=7, strategies=("naive",))
     import yaml
 

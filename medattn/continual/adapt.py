@@ -3,7 +3,8 @@
 :func:`adapt` is the library call: it loads the start model, builds the Avalanche stream
 (:func:`~medattn.continual.scenario.domain_scenario`), runs each method from the same start
 (:func:`~medattn.continual.runner.run_method`) and writes per method the Dice matrix and its metrics, and for
-several methods a comparison table. :func:`adapt_command` is the thin command-line wrapper.
+several methods a comparison table; :func:`format_matrix` and :func:`format_comparison` give the text that
+``medattn adapt`` (:mod:`medattn.commands.adapt`) prints.
 
 Output::
 
@@ -115,6 +116,23 @@ def format_comparison(rows: list[dict[str, Any]]) -> str:
             for k in keys
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def format_matrix(name: str, run: MethodRun) -> str:
+    """A method's Dice matrix as text (rows: the start model, then after each experience; columns: the domains),
+    followed by the ``--auto`` decisions."""
+    lines = [f"{name}: Dice matrix (rows: after training on; columns: {', '.join(run.matrix.domains)})"]
+    labels = (["before"] if run.matrix.before is not None else []) + list(run.matrix.rows)
+    grid = run.matrix.matrix()
+    if run.matrix.before is not None:
+        import numpy as np
+
+        grid = np.vstack([run.matrix.baseline()[None], grid])  # type: ignore[index]
+    for label, row in zip(labels, grid):
+        lines.append(f"  {label:>12}  " + "  ".join("  nan " if v != v else f"{v:.4f}" for v in row))
+    for d in run.decisions:
+        lines.append(f"  {d['decision']:>5} {d['domain']}: {d['reason']}")
     return "\n".join(lines)
 
 
@@ -240,111 +258,3 @@ def _saved_matrix(path: Path) -> DiceMatrix | None:
         return DiceMatrix.from_dict(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError):
         return None
-
-
-def config_from_args(args: Any) -> AdaptConfig:
-    """An :class:`AdaptConfig` from parsed arguments (values may come from ``--config`` YAML)."""
-    import yaml
-
-    values: dict[str, Any] = {}
-    strategies = getattr(args, "strategies", None) or getattr(args, "strategy", None)
-    if strategies:
-        values["strategies"] = strategies
-    for name in (
-        "epochs",
-        "batch_size",
-        "samples_per_volume",
-        "patch_size",
-        "optimizer",
-        "lr",
-        "weight_decay",
-        "precision",
-        "overlap",
-        "window_batch",
-        "augment",
-        "cache",
-        "test_fraction",
-        "eval_before",
-        "methods",
-        "loggers",
-        "seed",
-        "workers",
-        "device",
-        "momentum",
-        "poly_power",
-        "grad_clip",
-        "auto",
-        "exclude_invalid",
-        "drift_alpha",
-        "drift_max_reference",
-        "drift_permutations",
-    ):
-        v = getattr(args, name, None)
-        if v is not None:
-            values[name] = v
-    for name in ("methods", "augment"):
-        if isinstance(values.get(name), str) and values[name] not in ("default", "none"):
-            try:
-                values[name] = yaml.safe_load(values[name])
-            except yaml.YAMLError as e:
-                raise ConfigError(f"--{name}: not valid YAML: {e}") from e
-    if isinstance(values.get("methods"), dict) and getattr(args, "config", None):
-        values["methods"] = _merge_methods(_yaml_methods(args.config), values["methods"])
-    return AdaptConfig(**values)
-
-
-def _yaml_methods(path: str | Path) -> dict[str, Any]:
-    """The ``methods`` section of a ``--config`` file ({} when absent)."""
-    import yaml
-
-    try:
-        doc = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read config: {e}") from e
-    section = doc.get("adapt", doc) if isinstance(doc.get("adapt"), dict) else doc
-    methods = section.get("methods") if isinstance(section, dict) else None
-    return dict(methods) if isinstance(methods, dict) else {}
-
-
-def _merge_methods(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Per method, ``--methods`` values over the config file's (so one flag can change one hyper-parameter)."""
-    out = {k: dict(v or {}) for k, v in base.items()}
-    for name, params in override.items():
-        out[name] = {**out.get(name, {}), **dict(params or {})}
-    return out
-
-
-def adapt_command(args: Any) -> int:
-    """``medattn adapt``: run, print the comparison table, return the exit code."""
-    from medattn.data.importers import load_dataset
-
-    cfg = config_from_args(args)
-    manifest = load_dataset(
-        args.data,
-        domain_from=getattr(args, "domain_from", None),
-        channels=getattr(args, "channels", None),
-        label_name=getattr(args, "label_name", None),
-        modality=getattr(args, "modality", None),
-    )
-    result = adapt(
-        args.model, manifest, args.out, cfg, data_root=args.data_root, resume=bool(args.resume), quiet=bool(args.quiet)
-    )
-    for name, run in result.runs.items():
-        print(f"{name}: Dice matrix (rows: after training on; columns: {', '.join(run.matrix.domains)})")
-        labels = (["before"] if run.matrix.before is not None else []) + list(run.matrix.rows)
-        grid = run.matrix.matrix()
-        if run.matrix.before is not None:
-            import numpy as np
-
-            grid = np.vstack([run.matrix.baseline()[None], grid])  # type: ignore[index]
-        for label, row in zip(labels, grid):
-            print(f"  {label:>12}  " + "  ".join("  nan " if v != v else f"{v:.4f}" for v in row))
-        for d in run.decisions:
-            print(f"  {d['decision']:>5} {d['domain']}: {d['reason']}")
-    print(format_comparison(result.comparison))
-    print(f"results written to {result.out}")
-    if result.excluded:
-        print(f"{len(result.excluded)} case(s) failed the input checks and were left out (--exclude-invalid):")
-        for e in result.excluded:
-            print(f"  {e['case']}: {e['file']}: {e['reason']}")
-    return 0 if all(r.finished for r in result.runs.values()) and not result.excluded else 1

@@ -31,7 +31,7 @@ from scipy import ndimage
 
 from medattn.data.io import atomic_write_text, atomic_write_with, read_volume, write_volume
 from medattn.data.manifest import VAL_FRACTION, Case, Channel, Domain, Manifest
-from medattn.data.scanners import ScannerProfile, format_profiles, get_profiles, simulate_scanner
+from medattn.data.scanners import ScannerProfile, get_profiles, simulate_scanner
 from medattn.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -503,60 +503,3 @@ def _common_root(domains: Sequence[Domain], out: Path) -> tuple[list[Domain], st
         for d in domains
     ]
     return rebased, PurePosixPath(Path(os.path.relpath(base, out))).as_posix()
-
-
-# ---- command -----------------------------------------------------------------------------------------------------
-
-
-def synth_command(args: Any) -> int:
-    """``medattn synth``: list profiles, write the phantom, or derive scanner domains (``--from``). Exit code."""
-    if getattr(args, "list_profiles", False):
-        print(format_profiles())
-        return 0
-    if not args.out:
-        raise ConfigError("give an output folder: medattn synth OUT [--from DATA]")
-    try:
-        profiles = get_profiles(args.scanners)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    progress = not args.quiet
-    if args.source:
-        if args.size is not None:
-            log.warning("--size applies to phantoms only; ignored with --from")
-        from medattn.data.importers import load_dataset
-
-        source = load_dataset(
-            args.source,
-            domain_from=args.domain_from,
-            channels=args.channels,
-            label_name=args.label_name,
-            modality=args.modality,
-        )
-        result = synth_from(
-            source,
-            args.out,
-            profiles=profiles,
-            seed=args.seed,
-            cases=args.cases,
-            data_root=args.data_root,
-            progress=progress,
-        )
-    else:
-        result = synth_phantom(
-            args.out,
-            seed=args.seed,
-            cases=DEFAULT_CASES if args.cases is None else args.cases,
-            size=DEFAULT_SIZE if args.size is None else args.size,
-            profiles=profiles,
-            progress=progress,
-        )
-    counts = ", ".join(f"{d.name}: {len(d.cases)}" for d in result.manifest.domains)
-    print(
-        f"{result.manifest.name}: {result.manifest.num_cases} cases in {len(result.manifest.domains)} domains "
-        f"({counts})"
-    )
-    print(f"manifest written to {result.path}")
-    if result.failures:
-        print(f"{len(result.failures)} source case(s) failed and were skipped: {', '.join(result.failures)}")
-        return 1
-    return 0

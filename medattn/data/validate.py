@@ -246,6 +246,13 @@ class ValidationReport(_BySeverity):
             "problems": [asdict(p) for p in self.problems],
         }
 
+    def save(self, path: str | Path) -> Path:
+        """Write :meth:`to_dict` as JSON atomically (``OSError`` when it cannot be written)."""
+        from medattn.data.io import atomic_write_text
+        from medattn.jsonio import dumps
+
+        return atomic_write_text(path, dumps(self.to_dict()))
+
 
 # ---- public API ------------------------------------------------------------------------------------------------
 

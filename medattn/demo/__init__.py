@@ -31,7 +31,7 @@ Outputs in ``OUT``::
 An ``OUT`` that holds an earlier demo is cleared of those entries first; any other non-empty folder is refused.
 """
 
-from medattn.demo.config import DemoConfig, add_demo_arguments
-from medattn.demo.run import DemoResult, run, run_demo
+from medattn.demo.config import DemoConfig
+from medattn.demo.run import DemoResult, run
 
-__all__ = ["DemoConfig", "DemoResult", "add_demo_arguments", "run", "run_demo"]
+__all__ = ["DemoConfig", "DemoResult", "run"]

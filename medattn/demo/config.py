@@ -1,11 +1,8 @@
-"""The demo's knobs: :class:`DemoConfig` (saved as ``OUT/demo_config.json``) and the ``medattn demo`` options.
-
-Light on purpose (argparse and dataclasses only): the command-line parser imports it to build ``--help``.
-"""
+"""The demo's knobs: :class:`DemoConfig`, saved as ``OUT/demo_config.json`` (the ``medattn demo`` options that set
+them are in :mod:`medattn.commands.demo`)."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
@@ -138,42 +135,3 @@ class DemoConfig:
             v = getattr(self, f.name)
             doc[f.name] = list(v) if isinstance(v, tuple) else v
         return doc
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> DemoConfig:
-        """From parsed ``medattn demo`` arguments (values may come from ``--config`` YAML; None: the default)."""
-        known = [f.name for f in dataclasses.fields(cls)]
-        return cls(**{n: getattr(args, n) for n in known if getattr(args, n, None) is not None})
-
-
-def add_demo_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``medattn demo``; defaults are None so that ``--config`` and then :class:`DemoConfig` fill them."""
-    from medattn.options import add_device, add_seed
-
-    p.add_argument("--data", help="dataset to run on instead of the embedded phantom (its first domain is trained on)")
-    p.add_argument("--data-root", help="data root for --data's manifest")
-    p.add_argument("--out", "-o", default="demo_out", help="output folder (default demo_out)")
-    add_seed(p)
-    g = p.add_argument_group("data")
-    g.add_argument("--cases", type=int, help="phantom cases per scanner (default 40)")
-    g.add_argument("--size", type=int, help="phantom volume edge in voxels (default 32)")
-    g.add_argument("--scanners", help="scanner profiles, e.g. A,B,C,D (default: all for the phantom, B,C,D for --data)")
-    g.add_argument("--max-cases", type=int, help="--data: use the first N labelled cases of each domain (default 40)")
-    m = p.add_argument_group("training and adaptation")
-    m.add_argument("--model", help="model preset (default ag_unet_fullres)")
-    m.add_argument("--widths", help="feature widths per stage, e.g. 8,16,32,64 (default)")
-    m.add_argument("--patch-size", help="training patch and window X,Y,Z (default: the plan's)")
-    m.add_argument("--steps", type=int, help="training steps on the first scanner (default 600)")
-    m.add_argument("--epochs", type=int, help="epochs the steps are split into, one validation each (default 10)")
-    m.add_argument("--lr", type=float, help="training learning rate (default 0.01)")
-    m.add_argument("--augment", help="augmentation: spatial (default), none, default, or JSON of options")
-    m.add_argument("--strategies", help="continual-learning methods (default replay,naive)")
-    m.add_argument("--adapt-epochs", type=int, help="adaptation epochs per scanner (default 4)")
-    m.add_argument("--adapt-lr", type=float, help="adaptation learning rate (default 0.01)")
-    m.add_argument("--replay-patches", type=int, help="replay memory in patches over all scanners (default 8)")
-    m.add_argument("--replay-batch", type=int, help="memory patches replayed per step (default 2)")
-    r = p.add_argument_group("report and machine")
-    r.add_argument("--figure-cases", type=int, help="held-out volumes drawn as orthogonal slices (default 4)")
-    r.add_argument("--threads", type=int, help="PyTorch threads (default 1; fixed so runs repeat exactly)")
-    add_device(p)
-    p.set_defaults(seed=None)

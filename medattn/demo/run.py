@@ -1,10 +1,9 @@
-"""Running the demo: :func:`run` (the library call) and :func:`run_demo` (``medattn demo``)."""
+"""Running the demo: :func:`run`, the library call behind ``medattn demo`` (:mod:`medattn.commands.demo`)."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,8 @@ from medattn.demo.config import DemoConfig
 from medattn.demo.data import load_data, prepare_out, with_splits
 from medattn.demo.steps import DemoSteps, StepLog
 from medattn.errors import ConfigError
+
+log = logging.getLogger("medattn.demo")
 
 
 @dataclass
@@ -32,7 +33,7 @@ def run(
     data: str | None = None,
     data_root: str | None = None,
     progress: bool = True,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] | None = None,
 ) -> DemoResult:
     """Run the eight steps of :mod:`medattn.demo`; returns the summary and the report's path.
 
@@ -42,7 +43,8 @@ def run(
         data: a dataset (manifest, MSD, nnU-Net, per-domain folders...) instead of the phantom.
         data_root: overrides ``data``'s manifest root.
         progress: show progress bars.
-        echo: where the step lines go.
+        echo: where the step lines (``[k/8] ...`` and each step's result) go; None: the ``medattn.demo`` logger
+            at INFO level. ``medattn demo`` prints them.
 
     ``cfg.threads`` is recorded in ``demo_config.json`` but not applied: the thread count is the caller's (global
     PyTorch state); ``medattn demo`` runs this inside :func:`medattn.runtime.torch_threads`, and a caller that wants
@@ -57,6 +59,7 @@ def run(
     from medattn.data.validate import format_report, validate_manifest
     from medattn.errors import MedattnError
 
+    echo = echo or log.info
     out = Path(out)
     prepare_out(out, data)
     atomic_write_text(out / "demo_config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -98,19 +101,3 @@ def run(
 
 def _fmt_triple(values: Sequence[float]) -> str:
     return "x".join(f"{v:g}" for v in values)
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    """``medattn demo``: run with ``--threads`` PyTorch threads, print the summary table and where the report is;
-    returns the exit code."""
-    from medattn.report.demo_report import format_summary
-    from medattn.runtime import torch_threads
-
-    cfg = DemoConfig.from_args(args)
-    t0 = time.perf_counter()
-    with torch_threads(cfg.threads):
-        result = run(cfg, args.out, data=args.data, data_root=args.data_root, progress=not args.quiet)
-    print()
-    print(format_summary(result.summary))
-    print(f"demo finished in {time.perf_counter() - t0:.0f} s; report: {result.report.resolve()}")
-    return 0

@@ -1,14 +1,16 @@
 """Steps 4 to 8 of the demo (train, predict, drift, adapt, report) over the state they share.
 
 Each step calls the library function the matching command calls (``train``, ``run_predict`` and
-``evaluate_folder``, ``extract_features`` and ``analyse``, ``adapt``), prints ``[k/8] ...`` when it starts and a
-one-line result with its time when it ends, and records its numbers for ``summary.json``.
+``evaluate_folder``, ``extract_features`` and ``analyse``, ``adapt``), reports ``[k/8] ...`` when it starts and a
+one-line result with its time when it ends (through :class:`StepLog`'s ``echo``: ``medattn demo`` prints them), and
+records its numbers for ``summary.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,9 +29,10 @@ STEPS = ("data", "validate", "plan", "train", "predict", "drift", "adapt", "repo
 
 @dataclass
 class StepLog:
-    """Prints ``[k/N] title`` when a step starts and its result with wall and CPU seconds when it ends."""
+    """Reports ``[k/N] title`` when a step starts and its result with wall and CPU seconds when it ends, through
+    ``echo`` (default: the ``medattn.demo`` logger at INFO level)."""
 
-    echo: Callable[[str], None] = print
+    echo: Callable[[str], None] = logging.getLogger("medattn.demo").info
     total: int = len(STEPS)
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
     _k: int = 0

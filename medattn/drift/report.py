@@ -10,14 +10,13 @@ volumes and the drop between them.
 Every volume passes the input gate first (:mod:`medattn.data.gate`: the checks of ``medattn validate``, and its
 channels matched to the model's by name); a refused volume is named in the report with its reason and left out.
 
-Exit codes of the command: 0 no drift, 4 drift (whether or not volumes were refused), 1 no drift found but some
-volumes were refused, or too few readable volumes to test, 2 an output that would touch an input or cannot be
-written, 3 data error (model file, dataset description, channels that do not match the model's).
+:func:`drift_report` is what ``medattn drift`` calls (:mod:`medattn.commands.drift`, which also maps the outcome
+to exit codes); :func:`run_drift` is the same without the files, :func:`analyse` the tests on features already
+extracted.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -43,10 +42,6 @@ from medattn.errors import DataError, ManifestError
 
 log = logging.getLogger(__name__)
 
-EXIT_NO_DRIFT = 0
-EXIT_DRIFT = 4
-EXIT_TOO_FEW = 1
-EXIT_PROBLEMS = 1  # no drift found, but some volumes were refused
 #: The decision rule, as written into every report.
 DECISION_RULE = "drift when MMD (whitened) or KS-on-PCA p-value < alpha/2 on the model features"
 
@@ -63,17 +58,9 @@ class DriftOptions:
     overlap: float = 0.25
     seed: int = 0
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> DriftOptions:
-        """From parsed ``--alpha --fpr --features --permutations --overlap --seed`` (``medattn drift``, benchmarks)."""
-        return cls(
-            alpha=args.alpha,
-            fpr=args.fpr,
-            features=tuple(s.strip() for s in args.features.split(",") if s.strip()),
-            permutations=args.permutations,
-            overlap=args.overlap,
-            seed=args.seed,
-        )
+
+class TooFewVolumesError(DataError):
+    """Fewer readable volumes than the set-level tests need (at least 4 reference and 2 target volumes)."""
 
 
 @dataclass
@@ -308,7 +295,9 @@ def analyse(
 ) -> DriftReport:
     """Tests, volume scores, metadata changes and Dice drop from already extracted features."""
     if len(reference) < 4 or len(target) < 2:
-        raise DataError(f"need at least 4 reference and 2 target volumes, got {len(reference)} and {len(target)}")
+        raise TooFewVolumesError(
+            f"need at least 4 reference and 2 target volumes, got {len(reference)} and {len(target)}"
+        )
     ref = np.stack([f.vector(options.features) for f in reference])
     tgt = np.stack([f.vector(options.features) for f in target])
     drift, tests = decide(ref, tgt, options)
@@ -453,40 +442,51 @@ def run_drift(
     return report
 
 
-def drift_command(args: argparse.Namespace) -> int:
+def drift_report(
+    model_path: str | Path,
+    reference: str,
+    target: str,
+    out: str | Path,
+    *,
+    data_root: str | None = None,
+    options: DriftOptions | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+    reference_split: str | None = None,
+    target_split: str | None = None,
+) -> DriftReport:
+    """:func:`run_drift`, written to ``out`` (JSON) with its PNG plots beside it (``report.plots`` names them).
+
+    ``out`` is checked before the model or any volume is read: never a file of either dataset, the model or a
+    dataset description, never in an image or label folder, and writable.
+
+    Raises:
+        TooFewVolumesError: fewer readable volumes than the tests need (nothing is written).
+        ConfigError: an output that would touch an input or cannot be written.
+        DataError, ManifestError: see :func:`run_drift`.
+    """
     from medattn.data.guard import InputGuard, prepare_output_file
     from medattn.infer.inputs import input_files
     from medattn.jsonio import write_json
 
-    options = DriftOptions.from_args(args)
-    out = Path(args.out)
-    guard = InputGuard.of(other_files=[args.model])  # before the model or any volume is read
-    for spec in (args.reference, args.target):
-        files, dataset = input_files(spec, data_root=args.data_root)
+    out = Path(out)
+    guard = InputGuard.of(other_files=[model_path])  # before the model or any volume is read
+    for spec in (reference, target):
+        files, dataset = input_files(spec, data_root=data_root)
         guard = guard | InputGuard.of(files, dataset=dataset)
     guard.check_file(out, "-o")
     prepare_output_file(out, "-o")
-    try:
-        report = run_drift(
-            args.model,
-            args.reference,
-            args.target,
-            data_root=args.data_root,
-            options=options,
-            device=args.device or "cpu",
-            progress=not args.quiet,
-            reference_split=args.reference_split,
-            target_split=args.target_split,
-        )
-    except DataError as e:
-        if "need at least" in e.problem:
-            print(f"medattn drift: {e}")
-            return EXIT_TOO_FEW
-        raise
+    report = run_drift(
+        model_path,
+        reference,
+        target,
+        data_root=data_root,
+        options=options,
+        device=device,
+        progress=progress,
+        reference_split=reference_split,
+        target_split=target_split,
+    )
     report.plots = write_plots(report, out.parent if str(out.parent) else Path("."), out.name.rsplit(".", 1)[0])
     write_json(out, report.to_dict())
-    print(format_report(report))
-    print(f"report written to {out}; plots: {', '.join(report.plots)}")
-    if report.drift:
-        return EXIT_DRIFT
-    return EXIT_PROBLEMS if report.failures else EXIT_NO_DRIFT
+    return report

@@ -18,7 +18,6 @@ A class absent from both the prediction and the label of a case has every metric
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import logging
@@ -32,6 +31,7 @@ import numpy as np
 
 from medattn.data.guard import prepare_output_file
 from medattn.data.io import IMAGE_SUFFIXES, has_suffix, strip_suffix
+from medattn.data.manifest import Manifest
 from medattn.dice import defined_mean
 from medattn.errors import ConfigError, DataError, ManifestError
 from medattn.evaluate.metrics import DEFAULT_NSD_TOLERANCE_MM, METRICS, ClassScores, segmentation_scores, summarise
@@ -60,6 +60,10 @@ class EvaluateOptions:
     confidence: float = 0.95
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.resamples < 0 or not 0 < self.confidence < 1:
+            raise ConfigError("--bootstrap must be >= 0 and --confidence in (0, 1)")
+
 
 @dataclass
 class CaseRow:
@@ -75,61 +79,69 @@ class CaseRow:
     scores: dict[int, ClassScores] = field(default_factory=dict)
 
 
-# ---- the command -----------------------------------------------------------------------------------------------
+# ---- the library calls ----------------------------------------------------------------------------------------
 
 
-def evaluate_command(args: argparse.Namespace) -> int:
-    """Score ``args.pred`` against ``args.data``; write JSON and CSV; 0, or 1 when a case failed."""
-    from medattn.data.importers import load_dataset
+def evaluate_dataset(
+    pred_dir: str | Path,
+    manifest: Manifest,
+    json_path: str | Path,
+    csv_path: str | Path,
+    options: EvaluateOptions | None = None,
+    *,
+    data: str | Path,
+    data_root: str | Path | None = None,
+    split: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Score the predictions in ``pred_dir`` against ``manifest``'s labelled cases; write the JSON and the CSV.
 
-    options = EvaluateOptions(
-        nsd_tolerance=parse_tolerance(getattr(args, "nsd_tolerance", None)),
-        resamples=int(args.bootstrap),
-        confidence=float(args.confidence),
-        seed=int(args.seed),
-    )
-    if options.resamples < 0 or not 0 < options.confidence < 1:
-        raise ConfigError("--bootstrap must be >= 0 and --confidence in (0, 1)")
-    manifest = load_dataset(
-        args.data,
-        domain_from=getattr(args, "domain_from", None),
-        channels=getattr(args, "channels", None),
-        label_name=getattr(args, "label_name", None),
-        modality=getattr(args, "modality", None),
-    )
-    split = getattr(args, "split", None)
+    Both outputs are checked before any volume is read: never one of the dataset's files, its description or a
+    prediction, never in an image or label folder, and writable.
+
+    Args:
+        pred_dir: folder of predicted masks named ``<case>.nii.gz`` (as ``medattn predict`` writes them).
+        manifest: the dataset; its labelled cases are the reference.
+        json_path, csv_path: the report (see the module docstring) and the per-case-and-class CSV.
+        options: see :class:`EvaluateOptions`.
+        data: the dataset as the user named it (manifest, folder, ``:DOMAIN`` suffix allowed): named in errors,
+            recorded in the report, and its description file is protected.
+        data_root: overrides the manifest's data root.
+        split: only the labelled cases of this split.
+        progress: show a progress bar.
+
+    Returns:
+        The report document as written (``failed`` lists the cases that could not be scored).
+
+    Raises:
+        DataError: an unknown split, no labelled case, no prediction folder or no matching prediction.
+        ConfigError: an output that would touch an input or cannot be written.
+    """
     try:
-        items = [d for d in manifest.split_datalist(split, args.data_root) if d.get("label")]
+        items = [d for d in manifest.split_datalist(split, data_root) if d.get("label")]
     except ManifestError as e:
-        raise DataError(str(e), args.data) from None
+        raise DataError(str(e), data) from None
     if not items:
         where = f"split {split!r} of the dataset" if split else "the dataset"
-        raise DataError(f"{where} has no labelled cases to evaluate against", args.data)
-    out = Path(args.out)
-    csv_path = Path(args.csv) if getattr(args, "csv", None) else out.with_suffix(".csv")
-    guard = _input_guard(manifest, args, Path(args.pred))
-    for path, what in ((out, "-o"), (csv_path, "--csv")):  # before any volume is read
+        raise DataError(f"{where} has no labelled cases to evaluate against", data)
+    out, csv_out = Path(json_path), Path(csv_path)
+    guard = _input_guard(manifest, data_root, data, Path(pred_dir))
+    for path, what in ((out, "-o"), (csv_out, "--csv")):  # before any volume is read
         guard.check_file(path, what)
         prepare_output_file(path, what)
     labels = {int(k): str(v) for k, v in manifest.labels.items() if int(k) != 0}
-    doc = evaluate_folder(args.pred, items, labels, options, progress=not getattr(args, "quiet", False))
-    doc["data"] = str(args.data)
-    write_reports(doc, out, csv_path, sorted(guard.files))
-    print(format_summary(doc))
-    if doc["failed"]:
-        print(f"{len(doc['failed'])} case(s) failed:")
-        for f in doc["failed"]:
-            print(f"  {f['case']}: {f['file']}: {f['reason']}")
-    print(f"metrics written to {out} and {csv_path}")
-    return 1 if doc["failed"] else 0
+    doc = evaluate_folder(pred_dir, items, labels, options, progress=progress)
+    doc["data"] = str(data)
+    write_reports(doc, out, csv_out, sorted(guard.files))
+    return doc
 
 
-def _input_guard(manifest: Any, args: argparse.Namespace, pred_dir: Path) -> Any:
+def _input_guard(manifest: Manifest, data_root: str | Path | None, data: str | Path, pred_dir: Path) -> Any:
     """The dataset's images and labels (and their folders), its description, and the prediction files."""
     from medattn.data.guard import InputGuard
 
     preds = _prediction_files(pred_dir).values() if pred_dir.is_dir() else []
-    return InputGuard.of_manifest(manifest, args.data_root, args.data, other_files=preds)
+    return InputGuard.of_manifest(manifest, data_root, data, other_files=preds)
 
 
 def parse_tolerance(value: Any) -> float | dict[int, float]:
@@ -149,9 +161,6 @@ def parse_tolerance(value: Any) -> float | dict[int, float]:
         return out
     except ValueError:
         raise ConfigError(f"--nsd-tolerance: expected MM or VALUE:MM[,VALUE:MM...], got {value!r}") from None
-
-
-# ---- the library function --------------------------------------------------------------------------------------
 
 
 def evaluate_folder(

@@ -18,7 +18,6 @@ maps are written before its mask, so a mask never stands without them. The exit 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -127,72 +126,6 @@ class CaseResult:
     nonfinite_replaced: int = 0  # NaN/Inf voxels replaced (``--replace-nonfinite``)
     warnings: list[str] = field(default_factory=list)  # the input gate's warnings for this case
     removed_stale: list[str] = field(default_factory=list)  # an earlier run's outputs of a case that failed now
-
-
-# ---- the command -----------------------------------------------------------------------------------------------
-
-
-def options_from_args(args: argparse.Namespace) -> PredictOptions:
-    """Turn parsed arguments (see :mod:`medattn.infer.options`) into :class:`PredictOptions` (validated)."""
-    mirror: tuple[int, ...] = ()
-    if getattr(args, "mirror_axes", None):
-        mirror = _int_list(args.mirror_axes, "--mirror-axes")
-    elif getattr(args, "tta", False) or getattr(args, "mirror", False):
-        mirror = (0, 1, 2)
-    window = None
-    if getattr(args, "window", None):
-        w = _int_list(args.window, "--window")
-        window = (w[0],) * 3 if len(w) == 1 else w
-    probs = getattr(args, "save_probabilities", None)
-    return PredictOptions(
-        window=window,  # type: ignore[arg-type]  # validated in __post_init__
-        overlap=float(args.overlap),
-        window_batch=int(args.window_batch),
-        blend=str(args.blend),
-        mirror_axes=mirror,
-        device=args.device,
-        stitch_device=str(args.stitch_device),
-        accumulator_dtype=str(args.accumulator_dtype),
-        save_probabilities=None if probs in (None, False, "none") else str(probs),
-        output_format=str(args.format),
-        workers=int(args.workers or 0),
-        progress=not getattr(args, "quiet", False),
-        replace_nonfinite=bool(getattr(args, "replace_nonfinite", False)),
-    )
-
-
-def _int_list(value: Any, what: str) -> tuple[int, ...]:
-    items = value if isinstance(value, (list, tuple)) else str(value).replace("x", ",").split(",")
-    try:
-        return tuple(int(str(v).strip()) for v in items if str(v).strip())
-    except ValueError:
-        raise ConfigError(f"{what}: expected comma-separated integers, got {value!r}") from None
-
-
-def predict_command(args: argparse.Namespace) -> int:
-    """``medattn predict MODEL INPUT OUTPUT``: returns 0, or 1 when some case failed (see the module docstring)."""
-    options = options_from_args(args)
-    rank = Rank.from_env()
-    import_options = {k: getattr(args, k, None) for k in ("domain_from", "channels", "label_name", "modality")}
-    summary = run_predict(
-        args.model,
-        args.input,
-        args.output,
-        options,
-        data_root=getattr(args, "data_root", None),
-        import_options=import_options,
-        rank=rank,
-        split=getattr(args, "split", None),
-    )
-    if rank.is_main:
-        print(
-            f"{summary['num_written']} of {summary['num_cases']} cases written to {args.output}"
-            + (f"; {summary['num_failed']} failed:" if summary["num_failed"] else "")
-        )
-        for f in summary["failed"]:
-            print(f"  {f['case']}: {f['file']}: {f['reason']}")
-        print(f"summary written to {Path(args.output) / SUMMARY_NAME}")
-    return 1 if summary["num_failed"] else 0
 
 
 def run_predict(

@@ -11,11 +11,16 @@ channels and one output per class. Widths default to the preset's base width dou
 nnU-Net does); ``widths`` with fewer stages takes the plan's first pooling steps. ``model_options`` (any model
 config field, ``strides`` and ``kernel_sizes`` included) win over all of this. MONAI's ``AttentionUnet`` wrapper
 takes isotropic integer strides only and has no deep supervision.
+
+The widths are chosen here for every preset; what follows from the plan is the rule of the preset's family
+(``fit_plan`` of its :class:`~medattn.models.families.Family`: ``fit_unet``, ``fit_monai``), so a new preset of a
+family needs nothing here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from torch import nn
@@ -34,13 +39,10 @@ def network_overrides(
     options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The config overrides :func:`build_network` passes to ``build_model`` (see the module docstring)."""
-    from medattn.models import config as unet_config
-    from medattn.models import monai_attention_unet
-    from medattn.models.registry import PRESETS
+    from medattn.models.families import FAMILIES, PlanFit
+    from medattn.models.registry import get_preset, resolve_config
 
-    if model not in PRESETS:
-        raise ConfigError(f"unknown model {model!r}; available: {', '.join(PRESETS)}")
-    preset = PRESETS[model]
+    preset = get_preset(model)
     opts = dict(options or {})
     depth = len(plan.strides)
     if widths is not None and len(widths) > depth:
@@ -48,41 +50,20 @@ def network_overrides(
             f"widths {list(widths)}: {len(widths)} stages, but the plan's patch {list(plan.patch_size)} only "
             f"allows {depth} (strides {[list(s) for s in plan.strides]}); give at most {depth} widths"
         )
-    n = len(widths) if widths is not None else depth
     if widths is None:
-        default = preset.get("channels", unet_config.UNetConfig.channels)
-        base = int(default[0])
-        widths = [min(base * 2**i, MAX_WIDTH) for i in range(n)]
-    over: dict[str, Any] = {"channels": tuple(int(w) for w in widths)}
-    steps = [tuple(int(v) for v in st) for st in plan.strides[1:n]]
-    if preset["arch"] == monai_attention_unet.ARCH:
-        if any(len(set(st)) != 1 for st in steps):
-            raise ConfigError(
-                f"{model} takes isotropic strides only; the plan pools {[list(st) for st in plan.strides]}. "
-                "Use an attention-gated U-Net preset for anisotropic data."
-            )
-        over["strides"] = tuple(st[0] for st in steps)
-        if deep_supervision:
-            raise ConfigError(f"{model} has no deep supervision; leave deep_supervision unset or 0")
-    elif "strides" not in opts:  # the user's strides stand as given (with the preset's kernels unless given too)
-        from medattn.models.registry import resolve_config
-
-        pattern = resolve_config(model, plan.num_channels, plan.num_classes, **{**over, **opts})["strides"]
-        pooled = [max(st) > 1 for st in pattern]
-        if sum(pooled) > len(steps):
-            raise ConfigError(
-                f"{model} pools at {sum(pooled)} of its {n} stages, the plan allows {len(steps)} pooling steps "
-                f"({[list(st) for st in plan.strides]}); give model_options strides explicitly"
-            )
-        strides, kernels, used = [], [], 0
-        for p in pooled:
-            strides.append(steps[used] if p else (1, 1, 1))
-            used += int(p)
-            kernels.append(tuple(int(v) for v in plan.kernel_sizes[used]))
-        over["strides"] = tuple(strides)
-        over["kernel_sizes"] = tuple(kernels)
-    if preset["arch"] != monai_attention_unet.ARCH:
-        over["deep_supervision"] = min(2, n - 2) if deep_supervision is None else deep_supervision
+        base = int(resolve_config(model, plan.num_channels, plan.num_classes)["channels"][0])
+        widths = [min(base * 2**i, MAX_WIDTH) for i in range(depth)]
+    channels = tuple(int(w) for w in widths)
+    fit = PlanFit(
+        model=model,
+        plan=plan,
+        channels=channels,
+        deep_supervision=deep_supervision,
+        options=opts,
+        resolve=partial(resolve_config, model, plan.num_channels, plan.num_classes),
+    )
+    over: dict[str, Any] = {"channels": channels}
+    over.update(FAMILIES[preset.family].fit_plan(fit))
     over.update(opts)
     return over
 

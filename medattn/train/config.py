@@ -216,11 +216,11 @@ class TrainConfig:
             raise ConfigError(f"{path}: {e}") from e
 
     @classmethod
-    def from_args(cls, args: Any) -> TrainConfig:
-        """Build from parsed ``medattn train`` arguments (values may also come from YAML, so lists are accepted
-        where the command line takes comma-separated text)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    def from_options(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """Build from option values as the command line and YAML spell them: field name -> value, where
+        ``model_options`` and a mapping ``augment`` may be JSON/YAML text, and sequences may be comma-separated
+        text or lists (as the fields accept them). ``medattn train`` passes the options that were given."""
+        values = dict(values)
         if isinstance(values.get("model_options"), str):
             values["model_options"] = _parse_mapping(values["model_options"], "model_options")
         if isinstance(values.get("augment"), str) and values["augment"].lstrip().startswith("{"):

@@ -10,6 +10,7 @@ differs from the saved run is refused rather than silently ignored.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -110,18 +111,20 @@ def case_items(manifest: Manifest, ids: tuple[str, ...], data_root: str | None) 
     return [by_id[i] for i in ids]
 
 
-def config_for_command(args: Any, out: Path) -> TrainConfig:
-    """The run config from the command line; on ``--resume``, the saved one with the runtime options applied
-    (any other option that differs from the saved run is refused rather than silently ignored)."""
-    given = TrainConfig.from_args(args)
-    if not args.resume:
-        return given
+def resumed_config(given: TrainConfig, explicit: Collection[str], out: Path) -> TrainConfig:
+    """The saved config of the run in ``out`` for ``--resume``, with the runtime options among ``explicit`` (the
+    field names the user gave) taken from ``given``; any other explicit option that differs from the saved run is
+    refused rather than silently ignored.
+
+    Raises:
+        ConfigError: ``out`` holds no run, or an explicit experiment option differs from the saved one.
+    """
     path = out / "config.json"
     if not path.is_file():
         raise ConfigError(f"--resume: {out} holds no run (no config.json); start one without --resume")
     saved = TrainConfig.load(path)
     names = [n for n in saved.to_dict() if n not in ("format", "version")]
-    explicit = {n for n in names if getattr(args, n, None) is not None}
+    explicit = {n for n in names if n in explicit}
     differ = [n for n in sorted(explicit - set(RUNTIME_FIELDS) - {"fold"}) if getattr(given, n) != getattr(saved, n)]
     if "fold" in explicit and given.fold != saved.fold:
         differ.append("fold")

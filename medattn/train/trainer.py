@@ -35,7 +35,7 @@ from medattn.errors import MedattnError
 from medattn.runtime import Rank, resolve_device, seed_everything
 from medattn.train import distributed
 from medattn.train.config import TrainConfig, augment_config
-from medattn.train.run import case_items, config_for_command, prepare_run, resolve_plan
+from medattn.train.run import case_items, prepare_run, resolve_plan
 from medattn.train.splits import Split, make_split, resolve_fold
 
 log = logging.getLogger(__name__)
@@ -405,37 +405,3 @@ def _log_epoch(row: Mapping[str, Any], names: list[str], epochs: int) -> None:
         per = ", ".join(f"{n} {_fmt(row.get(f'val_dice_{n}'))}" for n in names)
         msg += f"; val Dice {_fmt(row['val_dice'])} ({per})"
     log.info(msg)
-
-
-# ---- command line ----------------------------------------------------------------------------------------------
-
-
-def train_command(args: Any) -> int:
-    """``medattn train DATA --model NAME --out RUN``: parse, join a torchrun job if any, train, print a summary."""
-    from medattn.data.importers import load_dataset
-
-    out = Path(args.out)
-    config = config_for_command(args, out)
-    config = config.replace(data=str(args.data), data_root=args.data_root or config.data_root)
-    info, device = distributed.init_from_env(config.device)
-    try:
-        config = config.replace(device=device)
-        manifest = load_dataset(
-            args.data,
-            domain_from=getattr(args, "domain_from", None),
-            channels=getattr(args, "channels", None),
-            label_name=getattr(args, "label_name", None),
-            modality=getattr(args, "modality", None),
-        )
-        plan = Plan.load(args.plan) if getattr(args, "plan", None) else None
-        result = train(config, manifest, out, plan=plan, resume=bool(args.resume), progress=not args.quiet)
-        if info.is_main:
-            dice = "no validation" if math.isnan(result.best_dice) else f"best val Dice {result.best_dice:.4f}"
-            print(f"{result.epochs} epoch(s); {dice} (epoch {result.best_epoch}); model written to {result.model_path}")
-            if result.excluded:
-                print(f"{len(result.excluded)} case(s) failed the input checks and were left out (--exclude-invalid):")
-                for e in result.excluded:
-                    print(f"  {e['case']}: {e['file']}: {e['reason']}")
-    finally:
-        distributed.shutdown(info)
-    return 1 if result.excluded else 0

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from medattn.cli import _apply_config, build_parser
+from medattn.commands.train import train_config
 from medattn.errors import ConfigError
 from medattn.train import precision as prec
 from medattn.train.config import TrainConfig
@@ -20,7 +21,7 @@ def parse(argv: list[str]) -> TrainConfig:
     parser = build_parser()
     args = parser.parse_args(argv)
     _apply_config(parser, argv, args)
-    return TrainConfig.from_args(args)
+    return train_config(args)
 
 
 def test_config_resolves_defaults_and_round_trips(tmp_path: Path) -> None:

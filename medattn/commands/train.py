@@ -1,4 +1,4 @@
-"""Arguments of ``medattn train`` (light: argparse only).
+"""``medattn train DATA --out RUN``: train a model on a dataset (``--resume`` continues a run).
 
 Every option is a field of :class:`medattn.train.config.TrainConfig` (dashes for underscores) and may also be
 given as a key of ``--config pipelines/train.yaml``. Defaults are ``None`` here so that the config's defaults
@@ -8,8 +8,11 @@ apply and ``--resume`` can tell which options were given.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from medattn.options import (
+from medattn.commands.common import EXIT_OK, EXIT_PROBLEMS, load_data, print_excluded
+from medattn.commands.options import (
     add_data,
     add_device,
     add_epochs,
@@ -21,11 +24,19 @@ from medattn.options import (
     add_workers,
 )
 
+if TYPE_CHECKING:
+    from medattn.train.config import TrainConfig
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
+NAME = "train"
+HELP = "train a model on a dataset; RUN/model.pt plus logs (--resume continues)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data(p)
     add_import_options(p)
-    add_out(p, help="run folder (model.pt, model_last.pt, checkpoint.pt, config.json, plan.json, log.csv)")
+    add_out(
+        p, required=True, help="run folder (model.pt, model_last.pt, checkpoint.pt, config.json, plan.json, log.csv)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--plan", help="plan JSON to use (default: fingerprint the dataset, as `medattn plan` does)")
     p.add_argument("--plan-max-cases", type=int, help="when planning, fingerprint at most this many cases per domain")
@@ -85,3 +96,50 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     # None marks "not given" for --resume; TrainConfig supplies the defaults.
     p.set_defaults(seed=None, workers=None)
+
+
+def given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~medattn.train.config.TrainConfig` fields the command line or ``--config`` gave (not None)."""
+    import dataclasses
+
+    from medattn.train.config import TrainConfig
+
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The run config from the command line; on ``--resume``, the saved one with the runtime options applied
+    (:func:`medattn.train.run.resumed_config`)."""
+    from medattn.train.config import TrainConfig
+    from medattn.train.run import resumed_config
+
+    values = given_options(args)
+    given = TrainConfig.from_options(values)
+    return resumed_config(given, set(values), Path(args.out)) if args.resume else given
+
+
+def run(args: argparse.Namespace) -> int:
+    """Parse, join a torchrun job if any, train, print a summary (rank 0)."""
+    import math
+
+    from medattn.data.plan import Plan
+    from medattn.train import distributed
+    from medattn.train.trainer import train
+
+    out = Path(args.out)
+    config = train_config(args)
+    config = config.replace(data=str(args.data), data_root=args.data_root or config.data_root)
+    info, device = distributed.init_from_env(config.device)
+    try:
+        config = config.replace(device=device)
+        manifest = load_data(args)
+        plan = Plan.load(args.plan) if getattr(args, "plan", None) else None
+        result = train(config, manifest, out, plan=plan, resume=bool(args.resume), progress=not args.quiet)
+        if info.is_main:
+            dice = "no validation" if math.isnan(result.best_dice) else f"best val Dice {result.best_dice:.4f}"
+            print(f"{result.epochs} epoch(s); {dice} (epoch {result.best_epoch}); model written to {result.model_path}")
+            print_excluded(result.excluded)
+    finally:
+        distributed.shutdown(info)
+    return EXIT_PROBLEMS if result.excluded else EXIT_OK
