@@ -23,7 +23,7 @@ and ``UNet`` under MONAI's ``sliding_window_inference``, with the Dice each pair
    convolution throughput this machine reaches with these kernels and threads).
 2. **Dice at equal training time**: ``medattn`` and ``monai_attention_unet`` (the same two networks, fresh weights)
    are trained on identical batches (random patches of MSD Task04 hippocampus cases, z-scored; the phantom of
-   :mod:`medattn.data.synth` when the data are absent) with the same loss (Dice + CE), optimiser (AdamW) and
+   :mod:`medattn.data.phantom` when the data are absent) with the same loss (Dice + CE), optimiser (AdamW) and
    learning rate, then segment held-out volumes whole with their own inferer (the patch as window). First both
    take the same number of steps (interleaved, each step timed) and are scored: Dice at **equal steps**. Then
    ``medattn`` goes on for as many further steps (fresh patches) as its measured step-time ratio says fit in the
@@ -173,7 +173,7 @@ def load_cases(n_train: int, n_test: int, real: bool = True) -> Cases:
         return Cases("MSD Task04 hippocampus", (32, 48, 32), pairs[:n_train], pairs[n_train:])
     if real:
         print(f"# {root} not found: training on the medattn phantom instead")
-    from medattn.data.synth import MIN_SIZE, phantom_case
+    from medattn.data.phantom import MIN_SIZE, phantom_case
 
     pairs = []
     for i in range(n_train + n_test):

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from medattn.commands.drift import drift_options
     from medattn.data.io import atomic_write_text
     from medattn.drift.calibration import cached_features, calibrate
-    from medattn.drift.report import dataset_items
+    from medattn.drift.inputs import dataset_items
     from medattn.models.model_file import load_model
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")

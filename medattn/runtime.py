@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from medattn.typing import DeviceLike
+
 if TYPE_CHECKING:
     import torch
 
@@ -80,7 +82,7 @@ def auto_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def resolve_device(requested: str | torch.device | None = None, *, local_rank: int | None = None) -> torch.device:
+def resolve_device(requested: DeviceLike | None = None, *, local_rank: int | None = None) -> torch.device:
     """The device a command runs on.
 
     Args:

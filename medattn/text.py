@@ -1,4 +1,4 @@
-"""Plain-text tables for the terminal: the one formatter behind every table a command or benchmark prints.
+"""Plain text for the terminal: the one formatter behind every table a command or benchmark prints, and plurals.
 
 Example::
 
@@ -45,3 +45,8 @@ def table_lines(
 def format_table(header: Sequence[Any], rows: Sequence[Sequence[Any]], *, align: str = "", rule: bool = True) -> str:
     """:func:`table_lines` joined by newlines (no newline at the end)."""
     return "\n".join(table_lines(header, rows, align=align, rule=rule))
+
+
+def plural(n: int, word: str) -> str:
+    """``"1 case"``, ``"3 cases"``: ``n`` and ``word``, with an ``s`` unless ``n`` is 1."""
+    return f"{n} {word}" + ("" if n == 1 else "s")

@@ -123,8 +123,8 @@ def test_continual_metrics_follow_the_rule() -> None:
 
 
 def test_drift_per_volume_dice_and_drop_follow_the_rule() -> None:
+    from medattn.drift.analysis import _dice_summary
     from medattn.drift.features import VolumeFeatures, class_dice, count_undefined_dice, mean_dice
-    from medattn.drift.report import _dice_summary
 
     pred, ref = _masks()
     dice = class_dice(pred, ref, dict(enumerate(NAMES)))
@@ -147,8 +147,10 @@ def test_drift_per_volume_dice_and_drop_follow_the_rule() -> None:
 
 
 def test_evaluate_scores_and_summaries_follow_the_rule(tmp_path: Path) -> None:
+    from medattn.evaluate.case import CaseRow
     from medattn.evaluate.metrics import segmentation_scores
-    from medattn.evaluate.report import CaseRow, EvaluateOptions, build_report
+    from medattn.evaluate.options import EvaluateOptions
+    from medattn.evaluate.results import build_report
 
     pred, ref = _masks()
     scores = segmentation_scores(pred, ref, [1, 2, 3, 4], (1.0, 1.0, 1.0))

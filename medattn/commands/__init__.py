@@ -19,8 +19,8 @@ synth       ``medattn synth OUT [--from DATA]``      :func:`medattn.data.synth.s
 models      ``medattn models``                       :func:`medattn.models.registry.models_table`
 train       ``medattn train DATA --out RUN``         :func:`medattn.train.trainer.train`
 predict     ``medattn predict MODEL INPUT OUT``      :func:`medattn.infer.predict.run_predict`
-evaluate    ``medattn evaluate PRED DATA``           :func:`medattn.evaluate.report.evaluate_dataset`
-drift       ``medattn drift MODEL ...``              :func:`medattn.drift.report.drift_report`
+evaluate    ``medattn evaluate PRED DATA``           :func:`medattn.evaluate.folder.evaluate_dataset`
+drift       ``medattn drift MODEL ...``              :func:`medattn.drift.run.drift_report`
 adapt       ``medattn adapt MODEL DATA --out RUN``   :func:`medattn.continual.adapt.adapt`
 demo        ``medattn demo``                         :func:`medattn.demo.run`
 =========== ======================================== ==================================================

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,14 +20,13 @@ from medattn.commands.options import (
     add_seed,
     add_workers,
 )
+from medattn.continual.methods import method_names
 
 if TYPE_CHECKING:
     from medattn.continual.config import AdaptConfig
 
 NAME = "adapt"
 HELP = "continual learning over a dataset's domains (Avalanche); Dice matrix, BWT, forgetting, FWT"
-
-METHOD_NAMES = "naive, joint, cumulative, replay, ewc, si, lwf, mib"
 
 #: Options that are :class:`~medattn.continual.config.AdaptConfig` fields of the same name (besides the
 #: ``--strategy``/``--strategies`` pair, which both give ``strategies``).
@@ -64,12 +65,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="the trained model file to start from (model.pt of `medattn train`)")
     add_data(p, help_extra="; the domains are adapted through in this order (DATA:A,B,C picks and orders them)")
     add_import_options(p)
+    methods = ", ".join(method_names())  # the files of medattn/continual/methods/, read without importing them
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--strategy", help=f"the continual-learning method: {METHOD_NAMES} (default naive)")
+    g.add_argument("--strategy", metavar="NAME", help=f"the continual-learning method: {methods} (default naive)")
     g.add_argument(
         "--strategies",
         metavar="A,B,C",
-        help="several methods, each from the same start model, plus a comparison table (RUN/comparison.*)",
+        help=f"several methods, comma-separated ({methods}), each from the same start model, plus a comparison "
+        "table (RUN/comparison.*)",
     )
     add_out(p, required=True, help="run folder: one sub-folder per method (models per experience, Dice matrix, logs)")
     add_epochs(p)
@@ -109,7 +112,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--methods",
         help="YAML mapping of per-method hyper-parameters, e.g. '{replay: {mem_size: 64}}', merged over the "
-        "--config file's methods section (defaults as in pipelines/adapt.yaml)",
+        "--config file's methods section (every method's options and defaults: --print-template)",
+    )
+    p.add_argument(
+        "--print-template",
+        action=PrintTemplate,
+        help="print the methods section of pipelines/adapt.yaml (each method's hyper-parameters at their defaults, "
+        "from medattn/continual/methods/) and exit",
     )
     p.add_argument(
         "--loggers",
@@ -136,6 +145,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_workers(p)
     add_device(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished experience")
+
+
+class PrintTemplate(argparse.Action):
+    """``--print-template``: print :func:`~medattn.continual.methods.methods_template` and exit (like
+    ``--version``, before the positional arguments are required)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None
+    ) -> None:
+        from medattn.continual.methods import methods_template
+
+        sys.stdout.write(methods_template())
+        parser.exit()
 
 
 def adapt_config(args: argparse.Namespace) -> AdaptConfig:

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from medattn.demo import run as run_demo
-    from medattn.report.demo_report import format_summary
+    from medattn.report.demo_summary import format_summary
     from medattn.runtime import torch_threads
 
     cfg = demo_config(args)

@@ -1,5 +1,5 @@
 """``medattn drift MODEL --reference DATA --target DATA``: test whether the target volumes drifted from the
-reference the model knows (:func:`medattn.drift.report.drift_report`).
+reference the model knows (:func:`medattn.drift.run.drift_report`).
 
 Exit codes: 0 no drift, 4 drift (whether or not volumes were refused), 1 no drift found but some volumes were
 refused, or too few readable volumes to test, 2 an output that would touch an input or cannot be written, 3 data
@@ -16,7 +16,7 @@ from medattn.commands.common import EXIT_DRIFT, EXIT_OK, EXIT_PROBLEMS
 from medattn.commands.options import add_data_root, add_device, add_out, add_seed
 
 if TYPE_CHECKING:
-    from medattn.drift.report import DriftOptions
+    from medattn.drift.options import DriftOptions
 
 NAME = "drift"
 HELP = "test whether target volumes drifted from the reference; exit 0 no drift, 4 drift"
@@ -28,9 +28,13 @@ EXIT_TOO_FEW = EXIT_PROBLEMS
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model file (model.pt written by `medattn train`)")
     p.add_argument(
-        "--reference", required=True, help="data the model knows: dataset, manifest[:DOMAIN] or image folder"
+        "--reference",
+        required=True,
+        help="data the model knows: dataset, manifest[:DOMAIN], image folder or image file",
     )
-    p.add_argument("--target", required=True, help="incoming data to test: dataset, manifest[:DOMAIN] or image folder")
+    p.add_argument(
+        "--target", required=True, help="incoming data to test: dataset, manifest[:DOMAIN], image folder or image file"
+    )
     p.add_argument("--reference-split", help="only the reference cases of this manifest split (e.g. train)")
     p.add_argument("--target-split", help="only the target cases of this manifest split (e.g. test)")
     add_data_root(p)
@@ -49,9 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def drift_options(args: argparse.Namespace) -> DriftOptions:
-    """:class:`~medattn.drift.report.DriftOptions` from parsed ``--alpha --fpr --features --permutations --overlap
+    """:class:`~medattn.drift.options.DriftOptions` from parsed ``--alpha --fpr --features --permutations --overlap
     --seed`` (``medattn drift``, ``bench/drift_calibration.py``)."""
-    from medattn.drift.report import DriftOptions
+    from medattn.drift.options import DriftOptions
 
     return DriftOptions(
         alpha=args.alpha,
@@ -64,7 +68,9 @@ def drift_options(args: argparse.Namespace) -> DriftOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medattn.drift.report import TooFewVolumesError, drift_report, format_report
+    from medattn.drift.analysis import TooFewVolumesError
+    from medattn.drift.run import drift_report
+    from medattn.drift.summary import format_report
 
     options = drift_options(args)
     try:

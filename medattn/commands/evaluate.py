@@ -1,5 +1,5 @@
 """``medattn evaluate PRED DATA``: Dice, HD95 and surface Dice per case and class with confidence intervals
-(:func:`medattn.evaluate.report.evaluate_dataset`). Exit code 1 when a case could not be scored."""
+(:func:`medattn.evaluate.folder.evaluate_dataset`). Exit code 1 when a case could not be scored."""
 
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Score ``args.pred`` against ``args.data``; write JSON and CSV; print the summary table."""
-    from medattn.evaluate.report import EvaluateOptions, evaluate_dataset, format_summary, parse_tolerance
+    from medattn.evaluate.folder import evaluate_dataset
+    from medattn.evaluate.options import EvaluateOptions, parse_tolerance
+    from medattn.evaluate.results import format_summary
 
     options = EvaluateOptions(
         nsd_tolerance=parse_tolerance(getattr(args, "nsd_tolerance", None)),

@@ -31,8 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from medattn.data.scanners import format_profiles, get_profiles
-    from medattn.data.synth import DEFAULT_CASES, DEFAULT_SIZE, synth_from, synth_phantom
+    from medattn.data.phantom import DEFAULT_SIZE
+    from medattn.data.scanner_table import format_profiles, get_profiles
+    from medattn.data.synth import DEFAULT_CASES, synth_phantom
+    from medattn.data.synth_from import synth_from
     from medattn.errors import ConfigError
 
     if getattr(args, "list_profiles", False):

@@ -36,7 +36,7 @@ def checks_to_run(skip: str | None) -> list[str] | None:
     Raises:
         ConfigError: an unknown check, or one that cannot be skipped (``exists``, ``header``).
     """
-    from medattn.data.validate import CHECKS
+    from medattn.data.checks import CHECKS
     from medattn.errors import ConfigError
 
     names = [s.strip() for s in (skip or "").split(",") if s.strip()]
@@ -49,7 +49,8 @@ def checks_to_run(skip: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medattn.data.validate import format_report, validate_manifest
+    from medattn.data.validate import validate_manifest
+    from medattn.data.validation_report import format_report
     from medattn.errors import DataError
 
     checks = checks_to_run(args.skip)

@@ -242,7 +242,7 @@ def _gate(
 def _drift_gate(manifest: Manifest, cfg: AdaptConfig, data_root: str | Path | None) -> Any:
     """The :class:`~medattn.drift.gate.DriftGate` of ``--auto`` (the sliding-window overlap of the evaluation)."""
     from medattn.drift.gate import DriftGate
-    from medattn.drift.report import DriftOptions
+    from medattn.drift.options import DriftOptions
 
     options = DriftOptions(
         alpha=cfg.drift_alpha, permutations=cfg.drift_permutations, overlap=cfg.overlap, seed=cfg.seed

@@ -14,6 +14,7 @@ from typing import Any
 
 from medattn.configdoc import check_int, config_fields, int_tuple, names, save_config
 from medattn.errors import ConfigError
+from medattn.typing import Triple
 
 CONFIG_FORMAT = "medattn-adapt-config"
 CONFIG_VERSION = 1
@@ -27,7 +28,8 @@ class AdaptConfig:
     """How to adapt a model through a stream of domains.
 
     Attributes:
-        strategies: method names (``medattn.continual.methods.METHODS``), each run from the same start model.
+        strategies: method names (:func:`medattn.continual.methods.method_names`), each run from the same start
+            model.
         epochs: training epochs per experience (joint: over the concatenated data).
         batch_size: volumes per training step (each gives ``samples_per_volume`` patches).
         samples_per_volume: patches drawn from each volume access.
@@ -62,7 +64,7 @@ class AdaptConfig:
     epochs: int = 10
     batch_size: int = 2
     samples_per_volume: int = 2
-    patch_size: tuple[int, int, int] | None = None
+    patch_size: Triple | None = None
     optimizer: str = "adamw"
     lr: float = 3e-4
     weight_decay: float = 1e-4
@@ -89,16 +91,17 @@ class AdaptConfig:
 
     def __post_init__(self) -> None:
         from medattn.continual.loggers import LOGGERS
-        from medattn.continual.methods import METHODS, resolve_params
+        from medattn.continual.methods import method_names, resolve_params
         from medattn.train.config import PRECISIONS
 
         set_ = object.__setattr__
+        methods_available = method_names()
         set_(self, "strategies", names(self.strategies, "strategies"))
         if not self.strategies:
             raise ConfigError("give at least one method with --strategy or --strategies")
         for s in self.strategies:
-            if s not in METHODS:
-                raise ConfigError(f"unknown method {s!r}; available: {', '.join(METHODS)}")
+            if s not in methods_available:
+                raise ConfigError(f"unknown method {s!r}; available: {', '.join(methods_available)}")
         if len(set(self.strategies)) != len(self.strategies):
             raise ConfigError(f"strategies: each method once, got {list(self.strategies)}")
         set_(self, "loggers", names(self.loggers, "loggers"))
@@ -138,8 +141,8 @@ class AdaptConfig:
             raise ConfigError(f"methods: expected a mapping of method name to options, got {self.methods!r}")
         methods = {}
         for name, params in self.methods.items():
-            if name not in METHODS:
-                raise ConfigError(f"methods: unknown method {name!r}; available: {', '.join(METHODS)}")
+            if name not in methods_available:
+                raise ConfigError(f"methods: unknown method {name!r}; available: {', '.join(methods_available)}")
             methods[str(name)] = resolve_params(name, params or {})  # validates the option names
         set_(self, "methods", methods)
         set_(self, "augment", _augment_doc(self.augment))

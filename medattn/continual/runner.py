@@ -41,6 +41,7 @@ from medattn.data.io import atomic_write_text, atomic_write_with
 from medattn.errors import ConfigError, DataError
 from medattn.jsonio import dumps
 from medattn.runtime import resolve_device, seed_everything
+from medattn.typing import Triple
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def evaluate(strategy: Any, test_stream: Any) -> np.ndarray:
 
 
 def build_strategy(
-    name: str, start: Any, cfg: AdaptConfig, patch: tuple[int, int, int], loggers: Sequence[Any] = ()
+    name: str, start: Any, cfg: AdaptConfig, patch: Triple, loggers: Sequence[Any] = ()
 ) -> tuple[Any, MethodSpec]:
     """The segmentation strategy for method ``name``, from the start model (a ``LoadedModel``)."""
     from avalanche.training.plugins import LRSchedulerPlugin

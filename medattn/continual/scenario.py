@@ -42,6 +42,7 @@ from medattn.data.manifest import Manifest
 from medattn.data.plan import Plan
 from medattn.data.transforms import AugmentConfig, eval_transforms, make_dataset, train_transforms
 from medattn.errors import ConfigError, DataError
+from medattn.typing import Triple
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class DomainExperience(DatasetExperience[AvalancheDataset]):
         domain: str,
         split: str,
         case_ids: Sequence[str],
-        patch_size: tuple[int, int, int],
+        patch_size: Triple,
         volumes: Dataset | None = None,
         random_transform: Any = None,
     ) -> None:
@@ -164,7 +165,7 @@ class ScenarioOptions:
     """
 
     domains: tuple[str, ...] | None = None
-    patch_size: tuple[int, int, int] | None = None
+    patch_size: Triple | None = None
     samples_per_volume: int = 2
     augment: AugmentConfig | None = None
     cache: str = "memory"
@@ -250,7 +251,7 @@ def domain_scenario(
     return with_task_labels(bench)
 
 
-def _triple(v: Sequence[int]) -> tuple[int, int, int]:
+def _triple(v: Sequence[int]) -> Triple:
     a, b, c = (int(x) for x in v)
     return (a, b, c)
 

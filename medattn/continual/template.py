@@ -41,6 +41,7 @@ from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
 from medattn.errors import ConfigError
+from medattn.typing import DeviceLike
 
 if TYPE_CHECKING:
     from medattn.infer.sliding import SlidingWindowResult
@@ -112,7 +113,7 @@ class SegmentationStrategy(SupervisedTemplate):
         train_mb_size: int = 2,
         train_epochs: int = 1,
         eval_mb_size: int = 1,
-        device: str | torch.device = "cpu",
+        device: DeviceLike = "cpu",
         plugins: Sequence[Any] | None = None,
         evaluator: Any = None,
         eval_every: int = -1,

@@ -20,6 +20,7 @@ import numpy as np
 from medattn.data.io import read_volume
 from medattn.data.manifest import Case, Domain, Manifest
 from medattn.errors import DataError
+from medattn.typing import Spacing, Triple
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +30,12 @@ SAMPLES_PER_CASE = 10_000
 
 @dataclass
 class CaseFingerprint:
-    """Facts about one case (RAS axis order for shape and spacing)."""
+    """Facts about one case (shape and spacing in (X, Y, Z) order on the RAS grid)."""
 
     case: str
     domain: str
-    shape: tuple[int, int, int]
-    spacing: tuple[float, float, float]
+    shape: Triple
+    spacing: Spacing
     axcodes: str
     nonzero_bbox_fraction: float
     label_counts: dict[int, int]

@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from medattn.data.manifest import Manifest
-from medattn.data.validate import CaseResult, NonFinite, Problem, check_files, validate_case
+from medattn.data.validate import check_files, validate_case
+from medattn.data.validation_report import CaseResult, Problem
 from medattn.errors import DataError
+from medattn.typing import NonFiniteVoxels
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ EXCLUDE_OPTION = "--exclude-invalid"
 
 @dataclass
 class GateReport:
-    """The gate's verdict on a set of cases: one :class:`~medattn.data.validate.CaseResult` each."""
+    """The gate's verdict on a set of cases: one :class:`~medattn.data.validation_report.CaseResult` each."""
 
     results: list[CaseResult] = field(default_factory=list)
 
@@ -172,7 +174,7 @@ def check_image_case(
     domain: str | None = None,
     label: Path | None = None,
     labels: Mapping[int, str] | None = None,
-    nonfinite: NonFinite = "error",
+    nonfinite: NonFiniteVoxels = "error",
 ) -> CaseResult:
     """The gate for a case that is not (or not only) in a manifest: image files, optionally a label."""
     return check_files(
@@ -201,7 +203,7 @@ def check_input_case(
     domain: str | None = None,
     label: str | Path | None = None,
     labels: Mapping[int, str] | None = None,
-    nonfinite: NonFinite = "error",
+    nonfinite: NonFiniteVoxels = "error",
 ) -> CaseResult:
     """The gate of a case a model reads (``predict``, ``drift``): every check on its files, and its channels
     (``input_channels``, the names the input gives, or None) matched to the model's ``channels``.

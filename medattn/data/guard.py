@@ -27,6 +27,7 @@ from pathlib import Path
 from medattn.data.io import TEMP_TAG, host_tag
 from medattn.data.manifest import Manifest
 from medattn.errors import ConfigError
+from medattn.typing import PathLike
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ DESCRIPTION_FILES = (
 _FOREIGN_AGE_S = 24 * 3600.0
 
 
-def _forms(path: str | os.PathLike[str]) -> set[Path]:
+def _forms(path: PathLike) -> set[Path]:
     """The absolute path as given and with every symbolic link resolved (an input may be reached either way)."""
     p = Path(path).expanduser()
     forms = {Path(os.path.abspath(p))}
@@ -68,9 +69,9 @@ class InputGuard:
     @classmethod
     def of(
         cls,
-        data_files: Iterable[str | os.PathLike[str]] = (),
-        other_files: Iterable[str | os.PathLike[str]] = (),
-        dataset: str | os.PathLike[str] | None = None,
+        data_files: Iterable[PathLike] = (),
+        other_files: Iterable[PathLike] = (),
+        dataset: PathLike | None = None,
     ) -> InputGuard:
         """A guard for ``data_files`` (images, labels: their folders are protected too), ``other_files`` (only
         the files: a model, predictions) and ``dataset`` (a manifest or dataset.json, or a dataset folder whose
@@ -102,7 +103,7 @@ class InputGuard:
         manifest: Manifest,
         data_root: str | Path | None = None,
         dataset: str | Path | None = None,
-        other_files: Iterable[str | os.PathLike[str]] = (),
+        other_files: Iterable[PathLike] = (),
     ) -> InputGuard:
         """A guard for every image and label file of ``manifest`` and its description file (``dataset``: the
         manifest JSON, dataset.json or dataset folder as the user named it; a ``:DOMAIN`` suffix is ignored)."""
@@ -117,7 +118,7 @@ class InputGuard:
     def __or__(self, other: InputGuard) -> InputGuard:
         return InputGuard(self.files | other.files, self.folders | other.folders)
 
-    def check_file(self, target: str | os.PathLike[str], what: str) -> None:
+    def check_file(self, target: PathLike, what: str) -> None:
         """Refuse writing the file ``target`` (``what`` names the option, e.g. ``-o``).
 
         Raises:
@@ -132,7 +133,7 @@ class InputGuard:
                 "write it somewhere else (a file there would be read as data by the next run)"
             )
 
-    def check_dir(self, target: str | os.PathLike[str], what: str) -> None:
+    def check_dir(self, target: PathLike, what: str) -> None:
         """Refuse writing into the folder ``target``.
 
         Raises:
@@ -148,7 +149,7 @@ class InputGuard:
             )
 
 
-def prepare_output_dir(path: str | os.PathLike[str], what: str = "output folder", *, clean: bool = True) -> Path:
+def prepare_output_dir(path: PathLike, what: str = "output folder", *, clean: bool = True) -> Path:
     """Create the folder ``path`` if needed, prove it is writable, and remove orphaned temporary files in it.
 
     Raises:
@@ -167,7 +168,7 @@ def prepare_output_dir(path: str | os.PathLike[str], what: str = "output folder"
     return folder
 
 
-def prepare_output_file(path: str | os.PathLike[str], what: str = "output file") -> Path:
+def prepare_output_file(path: PathLike, what: str = "output file") -> Path:
     """Check that the file ``path`` can be written (its folder created and writable) before any work is done.
 
     Raises:
@@ -196,7 +197,7 @@ def _probe(folder: Path) -> None:
     os.unlink(probe)
 
 
-def clean_orphans(folder: str | os.PathLike[str], *, recursive: bool = False) -> list[Path]:
+def clean_orphans(folder: PathLike, *, recursive: bool = False) -> list[Path]:
     """Remove the temporary files a killed medattn process left in ``folder``; return what was removed.
 
     A temporary file is an orphan when its writer (host and process id in its name) is this host and that process

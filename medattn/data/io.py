@@ -5,7 +5,7 @@ directly, without importing MONAI or torch, so ``validate``, ``manifest`` and ``
 pipelines read the same files through :mod:`medattn.data.readers`, whose ``SimpleITKReader`` uses
 :func:`sitk_to_array` below, so both paths agree on voxels and geometry.
 
-Geometry convention (MONAI's): arrays are indexed (x, y, z) = (i, j, k) in voxel order as stored, and ``affine``
+Geometry convention (MONAI's): arrays are indexed (X, Y, Z) = (i, j, k) in voxel order as stored, and ``affine``
 maps voxel indices to RAS world coordinates in mm. SimpleITK stores LPS; the reader converts.
 """
 
@@ -26,6 +26,7 @@ import nibabel as nib
 import numpy as np
 
 from medattn.errors import DataError
+from medattn.typing import PathLike
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".gipl", ".gipl.gz", ".hdr", ".img", ".vtk", ".mnc")
@@ -33,10 +34,8 @@ IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
-PathLike = str | os.PathLike
 
-
-def has_suffix(path: str | os.PathLike, suffixes: Iterable[str]) -> bool:
+def has_suffix(path: PathLike, suffixes: Iterable[str]) -> bool:
     name = str(path).lower()
     return any(name.endswith(s) for s in suffixes)
 
@@ -51,7 +50,7 @@ def strip_suffix(name: str) -> str:
 
 
 def sitk_to_array(im: Any) -> tuple[np.ndarray, dict[str, Any]]:
-    """A SimpleITK image as an array indexed (x, y, z[, c]) plus MONAI-style metadata (``affine`` in RAS)."""
+    """A SimpleITK image as an array indexed (X, Y, Z[, C]) plus MONAI-style metadata (``affine`` in RAS)."""
     import SimpleITK as sitk
 
     arr = sitk.GetArrayFromImage(im)  # (z, y, x[, c])
@@ -164,7 +163,7 @@ def reader_error(e: BaseException) -> str:
 
 
 def read_volume(path: str | Path, dtype: Any = np.float32) -> tuple[np.ndarray, VolumeHeader]:
-    """Load voxels (as stored, axes x, y, z[, c]) and header. Raises DataError naming the file on any failure.
+    """Load voxels (as stored, axes X, Y, Z[, C]) and header. Raises DataError naming the file on any failure.
 
     Decompression errors (a truncated ``.nii.gz``) surface here, not in :func:`read_header`.
     """
@@ -288,7 +287,7 @@ def write_volume(
     like: str | Path | None = None,
     protected: Iterable[str | Path] = (),
 ) -> Path:
-    """Write ``array`` (axes x, y, z[, c]) with a voxel-to-RAS ``affine``, atomically.
+    """Write ``array`` (axes X, Y, Z[, C]) with a voxel-to-RAS ``affine``, atomically.
 
     NIfTI files are written with nibabel, other suffixes through SimpleITK. When ``array`` lies on the grid of
     ``like`` (same spatial shape, ``affine`` within :data:`GRID_ATOL_MM` of the affine medattn reads for ``like``),

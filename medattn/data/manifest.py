@@ -377,6 +377,12 @@ class Manifest:
             text = path.read_text()
         except OSError as e:
             raise ManifestError(f"cannot read manifest: {e.strerror}", path) from e
+        except UnicodeDecodeError:
+            raise ManifestError(
+                "not a manifest: the file is binary, not JSON text (an image? give a dataset folder, a manifest "
+                "JSON or, where a command takes them, image files)",
+                path,
+            ) from None
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as e:

@@ -35,6 +35,7 @@ import numpy as np
 from medattn.data.fingerprint import CaseFingerprint, fingerprint_case, summarise
 from medattn.data.manifest import Manifest
 from medattn.errors import DataError, ManifestError
+from medattn.typing import Spacing, Triple
 
 log = logging.getLogger(__name__)
 
@@ -82,19 +83,19 @@ class ChannelNorm:
 class Plan:
     """Everything needed to preprocess a volume for a model, and the patch geometry to train it with.
 
-    Spatial tuples are in RAS axis order (the order after ``Orientationd("RAS")``), spacing in mm.
+    Spatial tuples are in (X, Y, Z) order on the RAS grid (the order after ``Orientationd("RAS")``), spacing in mm.
     """
 
     dataset: str
     channels: tuple[ChannelNorm, ...]
     labels: Mapping[int, str]
-    target_spacing: tuple[float, float, float]
+    target_spacing: Spacing
     anisotropic: bool
-    median_shape: tuple[int, int, int]
-    patch_size: tuple[int, int, int]
+    median_shape: Triple
+    patch_size: Triple
     batch_size: int
-    strides: tuple[tuple[int, int, int], ...]
-    kernel_sizes: tuple[tuple[int, int, int], ...]
+    strides: tuple[Triple, ...]
+    kernel_sizes: tuple[Triple, ...]
     crop_foreground: bool
     foreground_ratio: float
     memory_budget_mb: float
@@ -111,7 +112,7 @@ class Plan:
         return len(self.labels)
 
     @property
-    def required_multiple(self) -> tuple[int, int, int]:
+    def required_multiple(self) -> Triple:
         """Product of the strides per axis: the patch (and padded input) must be a multiple of this."""
         m = np.prod(np.array(self.strides), axis=0) if self.strides else np.ones(3)
         return tuple(int(v) for v in m)  # type: ignore[return-value]
@@ -165,12 +166,12 @@ class Plan:
         return cls.from_dict(doc)
 
 
-def _t3f(v: Sequence[Any] | np.ndarray) -> tuple[float, float, float]:
+def _t3f(v: Sequence[Any] | np.ndarray) -> Spacing:
     a, b, c = (float(x) for x in v)
     return (a, b, c)
 
 
-def _t3i(v: Sequence[Any] | np.ndarray) -> tuple[int, int, int]:
+def _t3i(v: Sequence[Any] | np.ndarray) -> Triple:
     a, b, c = (int(x) for x in v)
     return (a, b, c)
 
@@ -178,7 +179,7 @@ def _t3i(v: Sequence[Any] | np.ndarray) -> tuple[int, int, int]:
 # ---- planning rules --------------------------------------------------------------------------------------------
 
 
-def choose_target_spacing(spacings: np.ndarray) -> tuple[tuple[float, float, float], bool]:
+def choose_target_spacing(spacings: np.ndarray) -> tuple[Spacing, bool]:
     """Median spacing per axis; on anisotropic data the coarse axis takes its 10th percentile.
 
     Args:
@@ -198,9 +199,7 @@ def choose_target_spacing(spacings: np.ndarray) -> tuple[tuple[float, float, flo
     return _t3f(np.round(target, 6)), anisotropic
 
 
-def plan_topology(
-    patch: Sequence[int], spacing: Sequence[float]
-) -> tuple[tuple[tuple[int, int, int], ...], tuple[tuple[int, int, int], ...]]:
+def plan_topology(patch: Sequence[int], spacing: Sequence[float]) -> tuple[tuple[Triple, ...], tuple[Triple, ...]]:
     """Per-stage strides and kernel sizes (stage 0 has stride 1).
 
     An axis is pooled while its feature map stays >= MIN_FEATURE_SIZE * 2 and its current spacing is at most 2x
@@ -208,8 +207,8 @@ def plan_topology(
     """
     size = np.array(patch, dtype=float)
     sp = np.array(spacing, dtype=float)
-    strides: list[tuple[int, int, int]] = [(1, 1, 1)]
-    kernels: list[tuple[int, int, int]] = [_kernel(sp)]
+    strides: list[Triple] = [(1, 1, 1)]
+    kernels: list[Triple] = [_kernel(sp)]
     for _ in range(MAX_POOL):
         can = (size >= 2 * MIN_FEATURE_SIZE) & (sp <= 2 * sp.min())
         if not can.any():
@@ -222,7 +221,7 @@ def plan_topology(
     return tuple(strides), tuple(kernels)
 
 
-def _kernel(sp: np.ndarray) -> tuple[int, int, int]:
+def _kernel(sp: np.ndarray) -> Triple:
     return _t3i(np.where(sp > 2 * sp.min(), 1, 3))
 
 
@@ -250,7 +249,7 @@ def choose_patch(
     batch: int,
     in_channels: int,
     max_edge: int = 192,
-) -> tuple[tuple[int, int, int], tuple[tuple[int, int, int], ...], tuple[tuple[int, int, int], ...], float]:
+) -> tuple[Triple, tuple[Triple, ...], tuple[Triple, ...], float]:
     """Largest patch, starting from the median shape, whose estimated memory fits the budget."""
     patch = np.minimum(np.maximum(np.ceil(np.asarray(median_shape, float)), MIN_FEATURE_SIZE), max_edge)
     for _ in range(400):

@@ -15,7 +15,8 @@ import numpy as np
 from monai.data import ImageReader, NibabelReader
 from monai.transforms import LoadImage
 
-from medattn.data.io import ITK_SUFFIXES, PathLike, has_suffix, sitk_to_array
+from medattn.data.io import ITK_SUFFIXES, has_suffix, sitk_to_array
+from medattn.typing import PathLike
 
 
 class SimpleITKReader(ImageReader):
@@ -56,7 +57,7 @@ class SimpleITKReader(ImageReader):
 class NiftiReader(NibabelReader):
     """MONAI's ``NibabelReader``, reading the 4th axis of a 4D NIfTI as channels.
 
-    MSD stores multi-channel cases as one 4D NIfTI (x, y, z, c). MONAI 1.6's reader reports such a file's spatial
+    MSD stores multi-channel cases as one 4D NIfTI (X, Y, Z, C). MONAI 1.6's reader reports such a file's spatial
     shape as 4D with no channel axis, so ``EnsureChannelFirst`` adds a new axis and ``Orientation`` then fails
     ("axcodes must match data_array spatially"). Here the 4th axis becomes the channel axis.
     """

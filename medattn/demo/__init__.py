@@ -4,7 +4,7 @@ Eight steps, each printed as ``[k/8]`` with its time:
 
 1. **data**: the multi-scanner phantom (A reference, B inverted contrast, C thick slices, D low field), or
    ``--data``: its first domain is the scanner the model knows and, when it has only one, the other scanners are
-   simulated from it (:func:`medattn.data.synth.synth_from`, profiles B, C, D by default);
+   simulated from it (:func:`medattn.data.synth_from.synth_from`, profiles B, C, D by default);
 2. **validate** every case; 3. **plan** on the first scanner;
 4. **train** on the first scanner's training split;
 5. **predict** every scanner's held-out (test split) volumes by sliding window, masks in each input's exact

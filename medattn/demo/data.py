@@ -1,6 +1,6 @@
 """The demo's dataset and output folder: the phantom or ``--data`` (with simulated scanners), split and indexed.
 
-Every scanner gets a train/test split (the data's own, else :func:`medattn.data.synth.default_splits`): the test
+Every scanner gets a train/test split (the data's own, else :func:`medattn.data.synth_writer.default_splits`): the test
 split is what ``predict`` calls held out and what ``adapt`` evaluates, so both speak of the same cases.
 """
 
@@ -68,10 +68,10 @@ def with_splits(manifest: Any) -> Any:
     """Every domain with a train/test split (the held-out cases are its test split, for predict and adapt alike).
 
     A domain keeps the data's own splits when they name ``train`` and ``test``; otherwise it gets
-    :func:`medattn.data.synth.default_splits` (train/val/test). Training validates on the ``val`` split, or on a
+    :func:`medattn.data.synth_writer.default_splits` (train/val/test). Training validates on the ``val`` split, or on a
     slice of ``train`` when there is none (:func:`medattn.train.splits.make_split`), never on ``test``.
     """
-    from medattn.data.synth import default_splits
+    from medattn.data.synth_writer import default_splits
 
     domains = []
     for d in manifest.domains:
@@ -100,8 +100,9 @@ def first_cases(manifest: Any, n: int | None) -> Any:
 def load_data(cfg: DemoConfig, out: Path, data: str | None, data_root: str | None, progress: bool) -> Any:
     """The dataset of the demo, written or indexed under ``out/data`` (see the module docstring)."""
     from medattn.data.importers import load_dataset
-    from medattn.data.scanners import get_profiles
-    from medattn.data.synth import synth_from, synth_phantom
+    from medattn.data.scanner_table import get_profiles
+    from medattn.data.synth import synth_phantom
+    from medattn.data.synth_from import synth_from
 
     try:
         profiles = get_profiles(cfg.scanners or (None if data is None else DATA_SCANNERS))

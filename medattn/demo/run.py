@@ -56,7 +56,8 @@ def run(
     """
     from medattn.data.io import atomic_write_text
     from medattn.data.plan import make_plan
-    from medattn.data.validate import format_report, validate_manifest
+    from medattn.data.validate import validate_manifest
+    from medattn.data.validation_report import format_report
     from medattn.errors import MedattnError
 
     echo = echo or log.info

@@ -20,7 +20,7 @@ from typing import Any
 from medattn.demo.config import DemoConfig
 from medattn.demo.data import safe_name
 from medattn.errors import MedattnError
-from medattn.report.demo_report import fmt_number
+from medattn.report.demo_summary import fmt_number
 
 SUMMARY_FORMAT = "medattn-demo-summary"
 #: Steps of a demo run, in order.
@@ -124,7 +124,8 @@ class DemoSteps:
         )
 
     def predict(self) -> None:
-        from medattn.evaluate.report import EvaluateOptions, evaluate_folder
+        from medattn.evaluate.folder import evaluate_folder
+        from medattn.evaluate.options import EvaluateOptions
         from medattn.infer.predict import PredictOptions, run_predict
         from medattn.jsonio import write_json
 
@@ -165,7 +166,10 @@ class DemoSteps:
             raise MedattnError(f"{summary['num_failed']} held-out volume(s) could not be predicted; see {pred_dir}")
 
     def drift(self) -> None:
-        from medattn.drift.report import DriftOptions, analyse, extract_features, write_plots
+        from medattn.drift.analysis import analyse
+        from medattn.drift.extract import extract_features
+        from medattn.drift.options import DriftOptions
+        from medattn.drift.plots import write_plots
         from medattn.errors import DataError
         from medattn.jsonio import write_json
 
@@ -272,7 +276,7 @@ class DemoSteps:
 
     def report(self) -> tuple[dict[str, Any], Path]:
         from medattn.data.io import atomic_write_text
-        from medattn.report.demo_report import write_report
+        from medattn.report.demo_summary import write_report
 
         self.steps.start("report", "report: figures, report.html, summary.json")
         self._figures()

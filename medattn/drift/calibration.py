@@ -10,9 +10,9 @@ separate measurement, made here with sets whose answer is known:
 * **Dice drop**: what the shift costs the model (mean foreground Dice of the null pool minus the shifted set's),
   from the same forward pass, where labels exist.
 
-Features are extracted once per volume (:func:`~medattn.drift.report.extract_features`) and cached as ``.npz``
+Features are extracted once per volume (:func:`~medattn.drift.extract.extract_features`) and cached as ``.npz``
 (:func:`cached_features`); each of the ``repeats`` random splits then only re-runs the decision
-(:func:`~medattn.drift.report.decide`, the rule of ``medattn drift``: whitened MMD or KS-on-PCA p-value below
+(:func:`~medattn.drift.analysis.decide`, the rule of ``medattn drift``: whitened MMD or KS-on-PCA p-value below
 alpha / 2),
 which takes a fraction of a second.
 
@@ -44,8 +44,9 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from medattn.drift.analysis import DECISION_RULE, decide
 from medattn.drift.features import VolumeFeatures, mean_dice
-from medattn.drift.report import DECISION_RULE, DriftOptions, decide
+from medattn.drift.options import DriftOptions
 from medattn.drift.stats import MahalanobisScorer, auroc
 
 log = logging.getLogger(__name__)
@@ -154,12 +155,12 @@ def cached_features(
     progress: bool = False,
 ) -> tuple[list[VolumeFeatures], list[dict[str, str]]]:
     """Features of ``items`` under the model file, read from ``cache`` when it holds exactly these (else extracted
-    with :func:`~medattn.drift.report.extract_features` and written there).
+    with :func:`~medattn.drift.extract.extract_features` and written there).
 
     The cache is valid when the model file's SHA-256, the case ids (in order), their image files and the overlap
     match; any change extracts again.
     """
-    from medattn.drift.report import extract_features
+    from medattn.drift.extract import extract_features
     from medattn.models.model_file import load_model
 
     cache = Path(cache)

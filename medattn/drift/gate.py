@@ -2,8 +2,8 @@
 
 Before each experience after the first, :class:`DriftGate` runs the current model once over the incoming domain's
 training volumes and over a bounded, domain-balanced sample of the training volumes of the domains the model has
-been trained on so far (:func:`reference_sample`), with :func:`~medattn.drift.report.extract_features`, and
-analyses them with :func:`~medattn.drift.report.analyse`: the decision rule of ``medattn drift`` (whitened MMD or
+been trained on so far (:func:`reference_sample`), with :func:`~medattn.drift.extract.extract_features`, and
+analyses them with :func:`~medattn.drift.analysis.analyse`: the decision rule of ``medattn drift`` (whitened MMD or
 KS-on-PCA p-value on the model features below ``alpha / 2``). Drift: train on the domain. No drift: skip its
 training (the domain is still evaluated, so its row of the Dice matrix exists). When the test cannot run (fewer
 than 4 reference or 2 incoming volumes could be read) the gate adapts, and says why: not adapting to data the
@@ -25,12 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from medattn.drift.report import DriftOptions, analyse, extract_features
+from medattn.drift.analysis import analyse
+from medattn.drift.extract import extract_features
+from medattn.drift.options import DriftOptions
 from medattn.errors import DataError
 
 log = logging.getLogger(__name__)
 
-#: Fewest reference volumes :func:`~medattn.drift.report.analyse` accepts (the volume threshold is cross-fitted).
+#: Fewest reference volumes :func:`~medattn.drift.analysis.analyse` accepts (the volume threshold is cross-fitted).
 MIN_REFERENCE = 4
 
 

@@ -15,12 +15,15 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from medattn.data.io import IMAGE_SUFFIXES, has_suffix, strip_suffix
 from medattn.errors import DataError, ManifestError
 
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+#: What an input names: one image file, a folder of image files (not a dataset), or a dataset.
+InputKind = Literal["image", "folder", "dataset"]
 
 
 @dataclass(frozen=True)
@@ -79,9 +82,10 @@ def collect_inputs(
     if not path.exists():
         raise DataError("input does not exist (expected an image file, a folder or a dataset)", path)
     cases: list[InputCase]
-    if path.is_file() and not domains and has_suffix(path, IMAGE_SUFFIXES):
+    kind = input_kind(spec)
+    if kind == "image":
         cases = [InputCase(strip_suffix(path.name), (path.resolve(),))]
-    elif path.is_dir() and not domains and not _is_dataset(path) and _image_files(path):
+    elif kind == "folder":
         cases = _folder_cases(path, num_channels)
     elif path.is_dir() and not domains and not _is_dataset(path) and not any(p.is_dir() for p in path.iterdir()):
         raise DataError(f"the folder holds no image files ({', '.join(IMAGE_SUFFIXES)})", path)
@@ -126,10 +130,11 @@ def input_files(
     """
     from medattn.data.importers import load_dataset, split_spec
 
-    path, domains = split_spec(spec)
-    if path.is_file() and not domains and has_suffix(path, IMAGE_SUFFIXES):
+    path, _ = split_spec(spec)
+    kind = input_kind(spec)
+    if kind == "image":
         return [path], None
-    if path.is_dir() and not domains and not _is_dataset(path) and _image_files(path):
+    if kind == "folder":
         return _image_files(path), None
     if not path.exists():
         raise DataError("input does not exist (expected an image file, a folder or a dataset)", path)
@@ -137,6 +142,24 @@ def input_files(
     root = manifest.data_root(data_root)
     files = [root / p for _, c in manifest.iter_cases() for p in (*c.images, *([c.label] if c.label else []))]
     return files, path
+
+
+def input_kind(spec: str | Path) -> InputKind:
+    """What ``spec`` names: ``"image"`` (an image file), ``"folder"`` (a folder holding image files that is not a
+    dataset: no ``dataset.json`` or ``manifest.json``) or ``"dataset"`` (anything else, for
+    :func:`medattn.data.importers.load_dataset`, including a path with a ``:DOMAIN`` suffix and one that does not
+    exist). Looks at paths only; opens no file.
+    """
+    from medattn.data.importers import split_spec
+
+    path, domains = split_spec(spec)
+    if domains:
+        return "dataset"
+    if path.is_file() and has_suffix(path, IMAGE_SUFFIXES):
+        return "image"
+    if path.is_dir() and not _is_dataset(path) and _image_files(path):
+        return "folder"
+    return "dataset"
 
 
 def shard(cases: Sequence[InputCase], rank: int, world_size: int) -> list[InputCase]:

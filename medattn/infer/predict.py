@@ -47,6 +47,7 @@ from medattn.infer.outputs import (
 )
 from medattn.progress import progress_bar
 from medattn.runtime import Rank, resolve_device
+from medattn.typing import Triple
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class PredictOptions:
             ``predictions.json``) instead of refusing the case.
     """
 
-    window: tuple[int, int, int] | None = None
+    window: Triple | None = None
     overlap: float = 0.5
     window_batch: int = 1
     blend: str = "gaussian"

@@ -13,6 +13,10 @@ equals ``sliding_window_inference(...).argmax(1)``. What differs is the stitchin
   arg-maxed into the label volume (one byte per voxel) and, only when asked for, normalised and soft-maxed into the
   probability volume. Peak memory is therefore about ``input + labels + one slab x K x 4 bytes`` instead of MONAI's
   ``input + K x volume x 4 (output) + volume x 4 (count map) + volume x 8 (int64 argmax)``.
+* **Raw blended outputs on request.** ``return_blended=True`` also keeps the weighted mean of every output channel
+  (MONAI's ``sliding_window_inference`` output, e.g. logits followed by attention maps); only then is a
+  full-volume buffer of all C channels allocated. With ``num_classes`` the labels are the arg-max over the first
+  K channels only, and without ``return_blended`` the other channels are dropped before stitching.
 * **No count map for labels.** The arg-max of ``sum_i w_i * logits_i`` equals that of the weighted mean (the
   normaliser ``sum_i w_i > 0`` is shared by every class of a voxel), so the weight sum is only kept, in a one-channel
   ring, when probabilities are requested.
@@ -36,6 +40,7 @@ import torch
 
 from medattn.infer.stitch import SlabStitcher, argmax_classes, stitch_memory_bytes
 from medattn.infer.windows import Window, choose_slab_axis, mirror_combinations, rows_along, window_layout
+from medattn.typing import DeviceLike, Triple
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +55,9 @@ __all__ = [
 
 Network = Callable[[torch.Tensor], Any]
 """A callable taking a float (B, C, *window) batch and returning logits (B, K, *window) (or a list/tuple whose
-first element is those logits, e.g. deep supervision)."""
+first element is those logits, e.g. deep supervision). The output may carry more channels than the K classes
+(``num_classes`` of :func:`sliding_window_predict`), e.g. attention maps after the logits."""
 BlendName = Literal["gaussian", "constant"]
-DeviceLike = str | torch.device
 
 
 @dataclass
@@ -67,6 +72,8 @@ class SlidingWindowResult:
         num_windows: windows evaluated (before mirroring).
         stitch_device: where the buffers and outputs lived.
         slab_axis: the spatial axis (0, 1 or 2) the slabs were cut along.
+        blended: the blended network output (C, X, Y, Z), all C output channels, in the accumulator dtype on the
+            stitch device, or ``None`` when not requested (``return_blended``).
     """
 
     labels: torch.Tensor
@@ -74,6 +81,7 @@ class SlidingWindowResult:
     num_windows: int
     stitch_device: torch.device
     slab_axis: int
+    blended: torch.Tensor | None = None
 
 
 # ---- the pure function -----------------------------------------------------------------------------------------
@@ -91,6 +99,8 @@ def sliding_window_predict(
     mirror_axes: Sequence[int] = (),
     return_probabilities: bool = False,
     probability_dtype: torch.dtype = torch.float32,
+    return_blended: bool = False,
+    num_classes: int | None = None,
     accumulator_dtype: torch.dtype = torch.float32,
     sw_device: DeviceLike | None = None,
     device: DeviceLike | None = None,
@@ -113,9 +123,16 @@ def sliding_window_predict(
         sigma_scale: see ``blend``.
         mirror_axes: spatial axes (0, 1, 2) to mirror for test-time augmentation; the logits of every flip
             combination (``2 ** len(axes)`` passes per window) are averaged. Empty: no TTA.
-        return_probabilities: also return softmax probabilities (K, X, Y, Z); this is the only full-volume,
-            per-class buffer, allocated on request only.
+        return_probabilities: also return softmax probabilities (K, X, Y, Z); a full-volume, per-class buffer,
+            allocated on request only.
         probability_dtype: dtype of that buffer (``torch.float16`` halves it).
+        return_blended: also return the blended network output (C, X, Y, Z): the importance-weighted mean over
+            overlapping windows of every output channel, what MONAI's ``sliding_window_inference`` returns (for
+            a network returning logits then attention maps, the maps are averaged exactly like the logits). A
+            full-volume buffer of all C channels in ``accumulator_dtype``, allocated on request only; without it
+            channels beyond ``num_classes`` are dropped before stitching.
+        num_classes: K, the leading output channels that are class logits: labels (and probabilities) come from
+            them. Default: every output channel. The network must return at least K channels.
         accumulator_dtype: dtype of the slab ring buffer that sums weighted logits (float32 by default; float16
             halves the slab, at the cost of exactness near ties; never bfloat16 on CPUs without native support).
         sw_device: where windows are evaluated (default: the image's device). The network must be there.
@@ -136,6 +153,10 @@ def sliding_window_predict(
         net.eval()
         result = sliding_window_predict(image, net, (96, 96, 96), overlap=0.5, window_batch=2)
         mask = result.labels.numpy()     # (X, Y, Z) uint8 class indices
+
+        # logits (3 classes) followed by 2 attention maps per window: keep the blend of all 5 channels
+        result = sliding_window_predict(image, net_with_maps, (96, 96, 96), num_classes=3, return_blended=True)
+        maps = result.blended[3:]        # (2, X, Y, Z), averaged over overlapping windows like the logits
     """
     from monai.data import MetaTensor
 
@@ -155,6 +176,8 @@ def sliding_window_predict(
     bad_axes = [a for a in mirror_axes if a not in (0, 1, 2)]
     if bad_axes:
         raise ValueError(f"mirror_axes: spatial axes are 0, 1, 2; got {list(mirror_axes)}")
+    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
+        raise ValueError(f"num_classes: expected an integer >= 2 (the class channels), got {num_classes!r}")
     axis = choose_slab_axis(size, win) if slab_axis is None else int(slab_axis)
     if axis not in (0, 1, 2):
         raise ValueError(f"slab_axis: expected 0, 1 or 2, got {slab_axis}")
@@ -169,6 +192,8 @@ def sliding_window_predict(
     weights = importance_map.to(device=sw_dev, dtype=accumulator_dtype)[None, None]
 
     flips = mirror_combinations(mirror_axes)
+    min_channels = 2 if num_classes is None else num_classes
+    keep = None if return_blended else num_classes  # channels to stitch (None: all)
     if len(windows) == 1:  # one window: its logits are the blend (w * l / w), no buffer needed
         with torch.inference_mode():
             return _single_window(
@@ -183,9 +208,21 @@ def sliding_window_predict(
                 return_probabilities,
                 probability_dtype,
                 axis,
+                num_classes,
+                return_blended,
             )
 
-    stitcher = SlabStitcher(size, win, axis, dev, accumulator_dtype, return_probabilities, probability_dtype)
+    stitcher = SlabStitcher(
+        size,
+        win,
+        axis,
+        dev,
+        accumulator_dtype,
+        return_probabilities,
+        probability_dtype,
+        with_blended=return_blended,
+        num_classes=num_classes,
+    )
     rows = rows_along(windows, axis)
     bar = _progress(len(windows), progress)
     with torch.inference_mode():
@@ -199,8 +236,10 @@ def sliding_window_predict(
                 for j, w in enumerate(batch):
                     _extract_into(buffer[j], image, w)
                 x = buffer[: len(batch)].to(sw_dev)
-                logits = _predict(network, x, flips, accumulator_dtype, win)
+                logits = _predict(network, x, flips, accumulator_dtype, win, min_channels)
                 del x
+                if keep is not None:
+                    logits = logits[:, :keep]
                 logits.mul_(weights)
                 stitcher.add(batch, logits, weights)
                 del logits
@@ -213,6 +252,7 @@ def sliding_window_predict(
         num_windows=len(windows),
         stitch_device=dev,
         slab_axis=axis,
+        blended=stitcher.blended,
     )
 
 
@@ -220,7 +260,7 @@ def _single_window(
     image: torch.Tensor,
     network: Network,
     window: Window,
-    win: tuple[int, int, int],
+    win: Triple,
     flips: list[tuple[int, ...]],
     acc_dtype: torch.dtype,
     sw_dev: torch.device,
@@ -228,17 +268,24 @@ def _single_window(
     with_probs: bool,
     prob_dtype: torch.dtype,
     axis: int,
+    num_classes: int | None,
+    with_blended: bool,
 ) -> SlidingWindowResult:
     if window.inside:
         x = image[(slice(None), *window.src)][None]
     else:
         x = image.new_zeros((1, image.shape[0], *win))
         _extract_into(x[0], image, window)
-    logits = _predict(network, x.to(sw_dev), flips, acc_dtype, win)[0][(slice(None), *window.crop)].to(dev)
+    min_channels = 2 if num_classes is None else num_classes
+    out = _predict(network, x.to(sw_dev), flips, acc_dtype, win, min_channels)[0][(slice(None), *window.crop)].to(dev)
+    blended = out.contiguous() if with_blended else None
+    logits = out if num_classes is None else out[:num_classes]
     labels = torch.empty(logits.shape[1:], dtype=torch.uint8 if logits.shape[0] <= 256 else torch.int32, device=dev)
     argmax_classes(logits, labels)
     probs = torch.softmax(logits, dim=0).to(prob_dtype) if with_probs else None
-    return SlidingWindowResult(labels=labels, probabilities=probs, num_windows=1, stitch_device=dev, slab_axis=axis)
+    return SlidingWindowResult(
+        labels=labels, probabilities=probs, num_windows=1, stitch_device=dev, slab_axis=axis, blended=blended
+    )
 
 
 def gaussian_importance_map(
@@ -257,7 +304,7 @@ def gaussian_importance_map(
 # ---- helpers of the pure function ------------------------------------------------------------------------------
 
 
-def _triple(value: Sequence[int] | int, what: str) -> tuple[int, int, int]:
+def _triple(value: Sequence[int] | int, what: str) -> Triple:
     vals = (value,) * 3 if isinstance(value, int) else tuple(value)
     if len(vals) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in vals):
         raise ValueError(f"{what}: expected three positive integers (X, Y, Z), got {value!r}")
@@ -288,14 +335,20 @@ def _forward(network: Network, x: torch.Tensor) -> torch.Tensor:
 
 
 def _predict(
-    network: Network, x: torch.Tensor, flips: list[tuple[int, ...]], dtype: torch.dtype, window: tuple[int, ...]
+    network: Network,
+    x: torch.Tensor,
+    flips: list[tuple[int, ...]],
+    dtype: torch.dtype,
+    window: tuple[int, ...],
+    min_channels: int = 2,
 ) -> torch.Tensor:
-    """Logits (B, K, *window) in ``dtype``, averaged over the mirror ``flips`` (and the identity)."""
+    """Outputs (B, C, *window) in ``dtype``, averaged over the mirror ``flips`` (and the identity); at least
+    ``min_channels`` channels (K, the classes, or 2)."""
     out = _forward(network, x)
-    if out.ndim != 5 or tuple(out.shape[2:]) != window or out.shape[0] != x.shape[0] or out.shape[1] < 2:
+    if out.ndim != 5 or tuple(out.shape[2:]) != window or out.shape[0] != x.shape[0] or out.shape[1] < min_channels:
         raise ValueError(
-            f"network: expected logits (B={x.shape[0]}, K>=2, {', '.join(map(str, window))}) for a window batch of "
-            f"shape {tuple(x.shape)}, got {tuple(out.shape)}"
+            f"network: expected logits (B={x.shape[0]}, K>={min_channels}, {', '.join(map(str, window))}) for a "
+            f"window batch of shape {tuple(x.shape)}, got {tuple(out.shape)}"
         )
     acc = out.to(dtype=dtype, copy=True) if flips else out.to(dtype)
     for axes in flips:
@@ -349,7 +402,7 @@ class SlidingWindowPredictor:
         sigma_scale: float = 0.125,
         mirror_axes: Sequence[int] = (),
         sw_device: DeviceLike | None = None,
-        stitch_device: str | torch.device = "auto",
+        stitch_device: DeviceLike = "auto",
         accumulator_dtype: torch.dtype = torch.float32,
         probability_dtype: torch.dtype = torch.float32,
         slab_axis: int | None = None,

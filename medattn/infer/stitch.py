@@ -38,6 +38,10 @@ class SlabStitcher:
     Plane ``p`` of the image lives at ring position ``p % depth``. Every window of a row starting at ``s`` covers
     planes in ``[s, s + depth)``, and rows come in increasing ``s``, so once the planes below ``s`` are finished
     the open planes always fit in the ring.
+
+    The ring holds every channel it is given. Labels (and probabilities) are computed from its first
+    ``num_classes`` channels (default: all); with ``with_blended`` each finished plane's weighted mean of all
+    channels is also kept, in the full-volume ``blended`` buffer (``acc_dtype``).
     """
 
     def __init__(
@@ -49,25 +53,34 @@ class SlabStitcher:
         acc_dtype: torch.dtype,
         with_probs: bool,
         prob_dtype: torch.dtype,
+        *,
+        with_blended: bool = False,
+        num_classes: int | None = None,
     ) -> None:
         self.size, self.axis, self.device = size, axis, device
         self.depth = min(window[axis], size[axis])
         self.acc_dtype, self.with_probs, self.prob_dtype = acc_dtype, with_probs, prob_dtype
-        self.ring: torch.Tensor | None = None  # (K, *size with depth on the slab axis), allocated at first window
-        self.wring: torch.Tensor | None = None  # (1, ...) weight sums, only with probabilities
+        self.with_blended, self.num_classes = with_blended, num_classes
+        self.ring: torch.Tensor | None = None  # (C, *size with depth on the slab axis), allocated at first window
+        self.wring: torch.Tensor | None = None  # (1, ...) weight sums, only with probabilities or blended outputs
         self.labels: torch.Tensor | None = None
         self.probabilities: torch.Tensor | None = None
+        self.blended: torch.Tensor | None = None  # (C, *size), only with blended outputs
         self.done = 0  # planes [0, done) are finished
 
-    def _allocate(self, k: int) -> None:
+    def _allocate(self, c: int) -> None:
+        k = c if self.num_classes is None else self.num_classes
         ring_shape = list(self.size)
         ring_shape[self.axis] = self.depth
-        self.ring = torch.zeros((k, *ring_shape), dtype=self.acc_dtype, device=self.device)
+        self.ring = torch.zeros((c, *ring_shape), dtype=self.acc_dtype, device=self.device)
         label_dtype = torch.uint8 if k <= 256 else torch.int32
         self.labels = torch.zeros(self.size, dtype=label_dtype, device=self.device)
-        if self.with_probs:
+        if self.with_probs or self.with_blended:
             self.wring = torch.zeros((1, *ring_shape), dtype=self.acc_dtype, device=self.device)
+        if self.with_probs:
             self.probabilities = torch.empty((k, *self.size), dtype=self.prob_dtype, device=self.device)
+        if self.with_blended:
+            self.blended = torch.empty((c, *self.size), dtype=self.acc_dtype, device=self.device)
 
     def _segments(self, start: int, stop: int) -> Iterator[tuple[slice, int, int]]:
         """For image planes [start, stop) (at most ``depth`` of them): (ring slice, offset from start, count)."""
@@ -84,7 +97,7 @@ class SlabStitcher:
         return (slice(None), *idx)
 
     def add(self, batch: list[Window], logits: torch.Tensor, weights: torch.Tensor) -> None:
-        """Add weighted logits (B, K, *window) of ``batch`` (already multiplied by the weights)."""
+        """Add weighted outputs (B, C, *window) of ``batch`` (already multiplied by the weights)."""
         if self.ring is None:
             self._allocate(int(logits.shape[1]))
         assert self.ring is not None
@@ -99,7 +112,8 @@ class SlabStitcher:
                     self.wring[idx] += wpart.narrow(ax + 1, off, n)
 
     def finish_before(self, stop: int) -> None:
-        """Finish image planes [done, stop): arg-max (and soft-max) them into the outputs, clear their ring slots."""
+        """Finish image planes [done, stop): arg-max (and soft-max, and normalise) them into the outputs, clear
+        their ring slots."""
         stop = min(stop, self.size[self.axis])
         if self.ring is None or stop <= self.done:
             return
@@ -117,14 +131,21 @@ class SlabStitcher:
                 out_idx[ax] = slice(g0, g0 + m)
                 ring_idx = self._at(full, rs)
                 summed = self.ring[ring_idx]
-                if self.with_probs:
-                    assert self.wring is not None and self.probabilities is not None
-                    probs = torch.softmax(summed / self.wring[ring_idx], dim=0)
-                    self.probabilities[(slice(None), *out_idx)] = probs.to(self.prob_dtype)
-                    argmax_classes(probs, self.labels[tuple(out_idx)])
-                    self.wring[ring_idx] = 0
-                else:
+                if self.wring is None:  # labels only
                     argmax_classes(summed, self.labels[tuple(out_idx)])
+                else:
+                    mean = summed / self.wring[ring_idx]
+                    if self.blended is not None:
+                        self.blended[(slice(None), *out_idx)] = mean
+                        mean = mean[: self.num_classes]  # the class channels (all when num_classes is None)
+                    if self.with_probs:
+                        assert self.probabilities is not None
+                        probs = torch.softmax(mean, dim=0)
+                        self.probabilities[(slice(None), *out_idx)] = probs.to(self.prob_dtype)
+                        argmax_classes(probs, self.labels[tuple(out_idx)])
+                    else:
+                        argmax_classes(mean, self.labels[tuple(out_idx)])
+                    self.wring[ring_idx] = 0
                 summed.zero_()
         self.done = stop
 
@@ -142,15 +163,24 @@ def stitch_memory_bytes(
     return_probabilities: bool = False,
     accumulator_dtype: torch.dtype = torch.float32,
     probability_dtype: torch.dtype = torch.float32,
+    return_blended: bool = False,
+    output_channels: int | None = None,
 ) -> int:
-    """Bytes :func:`sliding_window_predict` allocates on the stitch device (labels, ring buffers, probabilities)."""
+    """Bytes :func:`sliding_window_predict` allocates on the stitch device (labels, ring buffers, probabilities,
+    blended outputs); ``output_channels`` is the network's channel count C (default ``num_classes``), which only
+    matters with ``return_blended``: then the ring and the blended volume hold all C channels."""
     size = tuple(int(s) for s in image_size)
     win = tuple(int(w) for w in window)
     axis = choose_slab_axis(size, win) if slab_axis is None else slab_axis
     voxels = math.prod(size)
     slab = voxels // size[axis] * min(win[axis], size[axis])
     acc = torch.empty((), dtype=accumulator_dtype).element_size()
-    total = voxels * (1 if num_classes <= 256 else 4) + slab * num_classes * acc
+    ring_channels = (output_channels or num_classes) if return_blended else num_classes
+    total = voxels * (1 if num_classes <= 256 else 4) + slab * ring_channels * acc
+    if return_probabilities or return_blended:
+        total += slab * acc  # the weight-sum ring
     if return_probabilities:
-        total += slab * acc + voxels * num_classes * torch.empty((), dtype=probability_dtype).element_size()
+        total += voxels * num_classes * torch.empty((), dtype=probability_dtype).element_size()
+    if return_blended:
+        total += voxels * ring_channels * acc
     return total

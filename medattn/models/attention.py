@@ -1,7 +1,7 @@
 """Volumetric attention blocks that plug into any U-Net stage: scSE, CBAM-3D, global multi-head self-attention
 (for the bottleneck) and windowed self-attention (cost linear in volume, for larger feature maps).
 
-Each block maps a float tensor (B, C, D, H, W) to one of the same shape and works in either memory format. The two
+Each block maps a float tensor (B, C, X, Y, Z) to one of the same shape and works in either memory format. The two
 self-attention blocks are pre-norm transformer layers over the voxels as tokens, computed with
 ``torch.nn.functional.scaled_dot_product_attention``; see :func:`make_attention` for the factory used by the
 network.
@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from medattn.models.blocks import make_act
-from medattn.models.config import ActName, AttentionName, ModelConfigError, PosEncodingName, Triple
+from medattn.models.config import ActName, AttentionName, ModelConfigError, PosEncodingName
 from medattn.models.conv import Conv3d
+from medattn.typing import Triple
 
 
 class SqueezeExcitation3d(nn.Module):
@@ -25,7 +26,7 @@ class SqueezeExcitation3d(nn.Module):
 
     ``y = x * cse(x) + x * sse(x)`` with ``cse`` = global average pool -> 1x1x1 conv (C -> C/r) -> act -> 1x1x1
     conv (-> C) -> sigmoid, a (B, C, 1, 1, 1) channel weight, and ``sse`` = 1x1x1 conv (C -> 1) -> sigmoid, a
-    (B, 1, D, H, W) voxel weight.
+    (B, 1, X, Y, Z) voxel weight.
     """
 
     def __init__(self, channels: int, reduction: int, act: ActName) -> None:
@@ -67,10 +68,10 @@ class CBAM3d(nn.Module):
 
 @lru_cache(maxsize=32)
 def sincos_3d(channels: int, size: Triple) -> torch.Tensor:
-    """Fixed 3D sine-cosine positional encoding, float32 (channels, D, H, W) on the CPU (cached; do not modify).
+    """Fixed 3D sine-cosine positional encoding, float32 (channels, X, Y, Z) on the CPU (cached; do not modify).
 
     ``channels // 6`` frequencies per axis (geometric from 1 to 1/10000 rad per voxel), a sine and a cosine
-    each, for D, H and W in turn; the channels left over (``channels % 6``) are zero.
+    each, for X, Y and Z in turn; the channels left over (``channels % 6``) are zero.
     """
     n_freq = channels // 6
     out = torch.zeros(channels, *size)
@@ -88,7 +89,7 @@ def sincos_3d(channels: int, size: Triple) -> torch.Tensor:
 
 
 class PositionalEncoding3d(nn.Module):
-    """Adds a positional encoding to (B, C, D, H, W) features: ``"conv"`` (learned depth-wise 3x3x3 convolution,
+    """Adds a positional encoding to (B, C, X, Y, Z) features: ``"conv"`` (learned depth-wise 3x3x3 convolution,
     a conditional encoding that works for any size and any window position), ``"sincos"`` (fixed, absolute in the
     feature grid) or ``"none"``."""
 
@@ -139,7 +140,7 @@ class TokenTransformer(nn.Module):
 
 
 def _to_tokens(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, D, H, W) -> (B, D, H, W, C) (a free view for ``channels_last_3d`` inputs)."""
+    """(B, C, X, Y, Z) -> (B, X, Y, Z, C) (a free view for ``channels_last_3d`` inputs)."""
     return x.permute(0, 2, 3, 4, 1)
 
 
@@ -156,9 +157,9 @@ class GlobalSelfAttention3d(nn.Module):
         self.block = TokenTransformer(channels, heads, mlp_ratio, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, d, h, w = x.shape
-        t = _to_tokens(self.pos(x)).reshape(b, d * h * w, c)
-        return self.block(t).view(b, d, h, w, c).permute(0, 4, 1, 2, 3)
+        b, c, nx, ny, nz = x.shape
+        t = _to_tokens(self.pos(x)).reshape(b, nx * ny * nz, c)
+        return self.block(t).view(b, nx, ny, nz, c).permute(0, 4, 1, 2, 3)
 
 
 class WindowSelfAttention3d(nn.Module):
@@ -186,31 +187,31 @@ class WindowSelfAttention3d(nn.Module):
         self.block = TokenTransformer(channels, heads, mlp_ratio, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, d, h, w = x.shape
-        wd, wh, ww = (min(s, n) for s, n in zip(self.window, (d, h, w)))
-        pd, ph, pw = (-d) % wd, (-h) % wh, (-w) % ww
-        t = _to_tokens(self.pos(x))  # (B, D, H, W, C)
+        b, c, nx, ny, nz = x.shape
+        wx, wy, wz = (min(s, n) for s, n in zip(self.window, (nx, ny, nz)))
+        px, py, pz = (-nx) % wx, (-ny) % wy, (-nz) % wz
+        t = _to_tokens(self.pos(x))  # (B, X, Y, Z, C)
         mask = None
-        if pd or ph or pw:
-            t = F.pad(t, (0, 0, 0, pw, 0, ph, 0, pd))
-            valid = torch.zeros(1, d + pd, h + ph, w + pw, dtype=torch.bool, device=x.device)
-            valid[:, :d, :h, :w] = True
-            mask = _partition(valid.unsqueeze(-1), (wd, wh, ww)).reshape(-1, 1, 1, wd * wh * ww)
+        if px or py or pz:
+            t = F.pad(t, (0, 0, 0, pz, 0, py, 0, px))
+            valid = torch.zeros(1, nx + px, ny + py, nz + pz, dtype=torch.bool, device=x.device)
+            valid[:, :nx, :ny, :nz] = True
+            mask = _partition(valid.unsqueeze(-1), (wx, wy, wz)).reshape(-1, 1, 1, wx * wy * wz)
             mask = mask.repeat(b, 1, 1, 1)
-        dd, hh, www = d + pd, h + ph, w + pw
-        tokens = _partition(t, (wd, wh, ww))  # (B * nwin, wd*wh*ww, C)
+        mx, my, mz = nx + px, ny + py, nz + pz
+        tokens = _partition(t, (wx, wy, wz))  # (B * nwin, wx*wy*wz, C)
         tokens = self.block(tokens, mask)
-        y = tokens.view(b, dd // wd, hh // wh, www // ww, wd, wh, ww, c)
-        y = y.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, dd, hh, www, c)
-        return y[:, :d, :h, :w].permute(0, 4, 1, 2, 3)
+        y = tokens.view(b, mx // wx, my // wy, mz // wz, wx, wy, wz, c)
+        y = y.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, mx, my, mz, c)
+        return y[:, :nx, :ny, :nz].permute(0, 4, 1, 2, 3)
 
 
 def _partition(t: torch.Tensor, window: Triple) -> torch.Tensor:
-    """(B, D, H, W, C) with sizes multiple of ``window`` -> (B * windows, prod(window), C), windows in raster order."""
-    b, d, h, w, c = t.shape
-    wd, wh, ww = window
-    t = t.reshape(b, d // wd, wd, h // wh, wh, w // ww, ww, c).permute(0, 1, 3, 5, 2, 4, 6, 7)
-    return t.reshape(b * (d // wd) * (h // wh) * (w // ww), wd * wh * ww, c)
+    """(B, X, Y, Z, C) with sizes multiple of ``window`` -> (B * windows, prod(window), C), windows in raster order."""
+    b, nx, ny, nz, c = t.shape
+    wx, wy, wz = window
+    t = t.reshape(b, nx // wx, wx, ny // wy, wy, nz // wz, wz, c).permute(0, 1, 3, 5, 2, 4, 6, 7)
+    return t.reshape(b * (nx // wx) * (ny // wy) * (nz // wz), wx * wy * wz, c)
 
 
 def make_attention(

@@ -2,7 +2,7 @@
 upsampling and the additive attention gate of Oktay et al. (2018).
 
 Every block takes its normalisation and activation explicitly; nothing falls back to a hidden default. All tensors
-are float (B, C, D, H, W); the blocks work in either memory format (contiguous or ``torch.channels_last_3d``).
+are float (B, C, X, Y, Z); the blocks work in either memory format (contiguous or ``torch.channels_last_3d``).
 """
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medattn.models.config import ActName, ModelConfigError, NormName, Triple, UpsampleName
+from medattn.models.config import ActName, ModelConfigError, NormName, UpsampleName
 from medattn.models.conv import Conv3d, ConvTranspose3d
+from medattn.typing import Triple
 
 
 class InstanceNorm3dGN(nn.GroupNorm):
     """Affine instance normalisation computed as a group norm with one group per channel.
 
     Numerically the same as ``nn.InstanceNorm3d(channels, affine=True)`` (per sample and channel: zero mean, unit
-    variance over D, H, W; then a learned scale and shift), but PyTorch's CPU group-norm kernel is several times
+    variance over X, Y, Z; then a learned scale and shift), but PyTorch's CPU group-norm kernel is several times
     faster than its instance-norm path (which reshapes to a batch norm) and keeps ``channels_last_3d`` layouts.
     """
 
@@ -96,7 +97,7 @@ class ConvBlock(nn.Module):
     activation moves after the sum and the shortcut is the identity when shapes match, otherwise an average pool
     by ``stride`` followed by a 1x1x1 convolution and norm (as in nnU-Net's residual encoders).
 
-    Input (B, in_channels, D, H, W) -> output (B, out_channels, D / stride, H / stride, W / stride).
+    Input (B, in_channels, X, Y, Z) -> output (B, out_channels, X / stride, Y / stride, Z / stride).
     """
 
     def __init__(
@@ -153,7 +154,7 @@ class ConvBlock(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Brings decoder features one stage finer: (B, in, D, H, W) -> (B, out, D*s0, H*s1, W*s2).
+    """Brings decoder features one stage finer: (B, in, X, Y, Z) -> (B, out, X*s0, Y*s1, Z*s2).
 
     ``mode="transposed"``: a transposed convolution with kernel = stride (each fine voxel is a learned linear
     map of its coarse parent; the cheapest learned upsampling). ``mode="trilinear"``: a 1x1x1 convolution at the
@@ -183,14 +184,14 @@ class Upsample(nn.Module):
 class AttentionGate(nn.Module):
     """Additive attention gate of Oktay et al. 2018 ("Attention U-Net"), gated from the coarser scale.
 
-    With the skip features ``x`` (B, C_x, D, H, W) and the gating signal ``g`` (B, C_g, D/s0, H/s1, W/s2) taken
+    With the skip features ``x`` (B, C_x, X, Y, Z) and the gating signal ``g`` (B, C_g, X/s0, Y/s1, Z/s2) taken
     from the decoder one stage coarser (before it is upsampled), the gate computes, at the coarse resolution,
 
         q = act(W_x * x + W_g * g + b),    alpha = sigmoid(psi * q + b_psi)
 
     where ``W_x`` is a convolution with kernel = stride = ``scale`` (it brings ``x`` to ``g``'s grid), ``W_g``
     and ``psi`` are 1x1x1 convolutions, then resamples ``alpha`` trilinearly to ``x``'s grid and returns
-    ``(alpha * x, alpha)``. ``alpha`` is (B, 1, D, H, W) in [0, 1]. The gate has no normalisation layer (as in the
+    ``(alpha * x, alpha)``. ``alpha`` is (B, 1, X, Y, Z) in [0, 1]. The gate has no normalisation layer (as in the
     paper) so that the attention coefficients are not re-centred per sample; its nonlinearity is ``act``. Where
     two stages share a grid (``scale = (1, 1, 1)``, e.g. the default bottleneck) ``W_x`` is a 1x1x1 convolution
     and the gate works at that grid.

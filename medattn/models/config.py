@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from medattn.errors import ConfigError
+from medattn.typing import Triple
 
-Triple = tuple[int, int, int]
-"""A per-axis integer in (D, H, W) order: a kernel size, a stride or a window edge, in voxels."""
 NormName = Literal["instance", "group", "batch"]
 ActName = Literal["relu", "leakyrelu", "gelu", "silu"]
 AttentionName = Literal["none", "scse", "cbam", "mhsa", "wsa"]
@@ -50,7 +49,7 @@ def as_triple(value: int | Sequence[int], what: str) -> Triple:
         and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     ):
         return (int(value[0]), int(value[1]), int(value[2]))
-    raise ModelConfigError(f"{what}: expected an int or three ints (D, H, W), got {value!r}")
+    raise ModelConfigError(f"{what}: expected an int or three ints (X, Y, Z), got {value!r}")
 
 
 def _per_stage(value: Any, n: int, default: Sequence[Any], what: str) -> tuple[Any, ...]:
@@ -85,12 +84,12 @@ class UNetConfig:
         in_channels: image channels (modalities) of the input.
         out_channels: output classes, background included (logits, no softmax).
         channels: feature width of each stage, finest first; ``len(channels)`` is the number of stages (>= 2).
-        strides: per stage, the (D, H, W) downsampling of its first convolution relative to the previous stage;
+        strides: per stage, the (X, Y, Z) downsampling of its first convolution relative to the previous stage;
             stage 0's stride applies to the input (``(1, 1, 1)`` keeps the stem at full resolution with a 1x1x1
             head; a larger one gives a strided stem and a transposed-convolution head with kernel = that stride).
             Default: 2 everywhere except the last stage (1). A scalar repeats for every stage. Anisotropic
             strides such as ``(1, 2, 2)`` are allowed.
-        kernel_sizes: per stage, the odd (D, H, W) kernel of its convolutions (encoder and decoder). Default 3.
+        kernel_sizes: per stage, the odd (X, Y, Z) kernel of its convolutions (encoder and decoder). Default 3.
         encoder_convs: per stage, the number of convolutions of the encoder block (>= 1). Default 2.
         decoder_convs: per decoder stage (stage 0 .. L-2), convolutions after fusing skip and upsampled features
             (>= 0; 0 sends the fused features on unchanged, e.g. a full-resolution stage 0 straight to the head).
@@ -113,7 +112,7 @@ class UNetConfig:
         decoder_attention: the same per decoder stage (stage 0 .. L-2), applied after the decoder block.
         attention_reduction: channel reduction of the scSE and CBAM channel MLPs.
         attention_heads: heads of ``"mhsa"``/``"wsa"``; must divide the stage width.
-        attention_window: (D, H, W) window of ``"wsa"`` in voxels of that stage.
+        attention_window: (X, Y, Z) window of ``"wsa"`` in voxels of that stage.
         mlp_ratio: hidden width of the transformer MLP in ``"mhsa"``/``"wsa"``, as a multiple of the stage width.
         pos_encoding: positional encoding of ``"mhsa"``/``"wsa"``: ``"conv"`` (learned depth-wise 3x3x3
             convolution, size-agnostic), ``"sincos"`` (fixed 3D sine-cosine) or ``"none"``.
@@ -224,7 +223,7 @@ class UNetConfig:
 
     @property
     def required_multiple(self) -> Triple:
-        """Per axis (D, H, W), the multiple of voxels the input must have (the product of all strides)."""
+        """Per axis (X, Y, Z), the multiple of voxels the input must have (the product of all strides)."""
         return (
             math.prod(s[0] for s in self.strides),
             math.prod(s[1] for s in self.strides),

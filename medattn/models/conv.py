@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medattn.typing import Triple
+
 
 def use_onednn(x: torch.Tensor) -> bool:
     """Whether :class:`Conv3d` sends ``x`` to oneDNN directly: float32 on the CPU with oneDNN available and on,
@@ -70,7 +72,7 @@ class ConvTranspose3d(nn.ConvTranspose3d):
     """``nn.ConvTranspose3d`` with kernel = stride and no padding; a GEMM plus depth-to-space where PyTorch's own
     CPU path would be its slow fallback (see the module docstring), PyTorch's otherwise.
 
-    Input (B, C_in, D, H, W) -> output (B, C_out, D*k0, H*k1, W*k2). The GEMM path writes the output in
+    Input (B, C_in, X, Y, Z) -> output (B, C_out, X*k0, Y*k1, Z*k2). The GEMM path writes the output in
     ``channels_last_3d`` or contiguous layout as ``channels_last_output`` says (``None``: like the input).
     """
 
@@ -78,7 +80,7 @@ class ConvTranspose3d(nn.ConvTranspose3d):
         self,
         in_channels: int,
         out_channels: int,
-        kernel: tuple[int, int, int],
+        kernel: Triple,
         bias: bool = True,
         channels_last_output: bool | None = None,
     ) -> None:
@@ -88,7 +90,7 @@ class ConvTranspose3d(nn.ConvTranspose3d):
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if output_size is not None or not _torch_would_use_slow_path(x):
             return super().forward(x, output_size)
-        b, _, d, h, w = x.shape
+        b, _, nx, ny, nz = x.shape
         k0, k1, k2 = self.kernel_size
         c_out = self.out_channels
         # weight (C_in, C_out, k0, k1, k2) -> (C_in, k0*k1*k2*C_out): the channel vector of each fine voxel
@@ -98,13 +100,13 @@ class ConvTranspose3d(nn.ConvTranspose3d):
             y = torch.mm(tokens, weight)
         else:  # the bias of output channel c repeats for each of the k0*k1*k2 sub-voxels
             y = torch.addmm(self.bias.repeat(k0 * k1 * k2), tokens, weight)
-        y = y.view(b, d, h, w, k0, k1, k2, c_out)
+        y = y.view(b, nx, ny, nz, k0, k1, k2, c_out)
         channels_last = self.channels_last_output
         if channels_last is None:
             channels_last = x.is_contiguous(memory_format=torch.channels_last_3d)
         # one depth-to-space copy, straight into the requested layout
         if channels_last:
-            out = y.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, d * k0, h * k1, w * k2, c_out).permute(0, 4, 1, 2, 3)
+            out = y.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, nx * k0, ny * k1, nz * k2, c_out).permute(0, 4, 1, 2, 3)
         else:
-            out = y.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, c_out, d * k0, h * k1, w * k2)
+            out = y.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, c_out, nx * k0, ny * k1, nz * k2)
         return out

@@ -21,7 +21,8 @@ from torch import nn
 from medattn.errors import ConfigError
 from medattn.models import config as unet_config
 from medattn.models import monai_attention_unet as monai_wrapper
-from medattn.models.config import ModelConfigError, Triple
+from medattn.models.config import ModelConfigError
+from medattn.typing import Triple
 
 if TYPE_CHECKING:
     from medattn.data.plan import Plan
@@ -42,7 +43,7 @@ class PlanFit:
 
     Attributes:
         model: the preset's name (for messages).
-        plan: the plan (pooling steps and kernels per grid, in (D, H, W) order).
+        plan: the plan (pooling steps and kernels per grid, in (X, Y, Z) order).
         channels: the stage widths already chosen, finest first; the network has ``len(channels)`` stages.
         deep_supervision: extra outputs asked for; ``None`` leaves the family's default.
         options: the user's model config fields; they are applied after ``fit_plan`` and win over it.

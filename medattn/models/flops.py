@@ -25,13 +25,13 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Forward FLOPs of ``model`` in eval mode on one float32 input of ``input_shape`` (B, C, D, H, W).
+    """Forward FLOPs of ``model`` in eval mode on one float32 input of ``input_shape`` (B, C, X, Y, Z).
 
     A model with real weights is deep-copied to the ``meta`` device (its parameters and mode are untouched); a
     model built on the ``meta`` device (``with torch.device("meta"): ...``) is used as it is, its mode restored.
     """
     if len(input_shape) != 5:
-        raise ValueError(f"count_flops: expected an input shape (B, C, D, H, W), got {tuple(input_shape)}")
+        raise ValueError(f"count_flops: expected an input shape (B, C, X, Y, Z), got {tuple(input_shape)}")
     on_meta = all(t.is_meta for t in [*model.parameters(), *model.buffers()])
     meta = model if on_meta else copy.deepcopy(model).to("meta")
     was_training = meta.training
@@ -46,7 +46,7 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
 
 
 def flops_per_voxel(model: nn.Module, in_channels: int, window: int | Sequence[int]) -> float:
-    """Forward FLOPs per input voxel for one window (cubic edge ``window``, or (D, H, W)), batch 1."""
+    """Forward FLOPs per input voxel for one window (cubic edge ``window``, or (X, Y, Z)), batch 1."""
     size = (window,) * 3 if isinstance(window, int) else tuple(window)
     return count_flops(model, (1, in_channels, *size)) / math.prod(size)
 

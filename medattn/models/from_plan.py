@@ -27,6 +27,7 @@ from torch import nn
 
 from medattn.data.plan import Plan
 from medattn.errors import ConfigError
+from medattn.typing import Triple
 
 MAX_WIDTH = 320
 
@@ -82,7 +83,7 @@ def build_network(
     return build_model(model, plan.num_channels, plan.num_classes, **over)
 
 
-def output_scales(model: nn.Module) -> list[tuple[int, int, int]] | None:
+def output_scales(model: nn.Module) -> list[Triple] | None:
     """The deep-supervision output scales of ``model`` (unwrapping DDP), or None when it does not say."""
     net = getattr(model, "module", model)
     scales = getattr(net, "output_scales", None)

@@ -27,6 +27,7 @@ from torch import nn
 from medattn.data.io import atomic_write_with
 from medattn.data.plan import Plan
 from medattn.errors import DataError
+from medattn.typing import DeviceLike
 
 MODEL_FORMAT = "medattn-model"
 MODEL_VERSION = 1
@@ -74,7 +75,7 @@ def save_model(
     return atomic_write_with(path, lambda tmp: torch.save(doc, tmp), protected)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(path: str | Path, device: DeviceLike = "cpu") -> LoadedModel:
     """Load a model file safely (``weights_only=True``) and rebuild the network in eval mode on ``device``.
 
     Raises:

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from medattn.models.config import ModelConfigError, Triple
+from medattn.models.config import ModelConfigError
 from medattn.models.padding import check_input, crop_to, pad_to_multiple
+from medattn.typing import Triple
 
 ARCH = "monai_attention_unet"
 
@@ -81,7 +82,7 @@ class MonaiAttentionUNetConfig:
 
 
 class MonaiAttentionUNet(nn.Module):
-    """``monai.networks.nets.AttentionUnet`` behind the same interface as ours: logits (B, out, D, H, W) for any
+    """``monai.networks.nets.AttentionUnet`` behind the same interface as ours: logits (B, out, X, Y, Z) for any
     input size (padded at the high end to :attr:`required_multiple`, cropped back) and a ``.config`` dict."""
 
     def __init__(self, config: MonaiAttentionUNetConfig | Mapping[str, Any] | None = None, **overrides: Any):

@@ -12,15 +12,15 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from medattn.models.config import Triple
+from medattn.typing import Triple
 
 
 def padded_size(size: Sequence[int], multiple: Triple) -> Triple:
-    """The smallest (D, H, W) >= ``size`` that is a multiple of ``multiple`` on every axis and spans at least two
+    """The smallest (X, Y, Z) >= ``size`` that is a multiple of ``multiple`` on every axis and spans at least two
     multiples in all (so the coarsest feature map has two voxels: normalising a single voxel is undefined); the
     extra multiple, when needed, goes to the last of the longest axes."""
     if len(size) != 3:
-        raise ValueError(f"expected a 3D spatial size (D, H, W), got {tuple(size)}")
+        raise ValueError(f"expected a 3D spatial size (X, Y, Z), got {tuple(size)}")
     cells = [max(1, math.ceil(n / m)) for n, m in zip(size, multiple)]
     if math.prod(cells) < 2:
         longest = max(range(3), key=lambda a: (cells[a] * multiple[a], a))
@@ -34,11 +34,11 @@ def needs_padding(size: Sequence[int], multiple: Triple) -> bool:
 
 
 def check_input(x: torch.Tensor, in_channels: int, who: str) -> None:
-    """Raise a ``ValueError`` unless ``x`` is a float (B, in_channels, D, H, W) tensor with non-empty axes."""
+    """Raise a ``ValueError`` unless ``x`` is a float (B, in_channels, X, Y, Z) tensor with non-empty axes."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{who}: expected a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 5:
-        raise ValueError(f"{who}: expected a 5D tensor (B, C, D, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(f"{who}: expected a 5D tensor (B, C, X, Y, Z), got shape {tuple(x.shape)}")
     if x.shape[1] != in_channels:
         raise ValueError(f"{who}: expected {in_channels} input channel(s), got {x.shape[1]} (shape {tuple(x.shape)})")
     if not x.is_floating_point():
@@ -48,7 +48,7 @@ def check_input(x: torch.Tensor, in_channels: int, who: str) -> None:
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: Triple, mode: str = "replicate") -> torch.Tensor:
-    """Pad (B, C, D, H, W) at the high end of each axis up to a multiple of ``multiple`` (no copy if none needed).
+    """Pad (B, C, X, Y, Z) at the high end of each axis up to a multiple of ``multiple`` (no copy if none needed).
 
     ``mode`` is any mode of ``torch.nn.functional.pad``; ``"replicate"`` repeats the border voxel so no artificial
     edge enters the window.
@@ -69,5 +69,5 @@ def crop_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 def downscaled_size(size: Sequence[int], scale: Triple) -> Triple:
     """``ceil(size / scale)`` per axis: the size of an output ``scale`` times coarser than an input of ``size``."""
-    d, h, w = (math.ceil(n / s) for n, s in zip(size, scale))
-    return (d, h, w)
+    nx, ny, nz = (math.ceil(n / s) for n, s in zip(size, scale))
+    return (nx, ny, nz)

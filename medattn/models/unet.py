@@ -38,7 +38,7 @@ from torch import nn
 
 from medattn.models.attention import make_attention
 from medattn.models.blocks import AttentionGate, ConvBlock, Upsample
-from medattn.models.config import AttentionName, Triple, UNetConfig
+from medattn.models.config import AttentionName, UNetConfig
 from medattn.models.conv import Conv3d, ConvTranspose3d
 from medattn.models.padding import (
     check_input,
@@ -48,10 +48,7 @@ from medattn.models.padding import (
     pad_to_multiple,
     padded_size,
 )
-
-ModelOutput = torch.Tensor | list[torch.Tensor]
-"""What a network's forward pass returns: logits, or under deep supervision in training a list of them, finest
-(full resolution) first."""
+from medattn.typing import ModelOutput, Triple
 
 
 def full_resolution(output: Any) -> torch.Tensor:
@@ -66,11 +63,11 @@ class AttentionGatedUNet(nn.Module):
     Build it from a :class:`~medattn.models.config.UNetConfig` or keyword overrides of one::
 
         net = AttentionGatedUNet(in_channels=1, out_channels=3, channels=(16, 32, 64, 128))
-        logits = net(x)                                # x: float (B, 1, D, H, W), any D, H, W
-        logits, maps = net(x, return_attention=True)   # maps[i]: (B, 1, D, H, W) in [0, 1], gate of stage i
+        logits = net(x)                                # x: float (B, 1, X, Y, Z), any X, Y, Z
+        logits, maps = net(x, return_attention=True)   # maps[i]: (B, 1, X, Y, Z) in [0, 1], gate of stage i
         torch.save({"config": net.config, "state_dict": net.state_dict()}, path)
 
-    ``forward`` returns logits (B, out_channels, D, H, W), float, same device and spatial size as ``x``, in
+    ``forward`` returns logits (B, out_channels, X, Y, Z), float, same device and spatial size as ``x``, in
     training and in eval mode. With ``deep_supervision = k > 0`` *and* ``self.training``, it returns a list
     ``[full, stage1, ..., stage_k]`` instead (nnU-Net style): output ``j`` has spatial size
     ``ceil(size / output_scales[j])`` per axis, finest first, i.e. the logits of decoder stage ``j`` without
@@ -159,12 +156,12 @@ class AttentionGatedUNet(nn.Module):
 
     @property
     def required_multiple(self) -> Triple:
-        """Per axis (D, H, W), the size multiple the network works on; other sizes are padded (or rejected)."""
+        """Per axis (X, Y, Z), the size multiple the network works on; other sizes are padded (or rejected)."""
         return self.cfg.required_multiple
 
     @property
     def output_scales(self) -> list[Triple]:
-        """Per output of a deep-supervised forward pass, finest first, the (D, H, W) downsampling factor."""
+        """Per output of a deep-supervised forward pass, finest first, the (X, Y, Z) downsampling factor."""
         return [(1, 1, 1)] + [self.cfg.stage_scale(i) for i in range(1, self.cfg.deep_supervision + 1)]
 
     # ---- forward ---------------------------------------------------------------------------------------------
@@ -175,12 +172,12 @@ class AttentionGatedUNet(nn.Module):
         """Segment ``x``.
 
         Args:
-            x: float tensor (B, in_channels, D, H, W), any spatial size (see :attr:`required_multiple`).
+            x: float tensor (B, in_channels, X, Y, Z), any spatial size (see :attr:`required_multiple`).
             return_attention: also return the attention coefficients of every gate, finest stage first, each
-                (B, 1, D, H, W) in [0, 1] on the input grid (trilinear resampling of the gate's map).
+                (B, 1, X, Y, Z) in [0, 1] on the input grid (trilinear resampling of the gate's map).
 
         Returns:
-            logits (B, out_channels, D, H, W) contiguous; a list of outputs under deep supervision in training
+            logits (B, out_channels, X, Y, Z) contiguous; a list of outputs under deep supervision in training
             mode (see the class docstring); with ``return_attention`` a tuple ``(that, maps)``.
         """
         cfg = self.cfg
@@ -190,7 +187,7 @@ class AttentionGatedUNet(nn.Module):
         if needs_padding(size, multiple):
             if not cfg.pad_input:
                 raise ValueError(
-                    f"{type(self).__name__}: input size {size} is not a multiple of {multiple} (D, H, W) spanning "
+                    f"{type(self).__name__}: input size {size} is not a multiple of {multiple} (X, Y, Z) spanning "
                     f"at least two multiples (the smallest size it accepts is {padded_size(size, multiple)}); pad "
                     "it or build the model with pad_input=True"
                 )

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 from medattn.data.io import atomic_write_with
+from medattn.typing import Triple
 
 #: Label colours (RGB) for classes 1, 2, ...; class 0 is transparent.
 CLASS_COLOURS = ((0.95, 0.35, 0.2), (0.2, 0.6, 1.0), (0.3, 0.85, 0.3), (0.95, 0.85, 0.2), (0.8, 0.4, 0.9))
-#: (name, axis cut, the two in-plane axes) of each orthogonal view, for volumes indexed (x, y, z) in RAS.
+#: (name, axis cut, the two in-plane axes) of each orthogonal view, for volumes indexed (X, Y, Z) in RAS.
 VIEWS = (("sagittal", 0, (1, 2)), ("coronal", 1, (0, 2)), ("axial", 2, (0, 1)))
 
 
@@ -72,7 +73,7 @@ def training_curves(rows: Sequence[Mapping[str, Any]], path: str | Path, title: 
     return _save(fig, path)
 
 
-def focus_point(*masks: np.ndarray | None) -> tuple[int, int, int]:
+def focus_point(*masks: np.ndarray | None) -> Triple:
     """The voxel the slices cut through: the centre of mass of the first non-empty mask, else the volume centre."""
     for m in masks:
         if m is not None and np.any(m):

@@ -2,9 +2,10 @@
 
 ``medattn predict`` writes masks in the input's geometry and keeps no attention; a figure needs everything on one
 grid, so this runs the model once more on the preprocessed volume (the grid the network sees: RAS, the plan's
-spacing) and asks it for its gates' coefficients (``return_attention=True``). Windows are blended with MONAI's
-``sliding_window_inference`` (Gaussian weights), which averages the attention maps of overlapping windows exactly
-as it averages logits; the arg-max of the blended logits is the label map ``medattn predict`` computes.
+spacing) and asks it for its gates' coefficients (``return_attention=True``). Windows are blended by
+:func:`~medattn.infer.sliding.sliding_window_predict` (Gaussian weights, MONAI's window layout) with
+``return_blended=True``, which averages the attention maps of overlapping windows exactly as it averages logits;
+the arg-max of the blended logits is the label map ``medattn predict`` computes.
 
 Which gate is drawn: the finest one that selects, i.e. whose coefficients spread over at least
 :data:`SELECTIVE_SPREAD` between their 5th and 95th percentiles in the volume (else the one with the widest spread).
@@ -22,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from medattn.typing import DeviceLike, Spacing
+
 #: The 5th-to-95th percentile spread of a gate's coefficients from which it counts as selective (see above).
 SELECTIVE_SPREAD = 0.25
 
@@ -37,7 +40,7 @@ class VolumeView:
         prediction: class indices (X, Y, Z) uint8.
         attention: float32 (X, Y, Z) in [0, 1], the coefficients of the gate drawn (see the module docstring), or
             None for a model without gates.
-        spacing: voxel size (mm) along x, y, z.
+        spacing: voxel size (mm) along X, Y, Z.
         attention_gate: which gate ``attention`` is, 0 the finest (None without gates).
         gates: how many gates the model has.
     """
@@ -47,13 +50,13 @@ class VolumeView:
     label: np.ndarray | None
     prediction: np.ndarray
     attention: np.ndarray | None
-    spacing: tuple[float, float, float]
+    spacing: Spacing
     attention_gate: int | None = None
     gates: int = 0
 
 
 def _with_attention(model: torch.nn.Module, num_classes: int) -> Any:
-    """A network for ``sliding_window_inference``: logits, then every gate's map (finest first) as more channels."""
+    """A network for ``sliding_window_predict``: logits, then every gate's map (finest first) as more channels."""
 
     def run(x: torch.Tensor) -> torch.Tensor:
         logits, maps = model(x, return_attention=True)
@@ -78,7 +81,7 @@ def volume_view(
     *,
     overlap: float = 0.5,
     window_batch: int = 2,
-    device: str | torch.device = "cpu",
+    device: DeviceLike = "cpu",
 ) -> VolumeView:
     """Preprocess ``item`` with the model's plan and segment it, keeping the attention of its selective gate.
 
@@ -87,14 +90,14 @@ def volume_view(
         item: a ``Manifest.datalist`` dict (``image`` paths, optional ``label``, ``case_id``).
         overlap: sliding-window overlap.
         window_batch: windows per network call.
-        device: where the network runs.
+        device: where the network runs and windows are stitched (the blended (K + gates, X, Y, Z) float32 volume
+            lives there before it is copied to the CPU).
 
     Raises:
         DataError: the case cannot be read or preprocessed (from :func:`medattn.data.transforms.apply`).
     """
-    from monai.inferers import sliding_window_inference
-
     from medattn.data.transforms import apply, eval_transforms, inference_transforms
+    from medattn.infer.sliding import sliding_window_predict
 
     plan = loaded.plan
     images = list(item["image"])
@@ -103,17 +106,22 @@ def volume_view(
         src["label"] = item["label"]
     data = apply(eval_transforms(plan) if "label" in src else inference_transforms(plan), src)
     k = plan.num_classes
-    x = torch.as_tensor(data["image"]).float()[None].to(device)
-    with torch.inference_mode():
-        out = sliding_window_inference(
-            x,
-            tuple(plan.patch_size),
-            window_batch,
-            _with_attention(loaded.model, k),
-            overlap=overlap,
-            mode="gaussian",
-        )
-    out = torch.as_tensor(out)[0].float().cpu()
+    x = torch.as_tensor(data["image"]).float().to(device)
+    result = sliding_window_predict(
+        x,
+        _with_attention(loaded.model, k),
+        tuple(plan.patch_size),
+        overlap=overlap,
+        window_batch=window_batch,
+        blend="gaussian",
+        num_classes=k,
+        return_blended=True,
+        sw_device=device,
+        device=device,
+    )
+    if result.blended is None:  # return_blended=True always sets it
+        raise RuntimeError("sliding_window_predict returned no blended output")
+    out = result.blended.float().cpu()
     maps = [np.clip(m, 0.0, 1.0).astype(np.float32) for m in out[k:].numpy()]
     gate = selective_gate(maps)
     label = None
@@ -123,7 +131,7 @@ def volume_view(
         case_id=str(item.get("case_id", images[0])),
         image=np.asarray(data["image"][0], dtype=np.float32),
         label=label,
-        prediction=out[:k].argmax(0).numpy().astype(np.uint8),
+        prediction=result.labels.cpu().numpy().astype(np.uint8),
         attention=None if gate is None else maps[gate],
         spacing=_spacing(plan.target_spacing),
         attention_gate=gate,
@@ -131,6 +139,6 @@ def volume_view(
     )
 
 
-def _spacing(values: Sequence[float]) -> tuple[float, float, float]:
+def _spacing(values: Sequence[float]) -> Spacing:
     a, b, c = (float(v) for v in values)
     return (a, b, c)

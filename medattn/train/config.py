@@ -18,6 +18,7 @@ from typing import Any
 
 from medattn.configdoc import check_int, config_fields, int_tuple, save_config
 from medattn.errors import ConfigError
+from medattn.typing import Triple
 
 CONFIG_FORMAT = "medattn-train-config"
 CONFIG_VERSION = 1
@@ -91,7 +92,7 @@ class TrainConfig:
     epochs: int = 100
     iterations: int | None = None
     batch_size: int | None = None
-    patch_size: tuple[int, int, int] | None = None
+    patch_size: Triple | None = None
     samples_per_volume: int = 1
     foreground_ratio: float | None = None
     optimizer: str = "adamw"

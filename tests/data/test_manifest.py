@@ -174,3 +174,15 @@ def test_second_channel_and_root_are_named(tmp_path: Path) -> None:
         Manifest.from_dict(doc, base_dir=tmp_path)
     with pytest.raises(ManifestError, match=r"'root': path '/srv/data' is absolute"):
         Manifest.from_dict(_doc(root="/srv/data"), base_dir=tmp_path)
+
+
+def test_a_binary_file_given_as_a_manifest_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    """An image passed where a dataset is expected (``medattn validate scan.nii.gz``) used to end in an internal
+    UnicodeDecodeError."""
+    from medattn.cli import main
+
+    scan = tmp_path / "scan.nii.gz"
+    scan.write_bytes(b"\x1f\x8b\x08\x00\xff\xfe binary")
+    assert main(["validate", str(scan), "-o", ""]) == 3
+    err = capsys.readouterr().err
+    assert "not a manifest: the file is binary" in err and err.count("\n") == 1

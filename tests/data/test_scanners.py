@@ -9,25 +9,23 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from medattn.data.io import spacing_from_affine
-from medattn.data.scanners import (
-    PROFILES,
+from medattn.data.acquisition import (
     SHIFT_FORMAT,
-    ScannerProfile,
     apply_shift,
     bias_field,
     change_resolution,
     contrast_curve,
     decode_intensity,
     encode_intensity,
-    get_profiles,
     gibbs_ringing,
     legendre_exponents,
     reorient,
     resample_grid,
     rician_noise,
-    simulate_scanner,
 )
+from medattn.data.io import spacing_from_affine
+from medattn.data.scanner_table import PROFILES, get_profiles
+from medattn.data.scanners import ScannerProfile, simulate_scanner
 
 
 def _affine(spacing: tuple[float, float, float], origin: tuple[float, float, float]) -> np.ndarray:

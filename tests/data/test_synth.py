@@ -13,10 +13,13 @@ import pytest
 from scipy import ndimage
 
 from medattn.cli import main
+from medattn.data.acquisition import apply_shift
 from medattn.data.io import read_header, read_volume, spacing_from_affine
 from medattn.data.manifest import Manifest
-from medattn.data.scanners import PROFILES, apply_shift
-from medattn.data.synth import default_splits, phantom_case, synth_phantom
+from medattn.data.phantom import phantom_case
+from medattn.data.scanner_table import PROFILES
+from medattn.data.synth import synth_phantom
+from medattn.data.synth_writer import default_splits
 
 HIPPO_CASES = ("hippocampus_001", "hippocampus_003", "hippocampus_004")  # uint8, float32, float32 encodings
 

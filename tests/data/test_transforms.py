@@ -187,7 +187,7 @@ def test_channel_count_mismatch_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_single_4d_file_holds_the_channels(tmp_path: Path) -> None:
-    """MSD-style multi-channel case: one 4D NIfTI (x, y, z, c) gives a (C, X, Y, Z) image."""
+    """MSD-style multi-channel case: one 4D NIfTI (X, Y, Z, C) gives a (C, X, Y, Z) image."""
     image, label = blob_case((10, 11, 12), seed=0)
     write_nifti(tmp_path / "img.nii.gz", np.stack([image, -image], axis=-1))
     write_nifti(tmp_path / "lab.nii.gz", label)

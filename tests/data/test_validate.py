@@ -15,16 +15,10 @@ import numpy as np
 import pytest
 
 from medattn.cli import EXIT_DATA, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, main
+from medattn.data.checks import CHECKS, Tolerances
 from medattn.data.manifest import Manifest
-from medattn.data.validate import (
-    CHECKS,
-    Problem,
-    Tolerances,
-    ValidationReport,
-    format_report,
-    validate_case,
-    validate_manifest,
-)
+from medattn.data.validate import validate_case, validate_manifest
+from medattn.data.validation_report import Problem, ValidationReport, format_report
 from medattn.errors import ConfigError
 from tests.conftest import blob_case, write_nifti
 
@@ -339,17 +333,17 @@ def test_several_bad_cases_are_all_reported(tmp_path: Path) -> None:
 def test_unexpected_failure_in_one_case_does_not_stop_the_rest(
     dataset: Callable, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import medattn.data.validate as v
+    import medattn.data.case_checker as v
 
     _, manifest = dataset()
-    real = v._CaseChecker.label_voxels
+    real = v.CaseChecker.label_voxels
 
     def flaky(self: Any, f: Any) -> None:
         if self.result.case == BAD:
             raise ZeroDivisionError("boom")
         real(self, f)
 
-    monkeypatch.setattr(v._CaseChecker, "label_voxels", flaky)
+    monkeypatch.setattr(v.CaseChecker, "label_voxels", flaky)
     report = validate_manifest(manifest)
     assert [(p.case, p.check) for p in report.errors] == [(BAD, "internal")]
     assert "ZeroDivisionError: boom" in report.errors[0].message
@@ -436,7 +430,7 @@ def test_spacing_limits_are_honoured(dataset: Callable) -> None:
 
 
 def test_header_only_checks_read_no_voxels(dataset: Callable, monkeypatch: pytest.MonkeyPatch) -> None:
-    import medattn.data.validate as v
+    import medattn.data.case_checker as v
 
     _, manifest = dataset(c_truncated)
     calls = []

@@ -11,7 +11,7 @@ import pytest
 from medattn.drift import calibration
 from medattn.drift.calibration import calibrate, load_features, rate_interval, save_features
 from medattn.drift.features import VolumeFeatures
-from medattn.drift.report import DriftOptions
+from medattn.drift.options import DriftOptions
 
 MIX = np.random.default_rng(42).normal(size=(3, 12))  # low-rank structure, as bottleneck features have
 
@@ -55,10 +55,10 @@ def test_cache_is_reused_only_for_the_same_model_and_volumes(tmp_path: Path, mon
         calls.append([it["case_id"] for it in items])
         return _volumes(len(items), len(calls)), []
 
-    import medattn.drift.report as report
+    import medattn.drift.extract as extract
     import medattn.models.model_file as model_file
 
-    monkeypatch.setattr(report, "extract_features", fake_extract)
+    monkeypatch.setattr(extract, "extract_features", fake_extract)
     monkeypatch.setattr(model_file, "load_model", lambda *a, **k: None)
     model = tmp_path / "model.pt"
     model.write_bytes(b"weights 1")

@@ -1,4 +1,5 @@
-"""Sliding-window inference: same labels and probabilities as MONAI, less memory, mirroring TTA, clear errors."""
+"""Sliding-window inference: same labels, probabilities and blended outputs as MONAI, less memory, mirroring TTA,
+clear errors."""
 
 from __future__ import annotations
 
@@ -92,6 +93,72 @@ def test_labels_only_path_never_allocates_a_full_volume_float_buffer() -> None:
     assert stitch_memory_bytes(size, (16, 16, 16), 4) == voxels + ring
 
 
+class _LogitsAndMaps(nn.Module):
+    """Three class logits followed by every attention gate's map (two, in [0, 1]): more channels than classes."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.net = _net(seed=seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits, maps = self.net(x, return_attention=True)
+        return torch.cat([logits, *maps], dim=1)
+
+
+@pytest.mark.parametrize(
+    ("size", "window", "overlap", "sigma", "slab_axis"),
+    [
+        ((30, 26, 21), (16, 16, 16), 0.5, 0.125, None),  # several rows on every axis
+        ((30, 26, 21), (16, 16, 16), 0.25, 0.25, 2),  # another overlap, sigma and slab axis
+        ((21, 12, 33), (16, 16, 8), 0.5, 0.125, 1),  # the image is smaller than the window on axis 1: padded windows
+        ((16, 12, 14), (16, 16, 16), 0.5, 0.125, None),  # a single padded window
+    ],
+)
+def test_blended_outputs_equal_monai(size, window, overlap, sigma, slab_axis) -> None:
+    """Every output channel, extra ones included, blended as MONAI's sliding_window_inference blends them."""
+    net = _LogitsAndMaps().eval()
+    x = torch.randn(1, *size)
+    with torch.inference_mode():
+        ref = sliding_window_inference(x[None], window, 2, net, overlap=overlap, mode="gaussian", sigma_scale=sigma)[0]
+    assert ref.shape == (5, *size)
+    assert float(ref[3:].max() - ref[3:].min()) > 1e-2  # the attention channels vary: the comparison means something
+    kwargs = {"overlap": overlap, "sigma_scale": sigma, "slab_axis": slab_axis, "num_classes": 3}
+    out = sliding_window_predict(
+        x, net, window, window_batch=3, return_blended=True, return_probabilities=True, **kwargs
+    )
+    assert out.blended is not None and out.blended.dtype == torch.float32
+    torch.testing.assert_close(out.blended, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.labels.long(), ref[:3].argmax(0))  # labels: the first num_classes channels
+    torch.testing.assert_close(out.probabilities, torch.softmax(ref[:3], 0), atol=1e-5, rtol=1e-5)
+    assert len(torch.unique(out.labels)) >= 2
+    plain = sliding_window_predict(x, net, window, **kwargs)  # labels only: the extra channels are dropped
+    assert plain.blended is None and plain.probabilities is None
+    torch.testing.assert_close(plain.labels, out.labels)
+    every = sliding_window_predict(x, net, window, overlap=overlap, sigma_scale=sigma, return_blended=True)
+    torch.testing.assert_close(every.labels.long(), ref.argmax(0))  # no num_classes: the arg-max of all channels
+    assert int(every.labels.max()) >= 3  # ... which differs here: num_classes was honoured above
+
+
+def test_blended_buffer_is_allocated_on_request_only() -> None:
+    torch.manual_seed(0)
+    net = nn.Conv3d(1, 6, 3, padding=1).eval()  # four classes, then two more channels
+    size = (96, 24, 24)
+    x = torch.randn(1, *size)
+    voxels = x[0].numel()
+    slab = voxels // 96 * 16  # the slab ring: 16 of 96 planes
+    with _LargestAllocation() as blended_mode:
+        full = sliding_window_predict(x, net, (16, 16, 16), num_classes=4, return_blended=True)
+    with _LargestAllocation() as labels_mode:
+        labels = sliding_window_predict(x, net, (16, 16, 16), num_classes=4)
+    assert full.blended is not None and tuple(full.blended.shape) == (6, *size)
+    assert torch.equal(full.labels, labels.labels)
+    assert blended_mode.largest == 6 * voxels * 4  # the blended volume, every channel, float32
+    assert labels_mode.largest <= 4 * slab * 4  # a four-class ring: the two extra channels were never stitched
+    blended_bytes = stitch_memory_bytes(size, (16, 16, 16), 4, return_blended=True, output_channels=6)
+    assert blended_bytes == voxels + 6 * slab * 4 + slab * 4 + 6 * voxels * 4  # labels, rings, blended volume
+    assert stitch_memory_bytes(size, (16, 16, 16), 4, output_channels=6) == voxels + 4 * slab * 4
+
+
 class _Asymmetric(nn.Module):
     """A network that is not flip-equivariant: a random 3x3x3 convolution plus a position-dependent ramp."""
 
@@ -181,3 +248,7 @@ def test_bad_window_image_and_network_output_are_clear_errors() -> None:
         sliding_window_predict(torch.randn(8, 8, 8), _net(), (8, 8, 8))
     with pytest.raises(ValueError, match="network: expected logits"):
         sliding_window_predict(torch.randn(1, 8, 8, 8), lambda x: x[:, :, :4], (8, 8, 8))
+    with pytest.raises(ValueError, match="num_classes"):
+        sliding_window_predict(torch.randn(1, 8, 8, 8), _net(), (8, 8, 8), num_classes=1)
+    with pytest.raises(ValueError, match=r"K>=4"):  # more classes asked for than the network returns channels
+        sliding_window_predict(torch.randn(1, 8, 8, 8), _net(), (8, 8, 8), num_classes=4, return_blended=True)

@@ -24,7 +24,7 @@ def test_conv3d_matches_torch_values_and_gradients(channels_last, cin, cout, ker
     ref.padding = (0, 0, 0) if kernel == 2 else tuple(k // 2 for k in ref.kernel_size)
     ours = Conv3d(cin, cout, kernel, stride=stride, padding=ref.padding, groups=groups)
     ours.load_state_dict(ref.state_dict())
-    x = torch.randn(1, cin, 6, 7, 8)  # batch 1, small C*D*H: the shape PyTorch sends to its slow path
+    x = torch.randn(1, cin, 6, 7, 8)  # batch 1, small C*X*Y: the shape PyTorch sends to its slow path
     if channels_last:
         x = x.contiguous(memory_format=CL)
     x.requires_grad_(True)

@@ -13,10 +13,7 @@ from typing import Any
 from avalanche.benchmarks.utils.utils import concat_datasets
 from avalanche.training import Cumulative
 
-from medattn.continual.methods import MethodContext, MethodSpec
-
-DESCRIPTION = "train on all domains seen so far (upper bound; Avalanche Cumulative)"
-DEFAULTS: dict[str, Any] = {}
+from medattn.continual.methods import Method, MethodContext, MethodSpec
 
 
 def restore(strategy: Any, seen: Sequence[Any]) -> None:
@@ -26,3 +23,10 @@ def restore(strategy: Any, seen: Sequence[Any]) -> None:
 
 def build(params: Mapping[str, Any], context: MethodContext) -> MethodSpec:
     return MethodSpec(name="cumulative", base=Cumulative, restore=restore, params=dict(params))
+
+
+METHOD = Method(
+    name="cumulative",
+    description="train on all domains seen so far (upper bound; Avalanche Cumulative)",
+    build=build,
+)

@@ -15,15 +15,9 @@ from typing import Any
 
 from avalanche.training.plugins import EWCPlugin
 
-from medattn.continual.methods import MethodContext, MethodSpec
+from medattn.continual.methods import Method, MethodContext, MethodSpec, Param
 from medattn.continual.methods._params import move_params, params_from_state, params_state
 from medattn.errors import ConfigError
-
-DESCRIPTION = "elastic weight consolidation (Avalanche EWCPlugin)"
-#: ``ewc_lambda`` 1e5: on the hippocampus stream (original -> inverted contrast -> thick slices; issue 5 study) 1e6
-#: charged naive's drift 12x the segmentation loss and ended below naive (final Dice 0.651 against 0.663); 1e5
-#: ended at 0.681 (BWT -0.058 against naive's -0.121). See pipelines/adapt.yaml.
-DEFAULTS: dict[str, Any] = {"ewc_lambda": 1.0e5, "mode": "separate", "decay_factor": None}
 
 
 class ResumableEWCPlugin(EWCPlugin):
@@ -55,3 +49,18 @@ def build(params: Mapping[str, Any], context: MethodContext) -> MethodSpec:
         raise ConfigError(f"ewc: ewc_lambda must be >= 0, got {lam}")
     plugin = ResumableEWCPlugin(lam, mode=params["mode"], decay_factor=params["decay_factor"])
     return MethodSpec(name="ewc", plugins=[plugin], params=dict(params))
+
+
+#: ``ewc_lambda`` 1e5: on the hippocampus stream (original -> inverted contrast -> thick slices; issue 5 study) 1e6
+#: charged naive's drift 12x the segmentation loss and ended below naive (final Dice 0.651 against 0.663); 1e5
+#: ended at 0.681 (BWT -0.058 against naive's -0.121). See pipelines/adapt.yaml.
+METHOD = Method(
+    name="ewc",
+    description="elastic weight consolidation (Avalanche EWCPlugin)",
+    params=(
+        Param("ewc_lambda", 1.0e5, "penalty weight; the loss is a voxel mean, so it does not scale with the patch"),
+        Param("mode", "separate", "separate (one penalty per past domain) | online (decayed running importance)"),
+        Param("decay_factor", None, "online mode only: decay of the running importance"),
+    ),
+    build=build,
+)

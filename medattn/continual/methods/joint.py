@@ -12,11 +12,15 @@ from typing import Any
 
 from avalanche.training import JointTraining
 
-from medattn.continual.methods import MethodContext, MethodSpec
-
-DESCRIPTION = "train once on every domain's data (upper bound; Avalanche JointTraining)"
-DEFAULTS: dict[str, Any] = {}
+from medattn.continual.methods import Method, MethodContext, MethodSpec
 
 
 def build(params: Mapping[str, Any], context: MethodContext) -> MethodSpec:
     return MethodSpec(name="joint", base=JointTraining, joint=True, params=dict(params))
+
+
+METHOD = Method(
+    name="joint",
+    description="train once on every domain's data (upper bound; Avalanche JointTraining)",
+    build=build,
+)

@@ -25,14 +25,9 @@ import torch
 from avalanche.training.plugins import LwFPlugin
 from avalanche.training.regularization import LearningWithoutForgetting
 
-from medattn.continual.methods import MethodContext, MethodSpec
+from medattn.continual.methods import Method, MethodContext, MethodSpec, Param
 from medattn.errors import ConfigError
 from medattn.models.unet import full_resolution
-
-DESCRIPTION = "learning without forgetting, per-voxel distillation (Avalanche LwFPlugin)"
-#: ``alpha`` 4: on the hippocampus stream of the issue-5 study alpha 1 kept little (BWT -0.096 against naive's
-#: -0.121); alpha 4 halved the forgetting (-0.049) at the same final Dice (0.676). See pipelines/adapt.yaml.
-DEFAULTS: dict[str, Any] = {"alpha": 4.0, "temperature": 2.0}
 
 
 def voxel_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -135,3 +130,16 @@ def build(params: Mapping[str, Any], context: MethodContext) -> MethodSpec:
         raise ConfigError(f"lwf: temperature must be > 0, got {temperature}")
     plugin = SegmentationLwFPlugin(alpha=alpha, temperature=temperature, num_classes=context.num_classes)
     return MethodSpec(name="lwf", plugins=[plugin], params=dict(params))
+
+
+#: ``alpha`` 4: on the hippocampus stream of the issue-5 study alpha 1 kept little (BWT -0.096 against naive's
+#: -0.121); alpha 4 halved the forgetting (-0.049) at the same final Dice (0.676). See pipelines/adapt.yaml.
+METHOD = Method(
+    name="lwf",
+    description="learning without forgetting, per-voxel distillation (Avalanche LwFPlugin)",
+    params=(
+        Param("alpha", 4.0, "distillation weight (a list gives one per experience)"),
+        Param("temperature", 2.0, "softmax temperature of teacher and student"),
+    ),
+    build=build,
+)

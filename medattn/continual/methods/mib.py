@@ -23,11 +23,8 @@ from typing import Any
 
 import torch
 
-from medattn.continual.methods import MethodContext, MethodSpec
+from medattn.continual.methods import Method, MethodContext, MethodSpec, Param
 from medattn.continual.methods.lwf import SegmentationLwFPlugin, VoxelDistillation, check_weight
-
-DESCRIPTION = "MiB background-aware (unbiased) distillation (Avalanche LwFPlugin)"
-DEFAULTS: dict[str, Any] = {"lambda_kd": 10.0, "alpha": 1.0}
 
 
 def unbiased_kd(student: torch.Tensor, teacher: torch.Tensor, old: list[int], alpha: float = 1.0) -> torch.Tensor:
@@ -89,3 +86,14 @@ def build(params: Mapping[str, Any], context: MethodContext) -> MethodSpec:
     alpha = float(check_weight(params["alpha"], "mib: alpha"))  # type: ignore[arg-type]
     plugin = MiBPlugin(lambda_kd=lambda_kd, alpha=alpha, num_classes=context.num_classes)
     return MethodSpec(name="mib", plugins=[plugin], params=dict(params))
+
+
+METHOD = Method(
+    name="mib",
+    description="MiB background-aware (unbiased) distillation (Avalanche LwFPlugin)",
+    params=(
+        Param("lambda_kd", 10.0, "weight of the unbiased distillation (MiB's default)"),
+        Param("alpha", 1.0, "scale of the teacher's logits (MiB's alpha)"),
+    ),
+    build=build,
+)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from medattn.continual.methods import MethodContext, MethodSpec
-
-DESCRIPTION = "fine-tune on each new domain (lower bound)"
-DEFAULTS: dict[str, Any] = {}
+from medattn.continual.methods import Method, MethodContext, MethodSpec
 
 
 def build(params: Mapping[str, Any], context: MethodContext) -> MethodSpec:
     return MethodSpec(name="naive", params=dict(params))
+
+
+METHOD = Method(name="naive", description="fine-tune on each new domain (lower bound)", build=build)

@@ -27,13 +27,13 @@ from avalanche.training.plugins import ReplayPlugin
 from avalanche.training.storage_policy import BalancedExemplarsBuffer, ExemplarsBuffer
 from torch.utils.data import Dataset
 
-from medattn.continual.methods import MethodContext, MethodSpec
+from medattn.continual.methods import Method, MethodContext, MethodSpec, Param
 from medattn.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-DESCRIPTION = "replay a domain-balanced memory of foreground-centred patches (Avalanche ReplayPlugin)"
-DEFAULTS: dict[str, Any] = {"mem_size": None, "memory_fraction": 0.1, "mem_batch": None}
+#: The default memory budget: this share of the training voxels seen so far.
+MEMORY_FRACTION = 0.1
 
 
 class MemoryPatches(Dataset):
@@ -280,7 +280,7 @@ class PatchReplayPlugin(ReplayPlugin):
 
 def build(params: Mapping[str, Any], context: MethodContext) -> MethodSpec:
     mem_size, fraction = params["mem_size"], params["memory_fraction"]
-    if mem_size is not None and fraction == DEFAULTS["memory_fraction"]:
+    if mem_size is not None and fraction == MEMORY_FRACTION:
         fraction = None  # an explicit patch count replaces the default fraction
     buffer = ForegroundPatchBuffer(
         mem_size=mem_size,
@@ -297,3 +297,15 @@ def build(params: Mapping[str, Any], context: MethodContext) -> MethodSpec:
         raise ConfigError(f"replay: mem_batch must be a positive number of patches, got {mem_batch!r}")
     plugin = PatchReplayPlugin(buffer, batch_size_mem=mem_batch, seed=context.seed)
     return MethodSpec(name="replay", plugins=[plugin], params={**params, "mem_batch": mem_batch})
+
+
+METHOD = Method(
+    name="replay",
+    description="replay a domain-balanced memory of foreground-centred patches (Avalanche ReplayPlugin)",
+    params=(
+        Param("mem_size", None, "stored patches in total; when set it replaces memory_fraction"),
+        Param("memory_fraction", MEMORY_FRACTION, "budget: this share of the training voxels seen so far"),
+        Param("mem_batch", None, "memory patches per step; null: as many as the current domain contributes"),
+    ),
+    build=build,
+)

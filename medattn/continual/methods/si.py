@@ -14,12 +14,9 @@ from typing import Any
 
 from avalanche.training.plugins import SynapticIntelligencePlugin
 
-from medattn.continual.methods import MethodContext, MethodSpec
+from medattn.continual.methods import Method, MethodContext, MethodSpec, Param
 from medattn.continual.methods._params import params_from_state, params_state
 from medattn.errors import ConfigError
-
-DESCRIPTION = "synaptic intelligence (Avalanche SynapticIntelligencePlugin)"
-DEFAULTS: dict[str, Any] = {"si_lambda": 1.0e4, "eps": 1e-7}
 
 
 class ResumableSIPlugin(SynapticIntelligencePlugin):
@@ -42,3 +39,14 @@ def build(params: Mapping[str, Any], context: MethodContext) -> MethodSpec:
         raise ConfigError(f"si: si_lambda must be >= 0, got {lam}")
     plugin = ResumableSIPlugin(si_lambda=lam, eps=float(params["eps"]))
     return MethodSpec(name="si", plugins=[plugin], params=dict(params))
+
+
+METHOD = Method(
+    name="si",
+    description="synaptic intelligence (Avalanche SynapticIntelligencePlugin)",
+    params=(
+        Param("si_lambda", 1.0e4, "penalty weight; Avalanche clips each importance at 1e-3, hence the large weight"),
+        Param("eps", 1e-7, "damping of the importance's denominator (Avalanche's eps)"),
+    ),
+    build=build,
+)

@@ -60,6 +60,8 @@ def read_dataset_json(path: Path) -> dict[str, Any]:
         doc = json.loads(path.read_text())
     except OSError as e:
         raise ManifestError(f"cannot read: {e.strerror}", path) from e
+    except UnicodeDecodeError:
+        raise ManifestError("not valid JSON: the file is binary, not text", path) from None
     except json.JSONDecodeError as e:
         raise ManifestError(f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})", path) from e
     if not isinstance(doc, dict):
@@ -74,7 +76,7 @@ def read_sidecar(image: Path) -> dict[str, Any]:
         return {}
     try:
         doc = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         log.warning("%s: ignoring unreadable sidecar (%s)", side, e)
         return {}
     return doc if isinstance(doc, dict) else {}

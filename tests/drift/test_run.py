@@ -1,4 +1,4 @@
-"""`medattn drift` end to end on the phantom: features from one pass, decisions, exit codes, named failures."""
+"""`medattn drift` end to end on the phantom: one feature pass, decisions, exit codes, failures, inputs."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import torch
 from medattn.cli import main
 from medattn.data.importers import load_dataset
 from medattn.data.synth import synth_phantom
+from medattn.drift.analysis import analyse
+from medattn.drift.extract import extract_features
 from medattn.drift.features import FeatureCollector, bottleneck_module, image_statistics
-from medattn.drift.report import DriftOptions, analyse, extract_features
+from medattn.drift.options import DriftOptions
 from medattn.models.model_file import load_model
 from medattn.train.config import TrainConfig
 from medattn.train.trainer import train
@@ -181,3 +183,48 @@ def test_cli_exit_codes_plots_and_named_failures(setup: dict, tmp_path: Path) ->
         )
         == 1
     )
+
+
+def test_image_files_as_reference_or_target(setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A single image file and a folder of images are read as volumes (as ``predict`` reads them), not as a
+    manifest: one file is one volume, too few for the set-level tests, which says so (exit 1, no traceback)."""
+    from medattn.drift.inputs import dataset_items
+    from medattn.errors import DataError
+
+    root, model = setup["root"], str(setup["root"] / "model.pt")
+    manifest = str(root / "ph" / "manifest.json")
+    b_images = [Path(d["image"][0]) for d in setup["manifest"].datalist(domain="B")]
+    one = tmp_path / "one" / b_images[0].name
+    one.parent.mkdir()
+    one.write_bytes(b_images[0].read_bytes())
+    items = dataset_items(str(one), None, 1)
+    assert items == [
+        {"image": [str(one.resolve())], "case_id": one.name[: -len(".nii.gz")], "domain": None, "metadata": {}}
+    ]
+    with pytest.raises(DataError, match="needs a dataset with splits"):
+        dataset_items(str(one), None, 1, split="test")
+
+    capsys.readouterr()
+    argv = ["drift", model, "--permutations", "50", "--quiet", "-o"]
+    assert main([*argv, str(tmp_path / "t.json"), "--reference", f"{manifest}:A", "--target", str(one)]) == 1
+    said = capsys.readouterr()
+    assert "need at least 4 reference and 2 target volumes, got 12 and 1" in said.out
+    assert "internal error" not in said.err
+    assert main([*argv, str(tmp_path / "r.json"), "--reference", str(one), "--target", f"{manifest}:B"]) == 1
+    assert "got 1 and 12" in capsys.readouterr().out
+
+    # A folder of images as the reference, another as the target: tested end to end, without labels.
+    ref_dir, tgt_dir = tmp_path / "ref", tmp_path / "tgt"
+    for folder, images in (
+        (ref_dir, [Path(d["image"][0]) for d in setup["manifest"].datalist(domain="A")]),
+        (tgt_dir, b_images),
+    ):
+        folder.mkdir()
+        for src in images[:6]:
+            (folder / src.name).write_bytes(src.read_bytes())
+    out = tmp_path / "folders.json"
+    code = main([*argv, str(out), "--reference", str(ref_dir), "--target", str(tgt_dir)])
+    doc = json.loads(out.read_text())
+    assert code == (4 if doc["drift"] else 0)
+    assert (doc["n_reference"], doc["n_target"], doc["failures"]) == (6, 6, [])
+    assert doc["dice"]["reference_mean"] is None

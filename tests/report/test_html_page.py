@@ -6,7 +6,7 @@ import base64
 import re
 from pathlib import Path
 
-from medattn.report import html as h
+from medattn.report import html_page as h
 
 
 def _png(path: Path) -> Path:

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medattn.report import html as h
+from medattn.report import html_page as h
 from medattn.text import table_lines
 
 Figures = Mapping[str, Sequence[tuple[str, str]]]
