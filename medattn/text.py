@@ -47,6 +47,14 @@ def format_table(header: Sequence[Any], rows: Sequence[Sequence[Any]], *, align:
     return "\n".join(table_lines(header, rows, align=align, rule=rule))
 
 
+def markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table (``| a | b |``, then ``|---|---|``), cells ``str()``-ed, no newline at the
+    end: the form of the tables medattn writes into ``.md`` files (``RUN/comparison.md``)."""
+    lines = ["| " + " | ".join(str(c) for c in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def plural(n: int, word: str) -> str:
     """``"1 case"``, ``"3 cases"``: ``n`` and ``word``, with an ``s`` unless ``n`` is 1."""
     return f"{n} {word}" + ("" if n == 1 else "s")

@@ -17,3 +17,11 @@ def test_right_aligned_columns_without_a_rule() -> None:
     assert lines == ["scanner   Dice", "A        0.912", "Bb           -"]
     with pytest.raises(ValueError, match="align"):
         table_lines(["a"], [["b"]], align="^")
+
+
+def test_markdown_table_is_github_flavoured() -> None:
+    from medattn.text import markdown_table
+
+    assert markdown_table(["method", "bwt"], [["replay", "+0.0100"], ["naive", None]]) == (
+        "| method | bwt |\n|---|---|\n| replay | +0.0100 |\n| naive | None |"
+    )

@@ -106,17 +106,19 @@ def format_comparison(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of :func:`comparison_rows`."""
     if not rows:
         return ""
+    from medattn.text import markdown_table
+
     keys = [k for k in rows[0] if k != "finished"]
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for r in rows:
-        cells = [
+    cells = [
+        [
             r[k]
             if isinstance(r[k], str)
             else ("" if r[k] is None else f"{r[k]:+.4f}" if k in ("bwt", "fwt", "plasticity") else f"{r[k]:.4f}")
             for k in keys
         ]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines)
+        for r in rows
+    ]
+    return markdown_table(keys, cells)
 
 
 def format_matrix(name: str, run: MethodRun) -> str:
