@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from medattn.commands.common import EXIT_DRIFT, EXIT_OK, EXIT_PROBLEMS
 from medattn.commands.options import add_data_root, add_device, add_out, add_seed
+from medattn.runtime import resolve_device
 
 if TYPE_CHECKING:
     from medattn.drift.options import DriftOptions
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             data_root=args.data_root,
             options=options,
-            device=args.device or "cpu",
+            device=str(resolve_device(args.device)),
             progress=not args.quiet,
             reference_split=args.reference_split,
             target_split=args.target_split,

@@ -21,6 +21,7 @@ from medattn.demo.config import DemoConfig
 from medattn.demo.data import safe_name
 from medattn.errors import MedattnError
 from medattn.report.demo_summary import fmt_number
+from medattn.runtime import resolve_device
 
 SUMMARY_FORMAT = "medattn-demo-summary"
 #: Steps of a demo run, in order.
@@ -71,7 +72,7 @@ class DemoSteps:
         if self._loaded is None:
             from medattn.models.model_file import load_model
 
-            self._loaded = load_model(self.model_path, device=self.cfg.device or "cpu")
+            self._loaded = load_model(self.model_path, device=str(resolve_device(self.cfg.device)))
         return self._loaded
 
     @property
@@ -175,7 +176,7 @@ class DemoSteps:
 
         others = [d.name for d in self.manifest.domains if d.name != self.first]
         self.steps.start("drift", f"drift tests: scanner {self.first} as reference, {', '.join(others)} as targets")
-        device = self.cfg.device or "cpu"
+        device = str(resolve_device(self.cfg.device))
         loaded = self.loaded_model()
         options = DriftOptions(seed=self.cfg.seed)
         ref, ref_fail = extract_features(
@@ -295,7 +296,7 @@ class DemoSteps:
         run_dir = self.out / "runs" / "train"
         png = training_curves(read_csv(run_dir / "log.csv"), self.out / "training_curves.png", f"scanner {self.first}")
         self.figures["train"] = [(png.name, f"training on scanner {self.first}: loss and validation Dice per epoch")]
-        device = self.cfg.device or "cpu"
+        device = str(resolve_device(self.cfg.device))
         loaded = self.loaded_model()
         queues = [self.manifest.datalist(d.name, split="test") for d in self.manifest.domains]
         chosen = [q[k] for k in range(max(map(len, queues))) for q in queues if k < len(q)][: self.cfg.figure_cases]

@@ -77,7 +77,10 @@ class MonaiAttentionUNetConfig:
             raise ModelConfigError(f"unknown options {unknown} for {ARCH}; known options: {sorted(known)}")
         for key in ("channels", "strides"):
             if key in body:
-                body[key] = tuple(body[key])
+                value = body[key]
+                if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) for v in value):
+                    raise ModelConfigError(f"{ARCH}: {key} must be a list of integers, one per stage, got {value!r}")
+                body[key] = tuple(value)
         return cls(**body)
 
 

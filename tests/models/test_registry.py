@@ -73,6 +73,8 @@ def test_unknown_names_and_options_are_reported() -> None:
         build_model("ag_unet", 1, 2, width=8)
     with pytest.raises(ModelConfigError, match="unknown options"):
         build_model("monai_attention_unet", 1, 2, gates=True)
+    with pytest.raises(ModelConfigError, match="strides must be a list of integers"):
+        build_model("monai_attention_unet", 1, 2, strides=2)
     with pytest.raises(ModelConfigError, match="unknown arch"):
         build_from_config({"arch": "swin_unetr"})
     with pytest.raises(ModelConfigError, match="'config' and 'state_dict'"):
