@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections.abc import Callable
@@ -72,7 +73,12 @@ def test_report_is_self_contained_with_valid_images(runs: tuple[Path, Path, str]
     hrefs = re.findall(r'href="([^"]*)"', page)
     assert hrefs and all((out / h).is_file() for h in hrefs), "links point at the predictions beside the report"
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert "training_curves.png" in pngs and "dice_matrix_replay.png" in pngs and "dice_matrix_naive.png" in pngs
+    assert {"training_curves.png", "dice_matrix_replay.png", "dice_matrix_naive.png", "dice_matrix_joint.png"} <= set(
+        pngs
+    )
+    outcomes = json.loads((out / "summary.json").read_text())["outcomes"]
+    sentences = [*outcomes["scanners"].values(), outcomes["average"]]
+    assert all(html.escape(t) in page for t in sentences), "the sentences are shown"
     assert {"drift_B_pca.png", "drift_B_scores.png", "drift_C_pca.png", "drift_C_scores.png"} <= set(pngs)
     assert len([p for p in pngs if p.startswith("slices_")]) == 2
     import matplotlib.image as mpimg
@@ -102,17 +108,75 @@ def test_summary_has_the_dice_matrix_and_repeats_exactly(runs: tuple[Path, Path,
     a, b, _ = runs
     summary = json.loads((a / "summary.json").read_text())
     assert summary["first_scanner"] == "A"
+    assert list(summary["adapt"]) == ["replay", "naive", "joint"]
     for method in ("replay", "naive"):
         m = summary["adapt"][method]
         assert m["domains"] == ["A", "B", "C"] and m["rows"] == ["A", "B", "C"]
         assert np.asarray(m["matrix"], dtype=float).shape == (3, 3) and len(m["before"]) == 3
         for key in ("average_dice", "bwt", "forgetting"):
             assert m[key] is not None
+    joint = summary["adapt"]["joint"]  # the reference row: one training on every scanner at once
+    assert joint["rows"] == ["joint"] and np.asarray(joint["matrix"], dtype=float).shape == (1, 3)
+    assert joint["average_dice"] == pytest.approx(np.mean(joint["matrix"][-1]), abs=1e-5) and joint["bwt"] is None
     assert set(summary["drift"]) == {"B", "C"} and set(summary["heldout"]) == {"A", "B", "C"}
     assert summary["predictions"] == sorted(f"predictions/{c}_003.nii.gz" for c in "ABC")
     assert (a / "summary.json").read_bytes() == (b / "summary.json").read_bytes()
     timings = json.loads((a / "timings.json").read_text())
     assert list(timings) == ["data", "validate", "plan", "train", "predict", "drift", "adapt", "report"]
+
+
+def test_each_scanner_gets_a_sentence_quoting_its_matrix(runs: tuple[Path, Path, str]) -> None:
+    """The per-scanner sentences are made from the Dice matrices: before, own step and end for replay, joint's
+    final Dice and naive's, in that order; the terminal prints them."""
+    out, _, text = runs
+    summary = json.loads((out / "summary.json").read_text())
+    adapt, sentences = summary["adapt"], summary["outcomes"]["scanners"]
+    assert list(sentences) == ["A", "B", "C"]
+    for j, name in enumerate(["A", "B", "C"]):
+        sentence = sentences[name]
+        described = next(s["description"] for s in summary["dataset"]["scanners"] if s["name"] == name)
+        assert sentence.startswith(f"{name} ({described.split(': ')[0]}): ")
+        replay = adapt["replay"]
+        expected = [
+            replay["before"][j],
+            replay["matrix"][j][j],
+            adapt["joint"]["matrix"][-1][j],
+            replay["matrix"][-1][j],
+            adapt["naive"]["matrix"][-1][j],
+        ]
+        assert re.findall(r"\d+\.\d{3}", sentence) == [f"{v:.3f}" for v in expected], sentence
+        assert f"  {sentence}" in text
+    average = summary["outcomes"]["average"]
+    assert re.findall(r"\d+\.\d{3}", average)[:3] == [f"{adapt[m]['average_dice']:.3f}" for m in adapt]
+
+
+def test_sentences_name_what_the_step_did_and_do_without_the_reference() -> None:
+    from medattn.report.demo_summary import scanner_outcomes
+
+    def run(matrix: list[list[float]]) -> dict[str, object]:
+        return {"domains": ["A", "B"], "rows": ["A", "B"], "before": [0.8, 0.3], "matrix": matrix, "average_dice": 0.5}
+
+    doc = {
+        "first_scanner": "A",
+        "dataset": {"scanners": [{"name": "A", "description": "reference: 1 mm"}, {"name": "B", "description": ""}]},
+        "adapt": {"replay": run([[0.79, 0.1], [0.7, 0.65]]), "joint": {**run([[0.75, 0.6]]), "rows": ["joint"]}},
+    }
+    out = scanner_outcomes(doc)
+    assert out["scanners"]["A"] == (
+        "A (reference): the model trained on it scored 0.800; replay's step on it gave 0.790 (joint training 0.750) "
+        "and it ended at 0.700."
+    )
+    assert out["scanners"]["B"] == (
+        "B: the model trained on A scored 0.300; replay's adaptation step raised it to 0.650 (joint training 0.600) "
+        "and it ended at 0.650."
+    )
+    assert (
+        out["average"]
+        == "Final average Dice over the scanners: replay 0.500, joint 0.500 (replay +0.000 against joint training)."
+    )
+    doc["adapt"] = {"naive": run([[0.79, 0.1], [0.7, 0.2]])}
+    assert "step lowered it to 0.200 and it ended at 0.200." in scanner_outcomes(doc)["scanners"]["B"]
+    assert scanner_outcomes({**doc, "adapt": {}}) == {}
 
 
 def test_data_option_simulates_scanners_from_a_one_domain_dataset(

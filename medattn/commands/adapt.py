@@ -32,6 +32,7 @@ HELP = "continual learning over a dataset's domains (Avalanche); Dice matrix, BW
 #: ``--strategy``/``--strategies`` pair, which both give ``strategies``).
 CONFIG_OPTIONS = (
     "epochs",
+    "steps",
     "batch_size",
     "samples_per_volume",
     "patch_size",
@@ -44,6 +45,7 @@ CONFIG_OPTIONS = (
     "augment",
     "cache",
     "test_fraction",
+    "eval_split",
     "eval_before",
     "methods",
     "loggers",
@@ -58,6 +60,8 @@ CONFIG_OPTIONS = (
     "drift_alpha",
     "drift_max_reference",
     "drift_permutations",
+    "labelled",
+    "label_order",
 )
 
 
@@ -76,6 +80,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_out(p, required=True, help="run folder: one sub-folder per method (models per experience, Dice matrix, logs)")
     add_epochs(p)
+    p.add_argument(
+        "--steps",
+        type=int,
+        metavar="N",
+        help="optimiser steps per domain instead of --epochs (the same training length for a domain of few labelled "
+        "cases as for a large one)",
+    )
     p.add_argument("--batch-size", type=int, help="volumes per training step (default 2)")
     p.add_argument("--samples-per-volume", type=int, help="patches drawn per volume (default 2)")
     p.add_argument("--patch-size", help="training patch and evaluation window X,Y,Z (default: the model's plan)")
@@ -100,6 +111,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--test-fraction",
         type=float,
         help="share of a domain's cases tested when the manifest has no test split (default 0.25)",
+    )
+    p.add_argument(
+        "--eval-split",
+        choices=("test", "val"),
+        help="the split every Dice is measured on: test (default), or val to choose hyper-parameters without the "
+        "test cases",
     )
     p.add_argument(
         "--no-eval-before",
@@ -140,6 +157,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --auto: reference volumes at most, balanced over the trained domains (default 40)",
     )
     p.add_argument("--drift-permutations", type=int, help="with --auto: MMD permutations per test (default 1000)")
+    p.add_argument(
+        "--labelled",
+        type=int,
+        metavar="N",
+        help="train on the labels of only N training cases of each domain after the first (the others' labels are "
+        "never read; their images are the unlabelled pool of label-free methods such as selftrain); RUN/labels.json "
+        "lists them. Default: every label",
+    )
+    p.add_argument(
+        "--label-order",
+        metavar="FILE",
+        help="with --labelled: label the first N of each domain in this order (the ranking.csv of `medattn drift`, a "
+        "JSON list or one case id a line); default: N drawn at random with --seed",
+    )
     add_exclude_invalid(p)
     add_seed(p)
     add_workers(p)

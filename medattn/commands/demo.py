@@ -37,11 +37,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_epochs(m, help="epochs the steps are split into, one validation each (default 10)")
     m.add_argument("--lr", type=float, help="training learning rate (default 0.01)")
     m.add_argument("--augment", help="augmentation: spatial (default), none, default, or JSON of options")
-    m.add_argument("--strategies", help="continual-learning methods (default replay,naive)")
-    m.add_argument("--adapt-epochs", type=int, help="adaptation epochs per scanner (default 4)")
+    m.add_argument(
+        "--strategies", help="continual-learning methods (default replay,naive,joint; joint is the reference row)"
+    )
+    m.add_argument("--adapt-epochs", type=int, help="adaptation epochs per scanner (default 16)")
     m.add_argument("--adapt-lr", type=float, help="adaptation learning rate (default 0.01)")
-    m.add_argument("--replay-patches", type=int, help="replay memory in patches over all scanners (default 8)")
-    m.add_argument("--replay-batch", type=int, help="memory patches replayed per step (default 2)")
+    m.add_argument("--replay-patches", type=int, help="replay memory in patches over all scanners (default 64)")
+    m.add_argument("--replay-batch", type=int, help="memory patches replayed per step (default 1)")
     r = p.add_argument_group("report and machine")
     r.add_argument("--figure-cases", type=int, help="held-out volumes drawn as orthogonal slices (default 4)")
     r.add_argument("--threads", type=int, help="PyTorch threads (default 1; fixed so runs repeat exactly)")

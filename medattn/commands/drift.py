@@ -39,7 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference-split", help="only the reference cases of this manifest split (e.g. train)")
     p.add_argument("--target-split", help="only the target cases of this manifest split (e.g. test)")
     add_data_root(p)
-    add_out(p, default="drift.json", help="report JSON (PNG plots are written beside it)")
+    add_out(
+        p,
+        default="drift.json",
+        help="report JSON; PNG plots and the target volumes' labelling ranking (STEM_ranking.csv, .json) beside it",
+    )
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of the set-level decision")
     p.add_argument("--fpr", type=float, default=0.05, help="false-positive rate the volume threshold is calibrated for")
     p.add_argument(
@@ -92,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_TOO_FEW
     print(format_report(report))
     print(f"report written to {Path(args.out)}; plots: {', '.join(report.plots)}")
+    print(f"labelling ranking of the target volumes: {', '.join(report.ranking_files)}")
     if report.drift:
         return EXIT_DRIFT
     return EXIT_PROBLEMS if report.failures else EXIT_OK

@@ -10,10 +10,13 @@ Output::
 
     RUN/config.json                      the resolved run configuration
     RUN/excluded.json                    cases the input gate refused (left out with --exclude-invalid)
+    RUN/labels.json                      with --labelled N: per new domain, the training cases whose labels are used
     RUN/<method>/...                     see medattn.continual.runner (models per experience, state, logs)
     RUN/<method>/metrics.json            Dice matrix, per class and overall, with ACC, BWT, forgetting, FWT, plasticity
     RUN/<method>/matrix.csv, summary.csv, matrix.png
-    RUN/<method>/decisions.json          with --auto: per domain, adapted or skipped, and the drift evidence
+    RUN/<method>/decisions.json          with --auto: per domain, adapted or skipped, and the drift evidence; also
+                                         each domain a method skipped (no labelled case, pseudo-labels refused)
+    RUN/<method>/pseudo_labels.json      selftrain: each pseudo-labelling pass (share of voxels trusted, volumes)
     RUN/comparison.json, .csv, .md       one row per method (always written; one row for a single method)
 
 With ``--auto`` (``AdaptConfig.auto``) each domain after the first is tested for drift against the domains the
@@ -86,39 +89,54 @@ def _check_labels(manifest: Manifest, start: Any, model_path: Path) -> None:
 
 
 def comparison_rows(runs: dict[str, MethodRun], naive: DiceMatrix | None) -> list[dict[str, Any]]:
-    """One row per method: final average Dice, BWT, forgetting, FWT, plasticity, memory, final Dice per domain."""
+    """One row per method: final average Dice, BWT, forgetting, FWT, plasticity, memory, final Dice per domain.
+
+    Memory: ``memory_fraction``, the stored share of the training voxels seen (None without a memory), and, when
+    some method keeps one (replay), ``stored_<domain>``, the patches it stores per domain at the end (0 for a domain
+    it stores nothing of, None for a method without a memory). Every row has the same keys, in the same order
+    (a key only some rows have, such as ``adapted`` of a gated method next to ``joint``, is None in the others), so
+    ``comparison.json``, ``.csv`` and ``.md`` hold the same table.
+    """
+    with_memory = any("stored_per_domain" in run.extras for run in runs.values())
     rows = []
     for name, run in runs.items():
         s = run.matrix.summary(naive)["overall"]
         final = run.matrix.matrix()[-1] if len(run.matrix.rows) else []
         row: dict[str, Any] = {"method": name, **s, "finished": run.finished}
         row["memory_fraction"] = run.extras.get("stored_fraction")
-        if run.decisions:
-            row["adapted"] = ",".join(d["domain"] for d in run.decisions if d["adapt"])
-            row["skipped"] = ",".join(d["domain"] for d in run.decisions if not d["adapt"])
+        if with_memory:
+            stored = run.extras.get("stored_per_domain")
+            for dom in run.matrix.domains:
+                row[f"stored_{dom}"] = None if stored is None else int(stored.get(dom, 0))
+        if run.decisions:  # a domain without a record was trained on (the gate records every domain it sees)
+            skipped = {d["domain"] for d in run.decisions if not d["adapt"]}
+            doms = run.matrix.domains[: len(run.matrix.rows)]
+            row["adapted"] = ",".join(dom for dom in doms if dom not in skipped)
+            row["skipped"] = ",".join(dom for dom in doms if dom in skipped)
         for dom, v in zip(run.matrix.domains, final):
             row[f"dice_{dom}"] = None if v != v else round(float(v), 6)
         rows.append(row)
-    return rows
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return [{k: r.get(k) for k in keys} for r in rows]
 
 
 def format_comparison(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table of :func:`comparison_rows`."""
+    """A Markdown table of :func:`comparison_rows` (signed transfer metrics, four decimals, counts as integers)."""
     if not rows:
         return ""
     from medattn.text import markdown_table
 
+    def cell(key: str, value: Any) -> str:
+        if isinstance(value, str):
+            return value
+        if value is None:
+            return ""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return f"{value:+.4f}" if key in ("bwt", "fwt", "plasticity") else f"{value:.4f}"
+
     keys = [k for k in rows[0] if k != "finished"]
-    cells = [
-        [
-            r[k]
-            if isinstance(r[k], str)
-            else ("" if r[k] is None else f"{r[k]:+.4f}" if k in ("bwt", "fwt", "plasticity") else f"{r[k]:.4f}")
-            for k in keys
-        ]
-        for r in rows
-    ]
-    return markdown_table(keys, cells)
+    return markdown_table(keys, [[cell(k, r.get(k)) for k in keys] for r in rows])
 
 
 def format_matrix(name: str, run: MethodRun) -> str:
@@ -185,9 +203,19 @@ def adapt(
     why = channel_mismatch([ch.name for ch in start.plan.channels], [ch.name for ch in manifest.channels])
     if why:
         raise DataError(why, manifest.base_dir or manifest.name)
+    budget: list[dict[str, Any]] = []
+    if cfg.labelled is not None:  # before the gate: the labels left out are never read
+        from medattn.continual.labels import LABELS_NAME, apply_label_budget, read_label_order
+
+        order = None if cfg.label_order is None else read_label_order(cfg.label_order)
+        manifest, budget = apply_label_budget(
+            manifest, cfg.labelled, order=order, seed=cfg.seed, test_fraction=cfg.test_fraction
+        )
     manifest, excluded = _gate(manifest, cfg, data_root, resume, out, quiet)
     cfg.save(out / "config.json")
     atomic_write_text(out / EXCLUDED_NAME, json.dumps(excluded, indent=2) + "\n")
+    if budget:
+        atomic_write_text(out / LABELS_NAME, json.dumps(budget, indent=2) + "\n")
     bench = domain_scenario(
         manifest,
         start.plan,
@@ -198,6 +226,7 @@ def adapt(
             cache=cfg.cache,
             cache_dir=str(out / "cache") if cfg.cache == "disk" else None,
             test_fraction=cfg.test_fraction,
+            eval_split=cfg.eval_split,
             workers=cfg.workers,
             progress=not quiet,
         ),

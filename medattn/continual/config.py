@@ -19,6 +19,8 @@ from medattn.typing import Triple
 CONFIG_FORMAT = "medattn-adapt-config"
 CONFIG_VERSION = 1
 OPTIMIZERS = ("adamw", "sgd")
+#: The splits a run may be scored on (``eval_split``).
+EVAL_SPLITS = ("test", "val")
 #: Fields a resumed run may change (they describe the machine or the logging, not the experiment).
 RUNTIME_FIELDS = ("device", "workers", "loggers", "cache")
 
@@ -31,6 +33,8 @@ class AdaptConfig:
         strategies: method names (:func:`medattn.continual.methods.method_names`), each run from the same start
             model.
         epochs: training epochs per experience (joint: over the concatenated data).
+        steps: optimiser steps per experience instead (:mod:`medattn.continual.steps`): the same training length
+            for a domain of 3 labelled cases as for one of 145; the poly decay then runs per step. None: ``epochs``.
         batch_size: volumes per training step (each gives ``samples_per_volume`` patches).
         samples_per_volume: patches drawn from each volume access.
         patch_size: training patch and evaluation window (X, Y, Z); None: the model's plan.
@@ -44,6 +48,8 @@ class AdaptConfig:
         augment: ``"default"``, ``"none"`` or a mapping of augmentation options.
         cache: ``"memory"``, ``"disk"`` (in ``RUN/cache``) or ``"none"``.
         test_fraction: share of a domain's cases tested when the manifest has no test split.
+        eval_split: the split every Dice of the run is measured on: ``"test"``, or ``"val"`` to choose
+            hyper-parameters (a method's weight, self-training's threshold) without looking at the test cases.
         eval_before: evaluate the start model on every domain first (the "before" row, FWT's baseline).
         methods: per method, hyper-parameters overriding its defaults.
         loggers: Avalanche loggers (``interactive``, ``text``, ``csv``, ``tensorboard``).
@@ -58,10 +64,15 @@ class AdaptConfig:
         drift_permutations: MMD permutations of each test.
         exclude_invalid: leave out the cases the input gate refuses (listed in the log and ``RUN/excluded.json``)
             instead of refusing to start (:mod:`medattn.data.gate`).
+        labelled: labelled training cases used per domain after the first (:mod:`medattn.continual.labels`); the
+            others' labels are never read, their images are the domain's unlabelled pool. None: every label.
+        label_order: a file ranking case ids for labelling (``medattn drift``'s ``ranking.csv``); with
+            ``labelled``, the first N of each domain in that order are labelled. None: a random draw (``seed``).
     """
 
     strategies: tuple[str, ...] = ("naive",)
     epochs: int = 10
+    steps: int | None = None
     batch_size: int = 2
     samples_per_volume: int = 2
     patch_size: Triple | None = None
@@ -77,6 +88,7 @@ class AdaptConfig:
     augment: Any = "default"
     cache: str = "memory"
     test_fraction: float = 0.25
+    eval_split: str = "test"
     eval_before: bool = True
     methods: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     loggers: tuple[str, ...] = ("interactive", "csv", "tensorboard")
@@ -88,6 +100,8 @@ class AdaptConfig:
     drift_max_reference: int = 40
     drift_permutations: int = 1000
     exclude_invalid: bool = False
+    labelled: int | None = None
+    label_order: str | None = None
 
     def __post_init__(self) -> None:
         from medattn.continual.loggers import LOGGERS
@@ -130,6 +144,8 @@ class AdaptConfig:
             raise ConfigError(f"optimizer: {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.eval_split not in EVAL_SPLITS:
+            raise ConfigError(f"eval_split: {self.eval_split!r} is not one of {', '.join(EVAL_SPLITS)}")
         if self.cache not in ("memory", "disk", "none"):
             raise ConfigError(f"cache: {self.cache!r} is not one of memory, disk, none")
         if self.patch_size is not None:
@@ -151,6 +167,15 @@ class AdaptConfig:
         for name in ("auto", "exclude_invalid"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")
+        if self.steps is not None:
+            check_int(self.steps, "steps", 1)
+        if self.labelled is not None:
+            check_int(self.labelled, "labelled", 0)
+        if self.label_order is not None:
+            if not isinstance(self.label_order, str) or not self.label_order:
+                raise ConfigError(f"label_order: expected a file path, got {self.label_order!r}")
+            if self.labelled is None:
+                raise ConfigError("label_order: give the number of cases to label with labelled (--labelled N)")
         a = self.drift_alpha
         if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a < 1:
             raise ConfigError(f"drift_alpha: expected a number in (0, 1), got {a!r}")

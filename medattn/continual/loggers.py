@@ -30,6 +30,8 @@ LOGGERS = ("interactive", "text", "csv", "tensorboard")
 TRAIN_COLUMNS = ("training_exp", "epoch", "training_dice", "training_loss")
 #: Columns of ``eval_results.csv``: one row per evaluated experience.
 EVAL_COLUMNS = ("eval_exp", "training_exp", "eval_dice", "eval_loss", "forgetting")
+#: Columns of ``memory.csv`` (methods with a replay memory): after each training experience, one row per domain.
+MEMORY_COLUMNS = ("training_exp", "domain", "stored_patches")
 
 
 class DiceCSVLogger(CSVLogger):
@@ -52,6 +54,10 @@ class DiceCSVLogger(CSVLogger):
     to, and the Dice already in ``eval_results.csv`` are read back so forgetting continues over a resumed run; a
     file written with other columns (earlier versions had always-zero ``val_dice`` and ``val_loss``) is first
     rewritten with the current columns, keeping the values of the columns both share.
+
+    ``memory.csv`` (:data:`MEMORY_COLUMNS`), only for a method with a replay memory (a plugin whose storage policy
+    reports ``stored_per_domain``, :class:`~medattn.continual.methods.replay.ForegroundPatchBuffer`): after each
+    training experience, the patches stored per domain once the memory has been updated with that experience.
     """
 
     def __init__(self, log_folder: str | Path) -> None:
@@ -65,6 +71,22 @@ class DiceCSVLogger(CSVLogger):
         self.eval_file = _open_csv(eval_path, EVAL_COLUMNS)
         #: eval experience -> {training experience: Dice R[i][j]}, read back from earlier rows of this log.
         self.dice_history: dict[int, dict[int, float]] = _read_dice(eval_path)
+        self.memory_file: TextIO | None = None  # memory.csv, opened at the first memory to log
+
+    def after_training_exp(self, strategy: Any, metric_values: list[Any], **kwargs: Any) -> None:
+        # The evaluator (whose loggers these are) is the strategy's last plugin: the memory is already updated.
+        stored = stored_per_domain(strategy)
+        if stored is None:
+            return
+        if self.memory_file is None:
+            self.memory_file = _open_csv(Path(self.log_folder) / "memory.csv", MEMORY_COLUMNS)
+        for domain, count in stored.items():
+            _write(self.memory_file, [self.training_exp_id, domain, count])
+
+    def close(self) -> None:
+        super().close()
+        if self.memory_file is not None:
+            self.memory_file.close()
 
     def after_training_epoch(self, strategy: Any, metric_values: list[Any], **kwargs: Any) -> None:
         dice = _metric(metric_values, "Dice_Epoch/", "train_stream")
@@ -88,6 +110,16 @@ class DiceCSVLogger(CSVLogger):
         # forgetting is defined for domains trained on before this step (Chaudhry et al.): j < i
         lost = entry_forgetting([*earlier, dice]) if j < i else math.nan
         _write(self.eval_file, [j, i, dice, loss, lost])
+
+
+def stored_per_domain(strategy: Any) -> dict[str, int] | None:
+    """Patches stored per domain by the first plugin of ``strategy`` whose storage policy reports them; None when
+    no plugin keeps such a memory."""
+    for plugin in getattr(strategy, "plugins", ()):
+        stored = getattr(getattr(plugin, "storage_policy", None), "stored_per_domain", None)
+        if stored is not None:
+            return dict(stored)
+    return None
 
 
 def entry_forgetting(history: Sequence[float]) -> float:

@@ -59,8 +59,10 @@ class MethodRun:
         matrix: the Dice matrix (rows so far; complete unless ``finished`` is False).
         finished: every experience was trained.
         models: model files written, in training order.
-        extras: method-specific facts (replay: stored patches and fraction of the old data).
-        decisions: with a gate, one record per experience (``adapt``: trained on it or not, and the evidence).
+        extras: method-specific facts (replay: stored patches and fraction of the old data; selftrain: its
+            pseudo-labelling passes, ``pseudo_labels``).
+        decisions: with a gate, one record per experience (``adapt``: trained on it or not, and the evidence);
+            without, a record for each experience skipped for want of labelled training cases.
     """
 
     name: str
@@ -162,9 +164,14 @@ def build_strategy(
     spec = build_method(name, cfg.method_params(name), context)
     optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     plugins = list(spec.plugins)
-    if cfg.poly_power > 0:
-        sched = make_poly_schedule(optimizer, cfg.epochs, cfg.poly_power)
-        plugins.append(LRSchedulerPlugin(sched, reset_scheduler=True, reset_lr=True))
+    if cfg.poly_power > 0:  # per epoch over ``epochs``, or per step over ``steps``
+        sched = make_poly_schedule(optimizer, cfg.steps or cfg.epochs, cfg.poly_power)
+        granularity = "epoch" if cfg.steps is None else "iteration"
+        plugins.append(LRSchedulerPlugin(sched, reset_scheduler=True, reset_lr=True, step_granularity=granularity))
+    if cfg.steps is not None:
+        from medattn.continual.steps import StepBudget
+
+        plugins.append(StepBudget(cfg.steps))  # last: it reads the data loader the other plugins leave
     scales = getattr(model, "output_scales", None)
     strategy = strategy_class(spec.base)(
         model=model,
@@ -310,15 +317,31 @@ def run_method(
                 log.info("%s: %s %s (%s)", name, record["decision"], exp.domain, record["reason"])
             elif gate is not None:
                 decisions.append(_first_decision(exp.domain))
+            why = None
+            if adapt_here and not _has_training_data(exp, spec.label_free):
+                why = "no labelled training case" + ("" if spec.label_free else f" ({name} learns from labels only)")
+            elif adapt_here and spec.veto is not None:
+                why = spec.veto(strategy, exp)
+            if why is not None:
+                adapt_here = False
+                mine = next((d for d in decisions if int(d.get("experience", -1)) == done), None)
+                if mine is None:
+                    mine = {"experience": done, "domain": exp.domain}
+                    decisions.append(mine)
+                elif mine.get("reason"):  # the drift gate's evidence stays, its decision is overruled
+                    why = f"{why}; the drift gate: {mine['reason']}"
+                mine.update(adapt=False, decision="skip", reason=why)
+                log.warning("%s: %s not trained on: %s", name, exp.domain, why)
             if adapt_here:
                 log.info("%s: experience %d/%d, domain %s", name, done + 1, total, exp.domain)
                 strategy.train(exp, eval_streams=[])
             else:
-                log.info("%s: experience %d/%d, domain %s: skipped (no drift)", name, done + 1, total, exp.domain)
+                log.info("%s: experience %d/%d, domain %s: skipped", name, done + 1, total, exp.domain)
             tag = f"{done:02d}_{exp.domain}"
             trained = [d for i, d in enumerate(domains[: done + 1]) if _adapted(decisions, i)]
         # A skipped domain left the weights as they were: its row is the previous one, not a second evaluation.
-        rows.append(evaluate(strategy, test_stream).tolist() if adapt_here else copy.deepcopy(rows[-1]))
+        latest = rows[-1] if rows else before
+        rows.append(evaluate(strategy, test_stream).tolist() if adapt_here or latest is None else copy.deepcopy(latest))
         meta = {
             "adapt": {
                 "method": name,
@@ -348,10 +371,25 @@ def run_method(
         extras = {
             "stored_patches": sum(len(g.case_ids) for g in policy.buffer_groups.values()),
             "stored_fraction": round(float(policy.stored_fraction), 6),
+            "stored_per_domain": dict(getattr(policy, "stored_per_domain", {})),  # domain name -> patches
         }
+    history = [r for p in strategy.plugins for r in getattr(p, "history", ())]
+    if history:  # self-training's pseudo-labelling passes: how much of each domain it trusted
+        extras["pseudo_labels"] = history
+        atomic_write_text(folder / "pseudo_labels.json", json.dumps(history, indent=2) + "\n")
     if decisions:
         atomic_write_text(folder / "decisions.json", json.dumps(decisions, indent=2) + "\n")
     return MethodRun(name, folder, matrix, done >= total, models, extras, decisions)
+
+
+def _has_training_data(exp: Any, label_free: bool) -> bool:
+    """Whether ``exp`` holds something the method can learn from: labelled volumes, or unlabelled ones for a
+    label-free method."""
+    volumes = getattr(exp, "volumes", None)
+    if volumes is None or len(volumes) > 0:
+        return True
+    pool = getattr(exp, "unlabelled", None)
+    return bool(label_free and pool is not None and len(pool) > 0)
 
 
 def _adapted(decisions: Sequence[dict[str, Any]], index: int) -> bool:

@@ -17,6 +17,11 @@ task id at test time). Mini-batches come from :func:`~medattn.continual.collate.
 
 Splits: a domain's own ``train``/``test`` split when the manifest has one, else a deterministic split of its
 labelled cases (sorted ids, the last ``test_fraction`` tested), logged so the choice is visible.
+
+Unlabelled cases: a training case without a label (the manifest gives none, or ``medattn adapt --labelled N`` took
+it away, :mod:`medattn.continual.labels`) is not trained on by the supervised methods; its image, preprocessed the
+same way and cached, is ``experience.unlabelled``, which label-free methods read (self-training's pseudo-labels).
+Test cases need their labels: they are what every method is scored on.
 """
 
 from __future__ import annotations
@@ -60,6 +65,9 @@ class DomainExperience(DatasetExperience[AvalancheDataset]):
         case_ids: the cases of this split, in order.
         volumes: train experiences only: the cached, preprocessed whole volumes (dicts with ``image`` (C, X, Y, Z)
             and ``label`` (1, X, Y, Z), padded to at least the patch size), or None.
+        unlabelled: train experiences only: the cached, preprocessed images of the training cases without a label
+            (dicts with ``image`` only, padded to at least the patch size), or None when there are none.
+        unlabelled_ids: their case ids, in order.
         random_transform: train experiences only: the random part of the pipeline (reseed it with
             :meth:`seed`), or None.
         patch_size: the training patch (X, Y, Z) in voxels.
@@ -75,6 +83,8 @@ class DomainExperience(DatasetExperience[AvalancheDataset]):
         patch_size: Triple,
         volumes: Dataset | None = None,
         random_transform: Any = None,
+        unlabelled: Dataset | None = None,
+        unlabelled_ids: Sequence[str] = (),
     ) -> None:
         super().__init__(dataset=dataset)
         self.domain = domain
@@ -83,6 +93,8 @@ class DomainExperience(DatasetExperience[AvalancheDataset]):
         self.patch_size = patch_size
         self.volumes = volumes
         self.random_transform = random_transform
+        self.unlabelled = unlabelled
+        self.unlabelled_ids = tuple(unlabelled_ids)
 
     def seed(self, seed: int) -> None:
         """Reseed the MONAI random transforms (patch sampling, augmentation) of this experience."""
@@ -113,9 +125,11 @@ class PatchDataset(Dataset):
 def avalanche_dataset(data: Dataset) -> AvalancheDataset:
     """An ``AvalancheDataset`` over a MONAI dataset: task label 0 per item, :func:`collate_segmentation`."""
     group = SampleGroup(data)
+    # an empty ConstantSequence breaks Avalanche's task-label lookup (its fast path reads element 0)
+    labels = ConstantSequence(TASK_LABEL, len(group)) if len(group) else []
     return AvalancheDataset(
         [group],
-        data_attributes=[TaskLabels(ConstantSequence(TASK_LABEL, len(group)))],
+        data_attributes=[TaskLabels(labels)],
         collate_fn=collate_segmentation,
     )
 
@@ -123,14 +137,21 @@ def avalanche_dataset(data: Dataset) -> AvalancheDataset:
 def domain_split(
     manifest: Manifest, domain: str, train_split: str = "train", test_split: str = "test", test_fraction: float = 0.25
 ) -> tuple[list[str], list[str]]:
-    """(train ids, test ids) of a domain's labelled cases; see the module docstring."""
+    """(train ids, test ids) of a domain's labelled cases; see the module docstring.
+
+    A domain whose training cases are all unlabelled (:func:`unlabelled_ids`) may have no labelled training case;
+    its test split must still hold a labelled case.
+    """
     d = manifest.domain(domain)
     labelled = [c.id for c in d.cases if c.label is not None]
-    if len(labelled) < 2:
+    pool = unlabelled_ids(manifest, domain, train_split, test_split)
+    if len(labelled) < (1 if pool else 2):
         raise DataError(f"domain {domain!r} has {len(labelled)} labelled case(s); adapting needs at least 2")
     if train_split in d.splits and test_split in d.splits:
         train = [i for i in d.splits[train_split] if i in labelled]
         test = [i for i in d.splits[test_split] if i in labelled]
+        if not train and pool and test:
+            return train, test
     else:
         ids = sorted(labelled)
         n_test = max(1, round(test_fraction * len(ids)))
@@ -148,6 +169,17 @@ def domain_split(
     return train, test
 
 
+def unlabelled_ids(manifest: Manifest, domain: str, train_split: str = "train", test_split: str = "test") -> list[str]:
+    """Ids of a domain's training cases without a label: those of its ``train_split`` when it has fixed splits,
+    else every case without a label (none of them can be tested)."""
+    d = manifest.domain(domain)
+    bare = [c.id for c in d.cases if c.label is None]
+    if train_split in d.splits and test_split in d.splits:
+        wanted = set(d.splits[train_split])
+        return [i for i in bare if i in wanted]
+    return bare
+
+
 @dataclass(frozen=True)
 class ScenarioOptions:
     """How experiences are built.
@@ -160,6 +192,8 @@ class ScenarioOptions:
         cache: ``"memory"``, ``"disk"`` (in ``cache_dir``) or ``"none"``.
         cache_dir: folder for ``"disk"`` caching.
         test_fraction: share of a domain's cases tested when the manifest has no split.
+        eval_split: the split the test stream holds (``"test"``, or ``"val"`` for choosing hyper-parameters); a
+            domain without fixed splits is split by ``test_fraction`` either way.
         workers: threads filling the memory cache.
         progress: show caching progress.
     """
@@ -171,6 +205,7 @@ class ScenarioOptions:
     cache: str = "memory"
     cache_dir: str | None = None
     test_fraction: float = 0.25
+    eval_split: str = "test"
     workers: int = 0
     progress: bool = False
 
@@ -218,13 +253,20 @@ def domain_scenario(
     train_exps: list[DomainExperience] = []
     test_exps: list[DomainExperience] = []
     for name in names:
-        train_ids, test_ids = domain_split(manifest, name, test_fraction=opts.test_fraction)
+        train_ids, test_ids = domain_split(manifest, name, test_split=opts.eval_split, test_fraction=opts.test_fraction)
+        pool_ids = unlabelled_ids(manifest, name)
         items = {d["case_id"]: d for d in manifest.datalist(name, data_root=data_root)}
         train_items = [items[i] for i in train_ids]
         test_items = [items[i] for i in test_ids]
         det, rand = _split_random(train_transforms(train_plan, opts.augment, opts.samples_per_volume))
         cache_dir = None if opts.cache_dir is None else Path(opts.cache_dir) / "train" / name
         volumes = make_dataset(train_items, det, opts.cache, cache_dir, opts.workers, opts.progress)
+        unlabelled = None
+        if pool_ids:
+            pool_dir = None if opts.cache_dir is None else Path(opts.cache_dir) / "unlabelled" / name
+            unlabelled = make_dataset(
+                [items[i] for i in pool_ids], image_transforms(train_plan), opts.cache, pool_dir, opts.workers
+            )
         train_exps.append(
             DomainExperience(
                 dataset=avalanche_dataset(PatchDataset(volumes, rand)),
@@ -234,6 +276,8 @@ def domain_scenario(
                 patch_size=(patch[0], patch[1], patch[2]),
                 volumes=volumes,
                 random_transform=rand,
+                unlabelled=unlabelled,
+                unlabelled_ids=pool_ids,
             )
         )
         test_dir = None if opts.cache_dir is None else Path(opts.cache_dir) / "test" / name
@@ -247,8 +291,26 @@ def domain_scenario(
                 patch_size=(patch[0], patch[1], patch[2]),
             )
         )
-    bench = CLScenario([EagerCLStream("train", train_exps), EagerCLStream("test", test_exps)])
-    return with_task_labels(bench)
+    bench = with_task_labels(CLScenario([EagerCLStream("train", train_exps), EagerCLStream("test", test_exps)]))
+    for exp in bench.train_stream:  # a domain without labelled training cases has no item to read it from
+        if not exp.task_labels:
+            exp.task_label, exp.task_labels = TASK_LABEL, [TASK_LABEL]
+    return bench
+
+
+def image_transforms(plan: Plan) -> Any:
+    """The deterministic preprocessing of a training image without its label, padded to the patch (what
+    ``train_transforms``' deterministic part does to the image)."""
+    from monai.transforms import Compose, SpatialPadd
+
+    from medattn.data.transforms import IMAGE, preprocess_transforms
+
+    return Compose(
+        [
+            *preprocess_transforms(plan, with_label=False),
+            SpatialPadd(keys=[IMAGE], spatial_size=plan.patch_size, mode="constant"),
+        ]
+    )
 
 
 def _triple(v: Sequence[int]) -> Triple:

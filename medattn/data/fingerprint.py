@@ -1,9 +1,11 @@
 """Dataset fingerprint: what the planner needs to know about every case, per domain and overall.
 
 For each case: spacing and shape in RAS axis order (the order the transforms work in after ``Orientationd``),
-the fraction of the volume inside the non-zero bounding box, label voxel counts, and a random sample of foreground
-intensities per channel. Per domain and overall: spacing and shape percentiles and foreground intensity statistics
-(mean, std, median, 0.5th and 99.5th percentiles), following nnU-Net's dataset fingerprint.
+the fraction of the volume inside the bounding box of the body (:func:`medattn.data.body.union_body_mask` over the
+channels: the voxels that differ from the dominant border value, the rule the transforms normalise and crop with),
+label voxel counts, and a random sample of foreground intensities per channel. Per domain and overall: spacing and
+shape percentiles and foreground intensity statistics (mean, std, median, 0.5th and 99.5th percentiles), following
+nnU-Net's dataset fingerprint.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from medattn.data.body import union_body_mask
 from medattn.data.io import read_volume
 from medattn.data.manifest import Case, Domain, Manifest
 from medattn.errors import DataError
@@ -37,7 +40,7 @@ class CaseFingerprint:
     shape: Triple
     spacing: Spacing
     axcodes: str
-    nonzero_bbox_fraction: float
+    body_bbox_fraction: float
     label_counts: dict[int, int]
     fg_samples: list[np.ndarray] = field(repr=False)  # one 1D float32 array per channel
 
@@ -88,13 +91,7 @@ def fingerprint_case(
         if vals.size > SAMPLES_PER_CASE:
             vals = rng.choice(vals, SAMPLES_PER_CASE, replace=False)
         samples.append(vals.astype(np.float32))
-    nz = np.any(np.stack([c != 0 for c in channels]), axis=0)
-    if nz.any():
-        idx = np.nonzero(nz)
-        bbox = np.prod([int(i.max()) - int(i.min()) + 1 for i in idx])
-        frac = float(bbox) / float(nz.size)
-    else:
-        frac = 1.0
+    frac = body_bbox_fraction(channels)
     values, counts = np.unique(label, return_counts=True)
     return CaseFingerprint(
         case=case.id,
@@ -102,10 +99,21 @@ def fingerprint_case(
         shape=tuple(int(spatial[p]) for p in perm),  # type: ignore[arg-type]
         spacing=tuple(float(spacing[p]) for p in perm),  # type: ignore[arg-type]
         axcodes=axcodes,
-        nonzero_bbox_fraction=frac,
+        body_bbox_fraction=frac,
         label_counts={int(v): int(c) for v, c in zip(values, counts, strict=True)},
         fg_samples=samples,
     )
+
+
+def body_bbox_fraction(channels: Sequence[np.ndarray]) -> float:
+    """Fraction of the volume inside the bounding box of the union of the channels' bodies (each (X, Y, Z)).
+
+    1.0 when the body is the whole volume (no dominant border value); the planner crops below 0.75.
+    """
+    body = union_body_mask(channels).numpy()
+    idx = np.nonzero(body)
+    bbox = np.prod([int(i.max()) - int(i.min()) + 1 for i in idx])
+    return float(bbox) / float(body.size)
 
 
 def intensity_stats(samples: np.ndarray) -> dict[str, float]:
@@ -151,7 +159,7 @@ def summarise(cases: Sequence[CaseFingerprint], channel_names: Sequence[str]) ->
             "max": shapes.max(0).astype(int).tolist(),
         },
         "orientations": sorted({c.axcodes for c in cases}),
-        "nonzero_bbox_fraction_median": float(np.median([c.nonzero_bbox_fraction for c in cases])),
+        "body_bbox_fraction_median": float(np.median([c.body_bbox_fraction for c in cases])),
         "label_fractions": {str(k): v / total for k, v in sorted(label_totals.items())},
         "foreground_intensity": intensity,
     }

@@ -13,7 +13,10 @@ read a new volume. The rules:
   4 voxels, and that do not pool a coarse axis until its spacing is within 2x of the finest (nnU-Net).
 * **Normalisation**: CT channels are clipped to the 0.5th/99.5th foreground percentiles of the whole dataset,
   then shifted and scaled by the foreground mean and standard deviation; MR and other channels get a per-volume
-  z-score, inside the body (non-zero voxels) when the non-zero region is clearly smaller than the volume.
+  z-score, inside the body when the body's bounding box is clearly smaller than the volume (median fraction below
+  :data:`CROP_BELOW`), which is also when the transforms crop to the body. The body is
+  :func:`medattn.data.body.body_mask`'s: the voxels that differ from the dominant border value, so a dataset stored
+  with a constant background of -3.6 (or with an offset) is planned as the same data with a background of 0.
 * **Cases**: the fingerprint reads a domain's labelled cases except those of its ``test`` split
   (:data:`medattn.data.manifest.TEST_SPLITS`), so held-out cases shape neither the patch nor the CT statistics,
   whether the plan comes from ``medattn plan`` or from ``medattn train`` without ``--plan``. Validation cases
@@ -54,6 +57,8 @@ REF_BASE_WIDTH = 32
 #: An estimate by counting, not a measurement; it only has to rank patch sizes against a budget.
 REF_TENSORS_PER_LEVEL = 16
 BYTES_PER_VALUE = 4
+#: Crop to the body, and z-score inside it, when the median body bounding-box fraction is below this.
+CROP_BELOW = 0.75
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,8 @@ class ChannelNorm:
         scheme: ``"ct"`` (clip to [clip_low, clip_high], then (x - mean) / std with dataset statistics) or
             ``"zscore"`` (per volume, inside the body mask when ``use_body_mask``).
         clip_low, clip_high, mean, std: dataset foreground statistics (used by ``"ct"``; recorded for all).
-        use_body_mask: z-score only over non-zero voxels, leaving the background at 0.
+        use_body_mask: z-score only over the body (:func:`medattn.data.body.body_mask`: the voxels that differ
+            from the volume's dominant border value), leaving the voxels outside it at 0.
     """
 
     name: str
@@ -337,7 +343,7 @@ def make_plan(
     median_shape = np.median(resampled, axis=0)
     patch, strides, kernels, mem = choose_patch(median_shape, target, memory_budget_mb, batch_size, len(names))
 
-    crop = bool(overall["nonzero_bbox_fraction_median"] < 0.75)
+    crop = bool(overall["body_bbox_fraction_median"] < CROP_BELOW)
     norms = []
     for ch in manifest.channels:
         st = overall["foreground_intensity"][ch.name]

@@ -27,12 +27,16 @@ PROFILES: dict[str, ScannerProfile] = {
         ),
         ScannerProfile(
             "B",
-            "3 T, inverted T2-like tissue contrast (air stays dark), int16 with NIfTI scl_slope, LPS storage",
+            "inverted T2-like contrast: 3 T, tissue order reversed (air stays dark), int16 with NIfTI scl_slope, "
+            "LPS storage",
             {"Manufacturer": "Philips", "ManufacturersModelName": "Ingenia", "MagneticFieldStrength": 3.0},
-            gamma=(0.8, 1.25),
+            # The inversion is B's shift; its per-case spread is the reference's. With gamma 0.8-1.25 and knot
+            # jitter 0.04 the curve's slope between head and tail varied up to +-40% from case to case and 16
+            # epochs of naive adaptation from A's model reached 0.58 Dice on B; with these, 0.64.
+            gamma=(0.9, 1.1),
             knots=(0.0, 0.9, 0.85, 0.6, 0.4, 0.25),
             knot_positions=(0.0, 0.06, 0.25, 0.5, 0.75, 1.0),
-            knot_jitter=0.04,
+            knot_jitter=0.02,
             bias_coeff=0.08,
             gibbs_alpha=(0.0, 0.1),
             noise_sigma=(0.02, 0.04),
@@ -43,13 +47,17 @@ PROFILES: dict[str, ScannerProfile] = {
         ),
         ScannerProfile(
             "C",
-            "1.5 T, thick slices (2.5-3.5x along z) with coarser in-plane voxels, strong bias field, "
-            "Gibbs ringing, float32 with an offset, axes permuted",
+            "thick slices and a bias field: 1.5 T, 2.5-3.5x along z with coarser in-plane voxels, up to 40% "
+            "intensity non-uniformity, Gibbs ringing, float32 with an offset, axes permuted",
             {"Manufacturer": "GE", "ManufacturersModelName": "Signa HDxt", "MagneticFieldStrength": 1.5},
             gamma=(0.7, 1.4),
             knots=(0.0, 0.25, 0.5, 0.75, 1.0),
             knot_jitter=0.05,
-            bias_coeff=0.3,
+            # 0.3 made the field vary 2.4-fold (99th over 1st percentile inside the body, median of 200 draws):
+            # head and tail, 1.16-fold apart, could not be told apart by intensity, and 16 epochs of naive
+            # adaptation from A's model reached only 0.42 Dice on C. 0.12 gives 1.43-fold (40% non-uniformity,
+            # BrainWeb's strongest setting) and the same adaptation 0.56; the thick slices stay.
+            bias_coeff=0.12,
             inplane_factor=(1.1, 1.4),
             slice_factor=(2.5, 3.5),
             thickness_ratio=(1.0, 1.25),
@@ -61,17 +69,21 @@ PROFILES: dict[str, ScannerProfile] = {
         ),
         ScannerProfile(
             "D",
-            "low field (0.55 T): heavy Rician noise, compressed contrast, ~1.3 mm voxels, uint8 rescaled and "
-            "saturated, radiological (LAS) storage",
+            "low field: 0.55 T, about twice the reference's Rician noise, compressed contrast, ~1.2 mm voxels, uint8 "
+            "rescaled and saturated, radiological (LAS) storage",
             {"Manufacturer": "Siemens", "ManufacturersModelName": "MAGNETOM Free.Max", "MagneticFieldStrength": 0.55},
-            gamma=(0.5, 0.7),
+            # The earlier D (gamma 0.5-0.7, knot jitter 0.05, 1.2-1.4 mm voxels, noise 0.07-0.1) left head and
+            # tail less than one noise sigma apart on 32^3 phantoms: 16 epochs of naive adaptation from A's model
+            # reached 0.44 Dice on D (before: 0.44), 0.51 without any noise and 0.56 at 1 mm, so no single
+            # factor was the limit. These milder ranges (noise still about twice A's) reach 0.61 (before: 0.58).
+            gamma=(0.65, 0.85),
             knots=(0.0, 0.25, 0.5, 0.75, 1.0),
-            knot_jitter=0.05,
+            knot_jitter=0.03,
             bias_coeff=0.12,
-            inplane_factor=(1.2, 1.4),
-            slice_factor=(1.2, 1.4),
+            inplane_factor=(1.1, 1.25),
+            slice_factor=(1.1, 1.25),
             gibbs_alpha=(0.05, 0.15),
-            noise_sigma=(0.07, 0.1),
+            noise_sigma=(0.04, 0.06),
             dtype="uint8",
             scale=(170.0, 230.0),
             offset=(0.0, 8.0),

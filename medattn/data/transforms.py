@@ -4,7 +4,13 @@ Every pipeline starts with the same deterministic preprocessing, so training, va
 volumes prepared identically:
 
     load (nibabel / SimpleITK) -> channel first -> orient to RAS -> resample to the plan's spacing
-    -> map label values to 0..K-1 -> normalise per channel -> crop to the non-zero region (when planned)
+    -> map label values to 0..K-1 -> normalise per channel -> crop to the body (when planned)
+
+The body is one rule, :func:`medattn.data.body.body_mask`: the voxels that differ from the volume's dominant border
+value (the most frequent value on its outer faces, when it fills at least half of them), else the whole volume.
+So a background stored as 0, as -3.6 or with a float offset gives the same body, the same z-score inside it and
+the same crop. The z-score inside the body uses each channel's own body; the crop uses the union of the channels'
+bodies, taken on the resampled image before normalisation, and the planner's fingerprint uses the same union.
 
 Inference uses only invertible spatial steps, so :func:`invert_to_input` puts a prediction back into the input's
 exact grid (shape, affine, orientation). Training adds padding, foreground-oversampled patch sampling and
@@ -29,6 +35,7 @@ from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
 from monai.transforms import (
     Compose,
     CropForegroundd,
+    DeleteItemsd,
     EnsureChannelFirstd,
     EnsureTyped,
     Invertd,
@@ -53,11 +60,14 @@ from monai.transforms import (
     SpatialPadd,
 )
 
+from medattn.data.body import body_mask, union_body_mask
 from medattn.data.plan import ChannelNorm, Plan
 from medattn.data.readers import make_readers
 
 IMAGE = "image"
 LABEL = "label"
+#: Transient key holding the union body mask between :class:`BodyMaskd` and the crop; removed right after.
+BODY = "body"
 
 
 @dataclass(frozen=True)
@@ -136,6 +146,24 @@ class PlanNormalized(MapTransform):
         return d
 
 
+class BodyMaskd(MapTransform):
+    """Store under ``body_key`` the union of the channels' bodies of ``keys`` (C, X, Y, Z): bool tensor (1, X, Y, Z).
+
+    The crop reads this mask (``CropForegroundd(source_key=body_key)``), so its box comes from the image as resampled,
+    before normalisation changes the values, by the rule normalisation uses (:mod:`medattn.data.body`).
+    """
+
+    def __init__(self, keys: Any, body_key: str = BODY) -> None:
+        super().__init__(keys)
+        self.body_key = body_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.body_key] = union_body_mask(d[key])[None]
+        return d
+
+
 class ReplaceNonFinited(MapTransform):
     """Replace NaN and Inf voxels of each channel by that channel's lowest finite value (0 when it has none).
 
@@ -160,18 +188,23 @@ class ReplaceNonFinited(MapTransform):
 
 
 def normalise_channel(x: torch.Tensor, norm: ChannelNorm) -> torch.Tensor:
-    """One channel, float tensor (X, Y, Z): the plan's normalisation (see :class:`ChannelNorm`)."""
+    """One channel, tensor (X, Y, Z) of any real dtype: the plan's normalisation (see :class:`ChannelNorm`), float32.
+
+    ``"ct"``: clip, then shift and scale by the dataset statistics. ``"zscore"``: ``(x - mean) / std`` over the
+    volume, or with ``use_body_mask`` over the channel's body (:func:`medattn.data.body.body_mask`: the voxels that
+    differ from the dominant border value, else the whole volume), with the voxels outside it set to 0. The body
+    rule depends only on which voxels are equal, so a constant background offset or a rescale ``a * x + b``
+    (``a > 0``) gives the same output, where a non-zero rule z-scored an offset background's whole volume.
+    """
     x = x.float()
     if norm.scheme == "ct":
         return (x.clamp(norm.clip_low, norm.clip_high) - norm.mean) / norm.std
     if norm.use_body_mask:
-        mask = x != 0
-        if mask.any():
-            vals = x[mask]
-            mean, std = vals.mean(), vals.std(unbiased=False)
-            out = torch.zeros_like(x)
-            out[mask] = (vals - mean) / torch.clamp(std, min=1e-8)
-            return out
+        body = body_mask(x)
+        vals = x[body]
+        out = torch.zeros_like(x)
+        out[body] = (vals - vals.mean()) / torch.clamp(vals.std(unbiased=False), min=1e-8)
+        return out
     mean, std = x.mean(), x.std(unbiased=False)
     return (x - mean) / torch.clamp(std, min=1e-8)
 
@@ -221,15 +254,18 @@ def preprocess_transforms(plan: Plan, with_label: bool = True, replace_nonfinite
     mapping = label_mapping(plan)
     if with_label and mapping is not None:
         steps.append(MapLabelValued(keys=LABEL, orig_labels=mapping[0], target_labels=mapping[1], dtype=np.float32))
+    if plan.crop_foreground:  # the body of the resampled image, before normalisation changes its values
+        steps.append(BodyMaskd(keys=IMAGE, body_key=BODY))
     steps.append(PlanNormalized(keys=IMAGE, channels=plan.channels))
     if plan.crop_foreground:
-        steps.append(CropForegroundd(keys=keys, source_key=IMAGE, select_fn=_nonzero, allow_smaller=True))
+        steps.append(CropForegroundd(keys=keys, source_key=BODY, select_fn=_selected, allow_smaller=True))
+        steps.append(DeleteItemsd(keys=BODY))
     steps.append(EnsureTyped(keys=keys, dtype=torch.float32, track_meta=True))
     return steps
 
 
-def _nonzero(x: Any) -> Any:
-    return x != 0
+def _selected(mask: Any) -> Any:
+    return mask.bool()
 
 
 def augment_transforms(plan: Plan, aug: AugmentConfig) -> list[Any]:

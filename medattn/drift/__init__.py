@@ -9,6 +9,7 @@ Modules, in the order a run uses them:
 ``extract``     one sliding-window pass per volume collecting its features; refused volumes are named
 ``stats``       the two-sample tests (whitened MMD, KS on PCA) and the Mahalanobis volume scorer
 ``analysis``    the decision rule and ``DriftReport`` from extracted features
+``ranking``     the target volumes in labelling order (volume score and foreground entropy), CSV and JSON
 ``plots``       the report's PNG plots
 ``summary``     the report as printed text
 ``run``         ``run_drift`` and ``drift_report``, the library entry of ``medattn drift``

@@ -50,10 +50,19 @@ class DriftReport:
     dice: dict[str, Any]
     seconds: float = 0.0
     plots: list[str] = field(default_factory=list)
+    ranking_files: list[str] = field(default_factory=list)
+    """The labelling ranking's CSV and JSON files, once written (:func:`medattn.drift.run.drift_report`)."""
 
     @property
     def flagged(self) -> list[str]:
         return [f.case_id for f, s in zip(self.target, self.target_scores, strict=True) if s > self.threshold]
+
+    @property
+    def ranking(self) -> list[dict[str, Any]]:
+        """The target volumes in labelling order (:func:`medattn.drift.ranking.labelling_ranking`)."""
+        from medattn.drift.ranking import labelling_ranking
+
+        return labelling_ranking(self.target, self.target_scores, self.threshold, self.reference_scores)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +80,7 @@ class DriftReport:
                 "auroc_reference_vs_target": auroc(self.reference_scores, self.target_scores),
                 "target_scores": {f.case_id: float(s) for f, s in zip(self.target, self.target_scores, strict=True)},
             },
+            "ranking": self._ranking_summary(),
             "metadata_changes": self.metadata_changes,
             "dice": self.dice,
             "failures": self.failures,
@@ -80,6 +90,16 @@ class DriftReport:
             "plots": self.plots,
             "reference_volumes": [f.to_dict() for f in self.reference],
             "target_volumes": [f.to_dict() for f in self.target],
+        }
+
+    def _ranking_summary(self) -> dict[str, Any]:
+        from medattn.drift.ranking import RANKING_RULE, TOP
+
+        keys = ("rank", "case_id", "volume_score", "flagged", "foreground_entropy")
+        return {
+            "rule": RANKING_RULE,
+            "files": self.ranking_files,
+            "top": [{k: r[k] for k in keys} for r in self.ranking[:TOP]],
         }
 
 

@@ -103,6 +103,8 @@ def extract_features(
                     image=image_statistics(raw0),
                     metadata=header_metadata(data["image"].meta, item.get("metadata")),
                     dice=dice,
+                    source=str(images[0]),
+                    foreground_entropy=float(vol["foreground_entropy"]),
                 )
             )
         except DataError as e:

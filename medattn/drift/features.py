@@ -10,6 +10,8 @@ Three further groups come from what the pass already has:
 * **image statistics** of the raw input (before normalisation): intensity quantiles inside the body, and a noise
   estimate relative to the body's intensity spread (median absolute deviation of the 3D Laplacian);
 * **prediction statistics**: the mean softmax entropy and the predicted volume per class in mm³;
+* **foreground entropy** (not a test feature: the labelling ranking's uncertainty, :mod:`medattn.drift.ranking`):
+  the softmax entropy weighted by the foreground probability, :meth:`FeatureCollector.volume_features`;
 * **header metadata**: spacing, shape, orientation and acquisition metadata from the manifest (manufacturer,
   model, field strength). Metadata are reported, not tested: a change of manufacturer is a fact, not a p-value.
 """
@@ -58,14 +60,17 @@ class FeatureCollector:
     """A network wrapper that records pooled bottleneck features and softmax entropy of every window it sees.
 
     Call :meth:`reset` before a volume and :meth:`volume_features` after it. The wrapped network is called
-    unchanged; the hook only reads the activations.
+    unchanged; the hook only reads the activations. Per window it keeps a few numbers (the pooled features, the mean
+    entropy, two sums for the foreground entropy), never a probability map, so the memory does not grow with the
+    volume.
 
     Example::
 
         collector = FeatureCollector(model)
         collector.reset()
         result = sliding_window_predict(image, collector, window)
-        feats = collector.volume_features()   # {"bottleneck": (C,), "entropy": float, "windows": int}
+        feats = collector.volume_features()
+        # {"bottleneck": (C,), "entropy": float, "foreground_entropy": float, "windows": int}
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -73,10 +78,14 @@ class FeatureCollector:
         self._module = bottleneck_module(model)
         self._pooled: list[torch.Tensor] = []
         self._entropy: list[torch.Tensor] = []
+        self._fg_entropy_sum = 0.0  # sum over window voxels of (1 - p_background) x entropy
+        self._fg_weight_sum = 0.0  # sum over window voxels of (1 - p_background)
 
     def reset(self) -> None:
         self._pooled.clear()
         self._entropy.clear()
+        self._fg_entropy_sum = 0.0
+        self._fg_weight_sum = 0.0
 
     def _hook(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
         out = output[0] if isinstance(output, (list, tuple)) else output
@@ -92,15 +101,36 @@ class FeatureCollector:
         p = torch.softmax(logits.detach().float(), dim=1)
         ent = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=1)  # (B, *window)
         self._entropy.append(ent.mean(dim=tuple(range(1, ent.ndim))).cpu())
+        fg = 1.0 - p[:, 0]  # (B, *window): probability of any foreground class
+        self._fg_entropy_sum += float((fg.double() * ent.double()).sum())
+        self._fg_weight_sum += float(fg.double().sum())
         return out
 
     def volume_features(self) -> dict[str, Any]:
-        """Averages over the windows seen since :meth:`reset` (mirrored passes count as windows too)."""
+        """Averages over the windows seen since :meth:`reset` (mirrored passes count as windows too).
+
+        Returns:
+            ``bottleneck``: (C,) float64, the window means of the bottleneck activations, averaged over windows;
+            ``entropy``: the mean softmax entropy (nats) over every window voxel;
+            ``foreground_entropy``: the softmax entropy (nats) averaged over window voxels weighted by their
+            foreground probability ``1 - p_background``, i.e. ``sum w H / sum w`` pooled over every window (a voxel
+            in k overlapping windows counts k times, with each window's own softmax, not the blended one; voxels of
+            a window's zero padding count too). It measures the uncertainty where the model sees (or half sees)
+            structure, which the volume mean dilutes with confident background; NaN when no voxel has any
+            foreground probability (float32 saturation);
+            ``windows``: windows seen.
+        """
         if not self._pooled:
             raise RuntimeError("no window was seen; call the collector through sliding_window_predict first")
         pooled = torch.cat(self._pooled).mean(dim=0).numpy().astype(np.float64)
         entropy = float(torch.cat(self._entropy).mean())
-        return {"bottleneck": pooled, "entropy": entropy, "windows": sum(len(t) for t in self._entropy)}
+        fg_entropy = self._fg_entropy_sum / self._fg_weight_sum if self._fg_weight_sum > 0 else float("nan")
+        return {
+            "bottleneck": pooled,
+            "entropy": entropy,
+            "foreground_entropy": fg_entropy,
+            "windows": sum(len(t) for t in self._entropy),
+        }
 
 
 def body_mask(image: np.ndarray) -> np.ndarray:
@@ -148,6 +178,10 @@ class VolumeFeatures:
         metadata: spacing (mm, as stored), shape, orientation code, and acquisition metadata when known.
         dice: per foreground class Dice against the label on the preprocessed grid, when a label exists
             (:func:`class_dice`: NaN where the class is absent from both prediction and label).
+        extra: further facts, not features.
+        source: the image file read (the first channel's), when known.
+        foreground_entropy: foreground-weighted softmax entropy in nats (see
+            :meth:`FeatureCollector.volume_features`); NaN when unknown (features read from an older cache).
     """
 
     case_id: str
@@ -158,6 +192,8 @@ class VolumeFeatures:
     metadata: dict[str, Any]
     dice: dict[str, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+    foreground_entropy: float = float("nan")
 
     @property
     def mean_dice(self) -> float | None:
@@ -191,6 +227,8 @@ class VolumeFeatures:
             "image": self.image,
             "metadata": self.metadata,
             "dice": None if self.dice is None else {k: None if np.isnan(v) else v for k, v in self.dice.items()},
+            "source": self.source,
+            "foreground_entropy": None if np.isnan(self.foreground_entropy) else self.foreground_entropy,
             "model_features": self.model.tolist(),
         }
 

@@ -94,7 +94,8 @@ class DriftGate:
 
     def _items(self, exp: Any) -> list[Mapping[str, Any]]:
         by_id = {d["case_id"]: d for d in self.manifest.datalist(exp.domain, data_root=self.data_root)}
-        return [by_id[c] for c in exp.case_ids if c in by_id]
+        # the unlabelled training cases count too: a domain with few labels or none is still tested on its images
+        return [by_id[c] for c in (*exp.case_ids, *getattr(exp, "unlabelled_ids", ())) if c in by_id]
 
     def __call__(
         self,

@@ -82,10 +82,12 @@ def drift_report(
     reference_split: str | None = None,
     target_split: str | None = None,
 ) -> DriftReport:
-    """:func:`run_drift`, written to ``out`` (JSON) with its PNG plots beside it (``report.plots`` names them).
+    """:func:`run_drift`, written to ``out`` (JSON) with its PNG plots beside it (``report.plots`` names them) and
+    the target volumes in labelling order, ``<stem>_ranking.csv`` and ``<stem>_ranking.json`` beside it
+    (:mod:`medattn.drift.ranking`; ``report.ranking_files`` names them, the report lists the first five).
 
-    ``out`` is checked before the model or any volume is read: never a file of either dataset, the model or a
-    dataset description, never in an image or label folder, and writable.
+    ``out`` and the ranking files are checked before the model or any volume is read: never a file of either
+    dataset, the model or a dataset description, never in an image or label folder, and writable.
 
     Raises:
         TooFewVolumesError: fewer readable volumes than the tests need (nothing is written).
@@ -93,6 +95,7 @@ def drift_report(
         DataError, ManifestError: see :func:`run_drift`.
     """
     from medattn.data.guard import InputGuard, prepare_output_file
+    from medattn.drift.ranking import ranking_paths, write_ranking
     from medattn.infer.inputs import input_files
     from medattn.jsonio import write_json
 
@@ -101,8 +104,10 @@ def drift_report(
     for spec in (reference, target):
         files, dataset = input_files(spec, data_root=data_root)
         guard = guard | InputGuard.of(files, dataset=dataset)
-    guard.check_file(out, "-o")
-    prepare_output_file(out, "-o")
+    ranking_csv, ranking_json = ranking_paths(out)
+    for path, what in ((out, "-o"), (ranking_csv, "the ranking beside -o,"), (ranking_json, "the ranking beside -o,")):
+        guard.check_file(path, what)
+        prepare_output_file(path, what)
     report = run_drift(
         model_path,
         reference,
@@ -115,5 +120,8 @@ def drift_report(
         target_split=target_split,
     )
     report.plots = write_plots(report, out.parent if str(out.parent) else Path("."), out.name.rsplit(".", 1)[0])
+    report.ranking_files = write_ranking(
+        report.ranking, ranking_csv, ranking_json, threshold=report.threshold, fpr=report.options.fpr
+    )
     write_json(out, report.to_dict())
     return report

@@ -1,8 +1,10 @@
-"""A drift report as the lines ``medattn drift`` prints: decision, p-values, volume level, Dice, metadata, failures."""
+"""A drift report as the lines ``medattn drift`` prints: decision, p-values, volume level, Dice, metadata, the
+first cases to label, failures."""
 
 from __future__ import annotations
 
 from medattn.drift.analysis import DriftReport
+from medattn.drift.ranking import TOP
 
 
 def format_report(report: DriftReport) -> str:
@@ -30,6 +32,15 @@ def format_report(report: DriftReport) -> str:
             lines.append(f"  metadata {k} (median): reference {v['reference_median']} -> target {v['target_median']}")
         else:
             lines.append(f"  metadata {k}: reference {v['reference']} -> target {v['target']}")
+    ranking = report.ranking
+    if ranking:
+        where = f" ({', '.join(report.ranking_files)})" if report.ranking_files else ""
+        lines.append(f"  label first{where}: flagged first, then by the mean of score and entropy ranks")
+        for r in ranking[:TOP]:
+            lines.append(
+                f"    {r['rank']:>3}. {r['case_id']}  score {r['volume_score']:.3g}"
+                f"{' (flagged)' if r['flagged'] else ''}  foreground entropy {r['foreground_entropy']:.3g}"
+            )
     for f in report.failures:
         lines.append(f"  FAILED {f['case']}: {f['file']}: {f['reason']}")
     return "\n".join(lines)

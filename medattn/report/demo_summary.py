@@ -74,6 +74,77 @@ def _adapt_headers(doc: Mapping[str, Any]) -> list[str]:
     return ["strategy", *(f"final {d}" for d in domains), "avg Dice", "BWT", "forgetting"]
 
 
+#: The reference row of the adaptation: every scanner's data at once (not a continual method).
+REFERENCE = "joint"
+
+
+def headline(description: str) -> str:
+    """A scanner description's headline: the text before its first ``": "`` (the whole text when there is none)."""
+    return description.split(": ", 1)[0].strip()
+
+
+def _followed(doc: Mapping[str, Any]) -> str | None:
+    """The continual method the sentences follow: the first of ``adapt`` that is not the reference."""
+    return next((m for m in doc.get("adapt", {}) if m != REFERENCE), None)
+
+
+def _final(run: Mapping[str, Any] | None, j: int) -> float | None:
+    return None if not run or not run.get("matrix") else run["matrix"][-1][j]
+
+
+def scanner_outcomes(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """What adaptation did, in words made from the numbers of ``doc["adapt"]``: one sentence per scanner and one
+    on the averages.
+
+    Per scanner: its description's :func:`headline`; the Dice of the model trained on the first scanner (the
+    ``before`` row); for the followed method (the first that is not ``joint``), the Dice after the scanner's own
+    adaptation step (the matrix diagonal) and at the end (the last row); the reference's final Dice; every other
+    method's final Dice. Numbers are :func:`fmt_number`'s, so a sentence quotes exactly what the matrix rounds to.
+
+    Returns:
+        ``{"scanners": {name: sentence}, "average": sentence}``; empty when nothing was adapted.
+    """
+    adapt = doc.get("adapt", {})
+    if not adapt:
+        return {}
+    name = _followed(doc)
+    ref = adapt.get(REFERENCE)
+    main = adapt[name] if name else ref
+    first = doc["first_scanner"]
+    described = {s["name"]: headline(s.get("description", "")) for s in doc.get("dataset", {}).get("scanners", [])}
+    others = [m for m in adapt if m not in (name, REFERENCE)]
+    sentences = {}
+    for j, scanner in enumerate(main["domains"]):
+        what = described.get(scanner)
+        before = main["before"][j] if main.get("before") else None
+        text = f"{scanner}" + (f" ({what})" if what else "") + ": "
+        if scanner == first:
+            text += f"the model trained on it scored {fmt_number(before)}"
+        else:
+            text += f"the model trained on {first} scored {fmt_number(before)}"
+        if name and j < len(main["matrix"]):  # a stopped run has no row for the scanners it did not reach
+            own, final = main["matrix"][j][j], _final(main, j)
+            ref_text = f" (joint training {fmt_number(_final(ref, j))})" if ref else ""
+            if scanner == first:
+                text += f"; {name}'s step on it gave {fmt_number(own)}{ref_text}"
+            else:
+                verb = "raised" if own > (before or 0) + 0.005 else "lowered" if own < (before or 0) - 0.005 else "left"
+                to = "at" if verb == "left" else "to"
+                text += f"; {name}'s adaptation step {verb} it {to} {fmt_number(own)}{ref_text}"
+            text += f" and it ended at {fmt_number(final)}"
+        elif ref:
+            text += f"; joint training reached {fmt_number(_final(ref, j))}"
+        if others:
+            text += "; " + ", ".join(f"{m} ended at {fmt_number(_final(adapt[m], j))}" for m in others)
+        sentences[scanner] = text + "."
+    avg = [f"{m} {fmt_number(a.get('average_dice'))}" for m, a in adapt.items()]
+    average = "Final average Dice over the scanners: " + ", ".join(avg)
+    if name and ref:
+        gap = (adapt[name].get("average_dice") or 0.0) - (ref.get("average_dice") or 0.0)
+        average += f" ({name} {fmt_number(gap, signed=True)} against joint training)"
+    return {"scanners": sentences, "average": average + "."}
+
+
 def format_summary(doc: Mapping[str, Any]) -> str:
     """The terminal summary: Dice on the first scanner, drift per scanner, the adaptation strategies."""
     first = doc["first_scanner"]
@@ -90,6 +161,10 @@ def format_summary(doc: Mapping[str, Any]) -> str:
             "Adaptation (final Dice per scanner; BWT < 0 and forgetting > 0 mean old scanners were forgotten):",
             *("  " + s for s in _text_table(_adapt_headers(doc), _adapt_rows(doc))),
         ]
+        outcomes = doc.get("outcomes") or scanner_outcomes(doc)
+        if outcomes:
+            lines += ["", "What happened per scanner (Dice as in the matrices: held-out cases, preprocessed grid):"]
+            lines += [f"  {t}" for t in outcomes["scanners"].values()] + [f"  {outcomes['average']}"]
     return "\n".join(lines)
 
 
@@ -194,7 +269,9 @@ def write_report(
     parts = [
         h.paragraph(
             "Continual learning from the trained model through the scanners in order. Row 'before' is the starting "
-            "model; row 'after X' the model after adapting to X. BWT: mean change on earlier scanners between "
+            "model; row 'after X' the model after adapting to X; row 'after joint' (the reference) the model "
+            "trained once on every scanner's training data together, for as many epochs, so as many steps, as the "
+            "continual methods' steps together. BWT: mean change on earlier scanners between "
             "learning them and the end (negative: forgetting); forgetting: mean drop from a scanner's best Dice."
         ),
         h.table(
@@ -202,6 +279,9 @@ def write_report(
             [[m, a["average_dice"], a["bwt"], a["forgetting"], a["fwt"]] for m, a in adapt.items()],
         ),
     ]
+    outcomes = doc.get("outcomes") or scanner_outcomes(doc)
+    if outcomes:
+        parts.append(h.bullets([*outcomes["scanners"].values(), outcomes["average"]]))
     for method, a in adapt.items():
         rows = ([["before", *a["before"]]] if a.get("before") else []) + [
             [f"after {r}", *vals] for r, vals in zip(a["rows"], a["matrix"])

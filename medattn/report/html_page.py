@@ -93,6 +93,11 @@ def paragraph(text: str) -> str:
     return f"<p>{esc(text)}</p>"
 
 
+def bullets(items: Iterable[str]) -> str:
+    """An unordered list of plain-text items (escaped)."""
+    return "<ul>" + "".join(f"<li>{esc(t)}</li>" for t in items) + "</ul>"
+
+
 def section(title: str, *parts: str) -> str:
     """A titled section of already-rendered parts."""
     return f"<section><h2>{esc(title)}</h2>{''.join(parts)}</section>"

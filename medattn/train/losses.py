@@ -11,6 +11,12 @@ Example::
 
     loss_fn = DeepSupervisionLoss()
     loss = loss_fn(net(x), y)   # net(x): tensor or list of (B, K, ...) logits; y: (B, 1, X, Y, Z) class indices
+
+Voxels labelled :data:`IGNORE` (255) take no part in either term: self-training marks the voxels whose
+pseudo-label is not confident enough that way (:mod:`medattn.continual.methods.selftrain`). MONAI's ``DiceCELoss``
+has no ignore index (its ``DiceLoss`` has), so a target holding ignored voxels goes through MONAI's ``DiceLoss``
+with ``ignore_index`` and PyTorch's cross-entropy with ``ignore_index``; a target without any takes the
+``DiceCELoss`` path unchanged.
 """
 
 from __future__ import annotations
@@ -18,8 +24,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
+
+#: The label value of voxels that no loss term sees (unconfident pseudo-labels).
+IGNORE = 255
 
 
 def deep_supervision_weights(n: int) -> list[float]:
@@ -95,16 +104,27 @@ class DeepSupervisionLoss(nn.Module):
         super().__init__()
         self.weights = None if weights is None else [float(w) for w in weights]
         self.scales = None if scales is None else [tuple(int(v) for v in s) for s in scales]
-        self.dice_ce = DiceCELoss(
+        dice = dict(
             include_background=include_background,
             to_onehot_y=True,
             softmax=True,
             batch=batch_dice,
             smooth_nr=smooth,
             smooth_dr=smooth,
-            lambda_dice=lambda_dice,
-            lambda_ce=lambda_ce,
         )
+        self.dice_ce = DiceCELoss(**dice, lambda_dice=lambda_dice, lambda_ce=lambda_ce)  # type: ignore[arg-type]
+        self.masked_dice = DiceLoss(**dice, ignore_index=IGNORE)  # type: ignore[arg-type]
+        self.lambda_dice, self.lambda_ce = float(lambda_dice), float(lambda_ce)
+
+    def _term(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Dice + CE of one output (float32 logits) against its label (float class indices)."""
+        ignored = y == IGNORE
+        if not bool(ignored.any()):
+            return self.dice_ce(out, y)
+        if bool(ignored.all()):
+            return out.sum() * 0.0  # nothing to learn from, but keep the graph (and the step) well-formed
+        ce = nn.functional.cross_entropy(out, y[:, 0].long(), ignore_index=IGNORE)
+        return self.lambda_dice * self.masked_dice(out, y) + self.lambda_ce * ce
 
     def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         outs = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
@@ -121,5 +141,5 @@ class DeepSupervisionLoss(nn.Module):
                 continue
             y = downsample_label(target, out.shape[2:], None if self.scales is None else self.scales[j])
             # The loss runs in float32 even under autocast: softmax and log of fp16 logits lose too much.
-            total = total + w * self.dice_ce(out.float(), y.float())
+            total = total + w * self._term(out.float(), y.float())
         return total

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,18 @@ def shift_case(seed: int, invert: bool) -> tuple[np.ndarray, np.ndarray]:
     return image.astype(np.float32), label
 
 
+def bias_case(seed: int, shifted: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A :func:`shift_case` volume; ``shifted``: under a strong multiplicative bias field along x (0.1 to 1.9) and
+    more noise. A model of A gets most of it right and is sure where it is right (precision of its confident
+    foreground 0.95), the setting self-training can learn from."""
+    image, label = shift_case(seed, False)
+    if shifted:
+        rng = np.random.default_rng(seed + 7)
+        field = np.linspace(0.1, 1.9, image.shape[2])[None, None, :]
+        image = image * field + rng.normal(0, 0.2, image.shape)
+    return image.astype(np.float32), label
+
+
 def write_shift_dataset(
     root: Path,
     domains: dict[str, tuple[int, bool]] | None = None,
@@ -61,16 +74,18 @@ def write_shift_dataset(
     test_cases: int = 2,
     name: str = "inverted-contrast shift",
     metadata: bool = True,
+    make_case: Callable[[int, bool], tuple[np.ndarray, np.ndarray]] = shift_case,
 ) -> Path:
     """Domains of :func:`shift_case` volumes, each ``name: (seed offset, inverted)`` (default: A, then B with its
     contrast inverted), with fixed train/test splits (the last ``test_cases`` of each domain are its test split);
-    returns the manifest path. ``metadata`` gives odd cases a metadata dict whose keys differ from the even ones'."""
+    returns the manifest path. ``make_case(seed, shifted)`` makes a volume (:func:`shift_case`: the shift inverts
+    the contrast). ``metadata`` gives odd cases a metadata dict whose keys differ from the even ones'."""
     domains = {"A": (0, False), "B": (1000, True)} if domains is None else domains
     docs = []
     for dom, (offset, invert) in domains.items():
         items = []
         for i in range(cases):
-            image, label = shift_case(offset + i, invert)
+            image, label = make_case(offset + i, invert)
             write_nifti(root / dom / f"{dom}_{i}.nii.gz", image)
             write_nifti(root / dom / f"{dom}_{i}_seg.nii.gz", label)
             item: dict[str, object] = {

@@ -17,7 +17,7 @@ import yaml
 from tests.continual.conftest import tiny_config
 
 PIPELINE = Path(__file__).resolve().parents[2] / "pipelines" / "adapt.yaml"
-SHIPPED = ("naive", "joint", "cumulative", "replay", "ewc", "si", "lwf", "mib")
+SHIPPED = ("naive", "joint", "cumulative", "replay", "ewc", "si", "lwf", "mib", "selftrain")
 
 #: A method as a newcomer would add it: one file, nothing else.
 SCALED = '''
@@ -114,7 +114,12 @@ def test_every_method_file_declares_its_name_options_and_docs() -> None:
         assert all(p.doc for p in spec.params), f"{name}: every option needs its one-line doc"
         assert methods.defaults(name) == {p.name: p.default for p in spec.params}
     assert methods.defaults("ewc") == {"ewc_lambda": 1.0e5, "mode": "separate", "decay_factor": None}
-    assert methods.defaults("replay") == {"mem_size": None, "memory_fraction": 0.1, "mem_batch": None}
+    assert methods.defaults("replay") == {
+        "mem_size": None,
+        "memory_fraction": 0.1,
+        "mem_batch": None,
+        "min_patches_per_domain": 16,
+    }
 
 
 def test_listing_the_methods_imports_none_of_them() -> None:

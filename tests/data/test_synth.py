@@ -140,7 +140,7 @@ def test_phantom_domains_differ_in_intensity_statistics(phantom: tuple[Manifest,
             noise.append(float(air.std()))
         stats[dom.name] = (np.mean(contrast), np.mean(noise))
     assert stats["A"][0] > 0.2 and stats["B"][0] < 0  # B inverts the structure's contrast
-    assert stats["D"][1] > 2 * stats["A"][1]  # D is much noisier
+    assert stats["D"][1] > 1.5 * stats["A"][1]  # D is noisier (its noise sigma range is about twice A's)
     spacing_c = spacing_from_affine(read_volume(root / manifest.domain("C").cases[0].images[0])[1].affine)
     assert max(spacing_c) >= 2.5  # thick slices
 

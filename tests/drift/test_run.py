@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -64,6 +65,10 @@ def test_collector_matches_a_direct_forward_pass(setup: dict) -> None:
     np.testing.assert_allclose(feats["bottleneck"], seen[0].mean(0).numpy(), rtol=1e-5)
     p = torch.softmax(direct, 1)
     assert feats["entropy"] == pytest.approx(float(-(p * p.log()).sum(1).mean()), rel=1e-4)
+    q = np.exp(direct.numpy().astype(np.float64))
+    q /= q.sum(1, keepdims=True)
+    h, w = -(q * np.log(q)).sum(1), 1 - q[:, 0]  # foreground-weighted entropy, from NumPy's softmax
+    assert feats["foreground_entropy"] == pytest.approx(float((w * h).sum() / w.sum()), rel=1e-4)
 
 
 def test_image_noise_estimate_tracks_true_noise() -> None:
@@ -228,3 +233,106 @@ def test_image_files_as_reference_or_target(setup: dict, tmp_path: Path, capsys:
     assert code == (4 if doc["drift"] else 0)
     assert (doc["n_reference"], doc["n_target"], doc["failures"]) == (6, 6, [])
     assert doc["dice"]["reference_mean"] is None
+
+
+# ---- which target cases to label first -----------------------------------------------------------------------------
+
+
+def _window_logits(loaded, item: dict, overlap: float) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    """The logits of every window a drift pass feeds the network for ``item`` (recorded, not collected)."""
+    from medattn.data.transforms import apply, eval_transforms
+    from medattn.infer.sliding import sliding_window_predict
+
+    data = apply(eval_transforms(loaded.plan), {"image": item["image"][0], "label": item["label"]})
+    seen: list[np.ndarray] = []
+
+    def network(x: torch.Tensor) -> torch.Tensor:
+        out = loaded.model(x)
+        logits = out[0] if isinstance(out, (list, tuple)) else out
+        seen.append(logits.detach().double().numpy())
+        return out
+
+    with torch.no_grad():
+        sliding_window_predict(data["image"], network, loaded.plan.patch_size, overlap=overlap, device="cpu")
+    return seen
+
+
+def test_drift_writes_a_labelling_ranking_of_the_target_cases(setup: dict, tmp_path: Path) -> None:
+    from medattn.drift.run import drift_report
+    from medattn.drift.summary import format_report
+
+    root, manifest = setup["root"], setup["manifest"]
+    spec = str(root / "ph" / "manifest.json")
+    out = tmp_path / "ab.json"
+    options = DriftOptions(permutations=200)
+    report = drift_report(root / "model.pt", f"{spec}:A", f"{spec}:B", out, options=options)
+    csv_path, json_path = tmp_path / "ab_ranking.csv", tmp_path / "ab_ranking.json"
+    assert report.ranking_files == [str(csv_path), str(json_path)]
+    rows = list(csv.DictReader(csv_path.open()))
+    b_items = manifest.datalist(domain="B")
+    # one row per target case, named by the manifest's case ids (what `medattn adapt` selects labels by)
+    assert sorted(r["case_id"] for r in rows) == sorted(d["case_id"] for d in b_items)
+    assert [int(r["rank"]) for r in rows] == list(range(1, len(b_items) + 1))
+    sources = {d["case_id"]: d["image"][0] for d in b_items}
+    assert all(r["source"] == sources[r["case_id"]] and r["domain"] == "B" for r in rows)
+    entropy = np.array([float(r["foreground_entropy"]) for r in rows])
+    assert np.all(np.isfinite(entropy)) and np.ptp(entropy) > 1e-4  # it tells cases apart
+    scores = {f.case_id: s for f, s in zip(report.target, report.target_scores, strict=True)}
+    assert all(float(r["volume_score"]) == pytest.approx(scores[r["case_id"]]) for r in rows)
+    # the rule: flagged volumes first, then by the mean of the two ranks
+    flagged = [r["flagged"] == "True" for r in rows]
+    assert flagged == sorted(flagged, reverse=True)
+    for group in (True, False):
+        means = [float(r["mean_rank"]) for r, f in zip(rows, flagged) if f is group]
+        assert means == sorted(means)
+    # the JSON holds the same rows; the report and its text name the files and the first five
+    doc = json.loads(json_path.read_text())
+    assert doc["format"] == "medattn-drift-ranking" and doc["n"] == len(rows)
+    assert [c["case_id"] for c in doc["cases"]] == [r["case_id"] for r in rows]
+    saved = json.loads(out.read_text())["ranking"]
+    assert saved["files"] == report.ranking_files
+    assert [t["case_id"] for t in saved["top"]] == [r["case_id"] for r in rows[:5]]
+    text = format_report(report)
+    assert str(csv_path) in text and all(f"{k + 1}. {rows[k]['case_id']} " in text for k in range(5))
+
+    # one case's foreground entropy recomputed with NumPy from the windows' logits
+    case = rows[0]["case_id"]
+    logits = _window_logits(setup["loaded"], next(d for d in b_items if d["case_id"] == case), options.overlap)
+    num = den = 0.0
+    for z in logits:
+        q = np.exp(z - z.max(1, keepdims=True))
+        q /= q.sum(1, keepdims=True)
+        h, w = -(q * np.log(np.clip(q, 1e-12, None))).sum(1), 1 - q[:, 0]
+        num, den = num + float((w * h).sum()), den + float(w.sum())
+    assert float(rows[0]["foreground_entropy"]) == pytest.approx(num / den, rel=1e-4)
+
+
+def test_a_visibly_shifted_volume_ranks_above_its_unshifted_copy(setup: dict, tmp_path: Path) -> None:
+    """Targets: four reference cases copied as they are, one of them with inverted contrast, another with heavy
+    noise. Each shifted volume must come before its own unshifted copy."""
+    from medattn.drift.inputs import dataset_items
+    from medattn.drift.ranking import labelling_ranking
+
+    items = setup["manifest"].datalist(domain="A")[:4]
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k, item in enumerate(items):
+        img = nib.load(item["image"][0])
+        voxels = np.asarray(img.dataobj, dtype=np.float32)
+        nib.save(nib.Nifti1Image(voxels, img.affine), str(folder / f"copy_{k}.nii.gz"))
+        if k == 0:
+            shifted = voxels.max() + voxels.min() - voxels  # inverted contrast
+            nib.save(nib.Nifti1Image(shifted, img.affine), str(folder / "inverted_0.nii.gz"))
+        if k == 1:
+            shifted = voxels + rng.normal(0, 2 * float(voxels.std()), voxels.shape).astype(np.float32)
+            nib.save(nib.Nifti1Image(shifted, img.affine), str(folder / "noisy_1.nii.gz"))
+    target, failures = extract_features(setup["loaded"], dataset_items(str(folder), None, 1))
+    assert failures == [] and len(target) == 6
+    report = analyse(setup["feats"]["A"], target, DriftOptions(permutations=100))
+    rows = report.ranking
+    rank = {r["case_id"]: r["rank"] for r in rows}
+    assert rank["inverted_0"] < rank["copy_0"] and rank["noisy_1"] < rank["copy_1"], rows
+    assert {rank["inverted_0"], rank["noisy_1"]} == {1, 2}  # both before every unshifted copy
+    assert sorted(rank.values()) == list(range(1, 7))
+    assert rows == labelling_ranking(target, report.target_scores, report.threshold, report.reference_scores)

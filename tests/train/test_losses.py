@@ -92,3 +92,25 @@ def test_loss_rejects_mismatched_weights_and_targets() -> None:
         DeepSupervisionLoss(weights=[1.0])(outs, torch.zeros(1, 1, 8, 8, 8))
     with pytest.raises(ValueError, match="class indices"):
         DeepSupervisionLoss()(outs, torch.zeros(1, 3, 8, 8, 8))
+
+
+def test_ignored_voxels_take_no_part_in_either_term() -> None:
+    """A pseudo-label's unconfident voxels (IGNORE): the loss equals the plain loss over the kept voxels alone, no
+    gradient reaches the ignored ones, and a patch with nothing kept contributes 0."""
+    import torch
+
+    from medattn.train.losses import IGNORE, DeepSupervisionLoss
+
+    torch.manual_seed(0)
+    loss = DeepSupervisionLoss()
+    logits = torch.randn(2, 3, 8, 8, 8, requires_grad=True)
+    target = torch.randint(0, 3, (2, 1, 8, 8, 8)).float()
+    masked = target.clone()
+    masked[:, :, :4] = IGNORE
+    value = loss(logits, masked)
+    value.backward()
+    kept = loss.dice_ce(logits[:, :, 4:].detach().float(), target[:, :, 4:])  # MONAI's DiceCELoss on the kept half
+    assert torch.allclose(value, kept, atol=1e-6)
+    assert float(logits.grad[:, :, :4].abs().max()) == 0.0 and float(logits.grad[:, :, 4:].abs().max()) > 0
+    nothing = loss(logits, torch.full_like(target, IGNORE))
+    assert float(nothing.detach()) == 0.0 and nothing.requires_grad

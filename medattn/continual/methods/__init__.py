@@ -35,6 +35,7 @@ ewc         ``EWCPlugin`` (importance from the segmentation loss on training pat
 si          ``SynapticIntelligencePlugin``
 lwf         ``LwFPlugin`` with a per-voxel-normalised distillation over every class
 mib         ``LwFPlugin`` with MiB's background-aware (unbiased) distillation
+selftrain   label-free: confidence-filtered pseudo-labels of the unlabelled cases, with ``ReplayPlugin``'s memory
 ==========  ==============================================================================================
 """
 
@@ -93,6 +94,10 @@ class MethodSpec:
         restore: called on resume with the strategy and the experiences already trained on (rebuilds state that
             lives in the data, e.g. ``Cumulative``'s growing dataset).
         params: the resolved hyper-parameters (saved with the run).
+        label_free: the method learns from a domain's unlabelled images (``experience.unlabelled``) too, so an
+            experience without labelled training cases is still trained on; the others skip it.
+        veto: ``(strategy, experience) -> reason or None``, asked before each experience is trained on; a reason
+            skips it, recorded like a drift gate's decision (self-training's check of its pseudo-labels).
     """
 
     name: str
@@ -101,6 +106,8 @@ class MethodSpec:
     joint: bool = False
     restore: Callable[[Any, Sequence[Any]], None] | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    label_free: bool = False
+    veto: Callable[[Any, Any], str | None] | None = None
 
 
 @dataclass(frozen=True)

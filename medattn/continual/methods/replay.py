@@ -11,6 +11,22 @@ The budget is ``mem_size`` patches (when given it replaces the default fraction)
 voxels of the training volumes seen so far (recomputed after each domain, so it grows with the data, as "at most
 10% of the old data" means). Each training step draws ``mem_batch`` memory patches next to the current domain's
 patches (default: as many as the current domain contributes).
+
+**The per-domain floor.** A fraction of the voxels can round down to nothing: with the hippocampus plan (patch
+40x56x40, about one padded volume) 10% of a seven-case site is 0.7 patches, so the memory is empty and replay trains
+exactly as naive fine-tuning does. The fraction budget is therefore raised, after each domain, to at least
+``min_patches_per_domain`` x the domains learned so far (logged at INFO, from what to what), and every learned domain
+keeps at least the floor; a domain with fewer cases (or fewer cases with foreground) than the floor still gets it,
+its patches spread round-robin over its cases. The default, :data:`MIN_PATCHES_PER_DOMAIN` = 16, is four memory
+batches of the default ``mem_batch`` (2 volumes x 2 patches), so consecutive steps replay different patches, and two
+or more patches per case of a seven-case site; it costs 16 patches per domain (about 4 MB for the hippocampus
+patch, 50 MB for a four-channel 64x64x80 BraTS patch, host memory) and can exceed the fraction on small data (the
+stored share is in the metrics). 0 disables the floor (the plain fraction, as before).
+
+An explicit ``mem_size`` is a hard cap that the floor does not raise: it is the knob for a fixed memory (host RAM,
+a data-sharing agreement), so it is honoured as given. When it leaves a domain fewer than the floor a warning says
+so each time the memory is rebuilt (and, as before, when it leaves a domain nothing at all); drop ``mem_size`` to get
+the fraction with the floor.
 """
 
 from __future__ import annotations
@@ -34,6 +50,8 @@ log = logging.getLogger(__name__)
 
 #: The default memory budget: this share of the training voxels seen so far.
 MEMORY_FRACTION = 0.1
+#: The default floor of stored patches per learned domain under the fraction budget (see the module docstring).
+MIN_PATCHES_PER_DOMAIN = 16
 
 
 class MemoryPatches(Dataset):
@@ -164,7 +182,11 @@ class ForegroundPatchBuffer(BalancedExemplarsBuffer[PatchGroup]):
         num_classes: K, background included.
         transform_factory: builds the augmentation applied when a patch is replayed (None: none).
         seed: seed of the patch draw (combined with the domain's position in the stream).
+        min_patches_per_domain: the fraction budget is raised to at least this many patches per learned domain
+            (0: no floor); an explicit ``mem_size`` is not raised (see the module docstring).
     """
+
+    max_size: int  # Avalanche's ExemplarsBuffer attribute: the total budget in patches
 
     def __init__(
         self,
@@ -175,6 +197,7 @@ class ForegroundPatchBuffer(BalancedExemplarsBuffer[PatchGroup]):
         num_classes: int,
         transform_factory: Callable[[], Any] | None = None,
         seed: int = 0,
+        min_patches_per_domain: int = MIN_PATCHES_PER_DOMAIN,
     ) -> None:
         if (mem_size is None) == (memory_fraction is None):
             raise ConfigError("replay: give exactly one of mem_size (patches) and memory_fraction (of the old data)")
@@ -182,12 +205,18 @@ class ForegroundPatchBuffer(BalancedExemplarsBuffer[PatchGroup]):
             raise ConfigError(f"replay: mem_size must be a number of patches >= 0, got {mem_size!r}")
         if memory_fraction is not None and not 0 < float(memory_fraction) <= 1:
             raise ConfigError(f"replay: memory_fraction must lie in (0, 1], got {memory_fraction!r}")
+        floor = min_patches_per_domain
+        if isinstance(floor, bool) or not isinstance(floor, int) or floor < 0:
+            raise ConfigError(
+                f"replay: min_patches_per_domain must be a number of patches >= 0 (0: none), got {floor!r}"
+            )
         super().__init__(max_size=int(mem_size or 0), adaptive_size=True)
         self.memory_fraction = None if memory_fraction is None else float(memory_fraction)
         self.patch_size = tuple(int(p) for p in patch_size)
         self.num_classes = int(num_classes)
         self.transform = transform_factory() if transform_factory is not None else None
         self.seed = int(seed)
+        self.min_patches_per_domain = int(floor)
         self.num_exps = 0
         self.seen_voxels = 0
 
@@ -201,6 +230,14 @@ class ForegroundPatchBuffer(BalancedExemplarsBuffer[PatchGroup]):
         return sum(g.voxels for g in self.buffer_groups.values())
 
     @property
+    def stored_per_domain(self) -> dict[str, int]:
+        """Stored patches per domain name, in stream order."""
+        out: dict[str, int] = {}
+        for g in self.buffer_groups.values():
+            out[g.domain] = out.get(g.domain, 0) + len(g.case_ids)
+        return out
+
+    @property
     def stored_fraction(self) -> float:
         """Stored voxels over the voxels of the training volumes seen so far."""
         return self.stored_voxels / self.seen_voxels if self.seen_voxels else 0.0
@@ -212,8 +249,7 @@ class ForegroundPatchBuffer(BalancedExemplarsBuffer[PatchGroup]):
         self.num_exps += 1
         for i in range(len(volumes)):
             self.seen_voxels += int(math.prod(volumes[i]["image"].shape[1:]))
-        if self.memory_fraction is not None:
-            self.max_size = int(self.memory_fraction * self.seen_voxels // math.prod(self.patch_size))
+        self._set_budget()
         lens = self.get_group_lengths(self.num_exps)
         rng = np.random.default_rng([self.seed, self.num_exps])
         images, labels, ids = extract_patches(volumes, lens[-1], self.patch_size, self.num_classes, rng)
@@ -221,13 +257,43 @@ class ForegroundPatchBuffer(BalancedExemplarsBuffer[PatchGroup]):
         for ll, group in zip(lens, self.buffer_groups.values()):
             group.resize(agent, ll)
         log.info(
-            "replay memory: %d patches over %d domain(s), %.1f%% of the training voxels seen",
+            "replay memory: %d patches over %d domain(s) (%s), %.1f%% of the training voxels seen",
             sum(len(g.case_ids) for g in self.buffer_groups.values()),
             len(self.buffer_groups),
+            ", ".join(f"{d} {n}" for d, n in self.stored_per_domain.items()),
             100 * self.stored_fraction,
         )
         if self.max_size < self.num_exps:
             log.warning("replay memory of %d patches leaves some domain without any; raise the budget", self.max_size)
+
+    def _set_budget(self) -> None:
+        """``max_size`` after a domain: the fraction budget raised to the floor, or the explicit ``mem_size``."""
+        floor = self.min_patches_per_domain * self.num_exps
+        if self.memory_fraction is None:  # an explicit mem_size: a hard cap, not raised
+            if self.num_exps <= self.max_size < floor:
+                log.warning(
+                    "replay memory: mem_size %d is a hard cap, leaving %d domain(s) %d patch(es) each, below "
+                    "min_patches_per_domain %d; drop mem_size (the fraction budget keeps the floor) or raise it to %d",
+                    self.max_size,
+                    self.num_exps,
+                    self.max_size // self.num_exps,
+                    self.min_patches_per_domain,
+                    floor,
+                )
+            return
+        budget = int(self.memory_fraction * self.seen_voxels // math.prod(self.patch_size))
+        self.max_size = max(budget, floor)
+        if floor > budget:
+            log.info(
+                "replay memory: the budget of %d patch(es) (memory_fraction %g of %d training voxels) is raised to "
+                "%d, min_patches_per_domain %d x %d domain(s)",
+                budget,
+                self.memory_fraction,
+                self.seen_voxels,
+                self.max_size,
+                self.min_patches_per_domain,
+                self.num_exps,
+            )
 
     # ---- resumable state -------------------------------------------------------------------------------------
 
@@ -289,6 +355,7 @@ def build(params: Mapping[str, Any], context: MethodContext) -> MethodSpec:
         num_classes=context.num_classes,
         transform_factory=context.augment_transform,
         seed=context.seed,
+        min_patches_per_domain=params["min_patches_per_domain"],
     )
     mem_batch = params["mem_batch"]
     if mem_batch is None:
@@ -306,6 +373,11 @@ METHOD = Method(
         Param("mem_size", None, "stored patches in total; when set it replaces memory_fraction"),
         Param("memory_fraction", MEMORY_FRACTION, "budget: this share of the training voxels seen so far"),
         Param("mem_batch", None, "memory patches per step; null: as many as the current domain contributes"),
+        Param(
+            "min_patches_per_domain",
+            MIN_PATCHES_PER_DOMAIN,
+            "floor of stored patches per learned domain under memory_fraction (not mem_size); 0: none",
+        ),
     ),
     build=build,
 )

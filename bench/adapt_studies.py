@@ -1,0 +1,311 @@
+"""The adaptation studies of docs/results.md ("Few labels and none", "Measured defaults"): run them, then report.
+
+    .venv/bin/python bench/adapt_studies.py run few --out runs/studies        # label budgets and the ranking
+    .venv/bin/python bench/adapt_studies.py run labelfree --out runs/studies  # selftrain without labels
+    .venv/bin/python bench/adapt_studies.py run sweep --out runs/studies      # three values per main weight (val)
+    .venv/bin/python bench/adapt_studies.py run table --out runs/studies      # every method at its default (test)
+    .venv/bin/python bench/adapt_studies.py report --out runs/studies         # Markdown tables, docs/figures/*.png
+
+Every study adapts ``runs/hippo/model.pt`` (``medattn train data_manifests/hippocampus.json --config
+pipelines/hippocampus.yaml``) through the scanners that ``medattn synth runs/hippo_synth --from
+data_manifests/hippocampus.json --scanners B,C,D`` simulates, with ``pipelines/adapt.yaml`` and a fixed number of
+optimiser steps per domain (``--steps``), one thread per run. Each run is one ``medattn adapt`` command (printed
+before it starts, and skipped when its folder already holds a finished run), so any row can be repeated alone.
+
+* **few**: the stream original -> B (inverted contrast), ``--labelled N`` for N = 1, 3, 5, 10 and all, naive and
+  replay, scored on the test splits; then N = 3 and 5 labelled by ``medattn drift``'s ranking of B's training
+  images (``--label-order``) against N drawn at random with seeds 0, 1 and 2 (replay).
+* **labelfree**: per scanner (B, C, D), original -> that scanner with no label of it (``--labelled 0``), selftrain
+  against replay with every label, on the test splits; ``--eval-split val`` runs choose the confidence first.
+* **sweep**: original -> B -> C, each method's main weight at three values, scored on the **val** splits (the test
+  cases choose nothing); the default is the value with the best final average Dice (BWT breaks ties within 0.005).
+* **table**: every method at the chosen defaults, one process each (its CPU time from ``resource``), test splits.
+
+The study runs take hours of CPU; nothing here runs in ``make test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "runs/hippo/model.pt"
+MANIFEST = "runs/hippo_synth/manifest.json"
+STEPS = 80
+BASE = ["--config", "pipelines/adapt.yaml", "--steps", str(STEPS), "--loggers", "csv", "--quiet"]
+#: The sweep: per method, its main weight and three values (the middle one the earlier default).
+SWEEP = {
+    "replay": ("memory_fraction", (0.05, 0.1, 0.2)),
+    "ewc": ("ewc_lambda", (1.0e4, 1.0e5, 1.0e6)),
+    "si": ("si_lambda", (1.0e3, 1.0e4, 1.0e5)),
+    "lwf": ("alpha", (1.0, 4.0, 16.0)),
+    "mib": ("lambda_kd", (1.0, 10.0, 100.0)),
+}
+TABLE_METHODS = ("naive", "replay", "ewc", "si", "lwf", "mib", "cumulative", "joint")
+BUDGETS = (1, 3, 5, 10)
+
+
+def _adapt(out: Path, domains: str, *extra: str) -> dict[str, Any]:
+    """Run one ``medattn adapt`` (unless ``out`` holds a finished run); its comparison rows and CPU seconds."""
+    done = out / "comparison.json"
+    cpu_file = out.with_name(out.name + ".cpu.json")
+    if not done.is_file():
+        cmd = [
+            str(ROOT / ".venv/bin/medattn"),
+            "adapt",
+            MODEL,
+            f"{MANIFEST}:{domains}",
+            *BASE,
+            *extra,
+            "--out",
+            str(out),
+        ]
+        print("$", shlex.join(cmd), flush=True)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        subprocess.run(cmd, cwd=ROOT, check=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        cpu_file.write_text(json.dumps({"cpu_s": round(cpu, 1), "wall_s": round(time.perf_counter() - t0, 1)}))
+    rows = json.loads(done.read_text())
+    cpu = json.loads(cpu_file.read_text()) if cpu_file.is_file() else {}
+    return {"rows": {r["method"]: r for r in rows}, **cpu}
+
+
+def run_few(out: Path) -> None:
+    for n in (*BUDGETS, None):
+        extra = [] if n is None else ["--labelled", str(n)]
+        _adapt(out / f"few_N{n or 'all'}", "vumc,vumc_B", "--strategies", "naive,replay", *extra)
+    ranking = out / "drift_B.json"
+    if not ranking.is_file():
+        cmd = [
+            str(ROOT / ".venv/bin/medattn"),
+            "drift",
+            MODEL,
+            "--reference",
+            f"{MANIFEST}:vumc",
+            "--reference-split",
+            "train",
+            "--target",
+            f"{MANIFEST}:vumc_B",
+            "--target-split",
+            "train",
+            "-o",
+            str(ranking),
+        ]
+        print("$", shlex.join(cmd), flush=True)
+        subprocess.run(cmd, cwd=ROOT, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})  # exit 4: drift
+    for n in (3, 5):
+        order = str(out / "drift_B_ranking.csv")
+        _adapt(
+            out / f"rank_N{n}",
+            "vumc,vumc_B",
+            "--strategies",
+            "replay",
+            "--labelled",
+            str(n),
+            "--label-order",
+            order,
+            "--no-eval-before",
+        )
+        for seed in (1, 2):
+            _adapt(
+                out / f"few_N{n}_s{seed}",
+                "vumc,vumc_B",
+                "--strategies",
+                "replay",
+                "--labelled",
+                str(n),
+                "--seed",
+                str(seed),
+                "--no-eval-before",
+            )
+
+
+def run_labelfree(out: Path, confidence: float) -> None:
+    for scanner in ("B", "C", "D"):
+        stream = f"vumc,vumc_{scanner}"
+        _adapt(
+            out / f"free_{scanner}",
+            stream,
+            "--strategies",
+            "selftrain",
+            "--labelled",
+            "0",
+            "--methods",
+            f"{{selftrain: {{confidence: {confidence}}}}}",
+        )
+        _adapt(out / f"sup_{scanner}", stream, "--strategies", "replay")
+
+
+def run_sweep(out: Path) -> None:
+    for i in range(3):
+        methods = ", ".join(f"{m}: {{{p}: {vals[i]}}}" for m, (p, vals) in SWEEP.items())
+        _adapt(
+            out / f"sweep_v{i + 1}",
+            "vumc,vumc_B,vumc_C",
+            "--strategies",
+            ",".join(SWEEP),
+            "--eval-split",
+            "val",
+            "--no-eval-before",
+            "--methods",
+            f"{{{methods}}}",
+        )
+
+
+def run_table(out: Path) -> None:
+    for m in TABLE_METHODS:
+        _adapt(out / f"table_{m}", "vumc,vumc_B,vumc_C", "--strategies", m)
+
+
+# ---- report ----------------------------------------------------------------------------------------------------------
+
+
+def _load(out: Path, name: str) -> dict[str, Any] | None:
+    done = out / name / "comparison.json"
+    if not done.is_file():
+        return None
+    cpu = out / f"{name}.cpu.json"
+    rows = json.loads(done.read_text())
+    return {"rows": {r["method"]: r for r in rows}, **(json.loads(cpu.read_text()) if cpu.is_file() else {})}
+
+
+def report(out: Path, figures: Path) -> str:
+    lines: list[str] = []
+    few = {n: _load(out, f"few_N{n}") for n in (*BUDGETS, "all")}
+    if any(few.values()):
+        lines += [
+            "| labelled cases of B | naive: B | naive: original | replay: B | replay: original |",
+            "|---|---|---|---|---|",
+        ]
+        series: dict[str, list[tuple[int, float, float]]] = {"naive": [], "replay": []}
+        for n, run in few.items():
+            if run is None:
+                continue
+            cells = []
+            for m in ("naive", "replay"):
+                r = run["rows"].get(m, {})
+                b, a = r.get("dice_vumc_B"), r.get("dice_vumc")
+                cells += [f"{b:.3f}" if b is not None else "", f"{a:.3f}" if a is not None else ""]
+                if b is not None and a is not None:
+                    series[m].append((145 if n == "all" else int(n), b, a))
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        _plot_budget(series, figures / "label_budget.png")
+        lines.append("")
+    rank = {n: _load(out, f"rank_N{n}") for n in (3, 5)}
+    if any(rank.values()):
+        lines += [
+            "| labelled cases of B | top of drift's ranking | random, seed 0 | seed 1 | seed 2 |",
+            "|---|---|---|---|---|",
+        ]
+        for n in (3, 5):
+            cells = []
+            for name in (f"rank_N{n}", f"few_N{n}", f"few_N{n}_s1", f"few_N{n}_s2"):
+                run = _load(out, name)
+                v = None if run is None else run["rows"].get("replay", {}).get("dice_vumc_B")
+                cells.append("" if v is None else f"{v:.3f}")
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        lines.append("")
+    free = {
+        x: (_matrix(out, f"free_{x}", "selftrain"), _load(out, f"sup_{x}") or _load(out, "few_Nall")) for x in "BCD"
+    }
+    if any(m for m, _ in free.values()):
+        lines += [
+            "| new scanner | unadapted | selftrain, no labels | replay, every label | gap recovered | selftrain BWT "
+            "| worst change against unadapted | decision |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for x, (m, sup) in free.items():
+            if m is None:
+                continue
+            before, final = m["before"]["overall"], m["matrix"]["overall"][-1]
+            ref = None if sup is None else sup["rows"].get("replay", {}).get(f"dice_vumc_{x}")
+            gap = None if ref is None or ref == before[1] else (final[1] - before[1]) / (ref - before[1])
+            bwt = m["summary"]["overall"].get("bwt")
+            worst = min(f - b for f, b in zip(final, before))
+            decision = m.get("decision", "trained")
+            cells = [
+                f"{before[1]:.3f}",
+                f"{final[1]:.3f}",
+                "" if ref is None else f"{ref:.3f}",
+                "" if gap is None else f"{gap:.0%}",
+                "" if bwt is None else f"{bwt:+.3f}",
+                f"{worst:+.3f}",
+                decision,
+            ]
+            lines.append(f"| {x} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _matrix(out: Path, name: str, method: str) -> dict[str, Any] | None:
+    """A method's ``metrics.json`` (its Dice matrix), with ``decision``: what it did on the new scanner."""
+    path = out / name / method / "metrics.json"
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    decisions = out / name / method / "decisions.json"
+    if decisions.is_file():
+        skipped = [d for d in json.loads(decisions.read_text()) if not d["adapt"]]
+        doc["decision"] = "skipped: " + skipped[0]["reason"][:60] + "..." if skipped else "trained"
+    return doc
+
+
+def _plot_budget(series: dict[str, list[tuple[int, float, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=120)
+    for m, style in (("naive", "--"), ("replay", "-")):
+        pts = sorted(series[m])
+        if not pts:
+            continue
+        xs = [p[0] for p in pts]
+        ax.plot(xs, [p[1] for p in pts], style, marker="o", label=f"{m}: new scanner B")
+        ax.plot(xs, [p[2] for p in pts], style, marker="s", label=f"{m}: original scanner")
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training cases of B (145: all)")
+    ax.set_ylabel("test Dice after adaptation")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("study", choices=("few", "labelfree", "sweep", "table"))
+    r.add_argument("--out", type=Path, default=ROOT / "runs" / "studies")
+    r.add_argument("--confidence", type=float, default=0.9, help="labelfree: selftrain's confidence")
+    q = sub.add_parser("report")
+    q.add_argument("--out", type=Path, default=ROOT / "runs" / "studies")
+    q.add_argument("--figures", type=Path, default=ROOT / "docs" / "figures")
+    args = p.parse_args(argv)
+    if args.what == "report":
+        print(report(args.out, args.figures))
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    {"few": run_few, "sweep": run_sweep, "table": run_table}.get(
+        args.study, lambda o: run_labelfree(o, args.confidence)
+    )(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

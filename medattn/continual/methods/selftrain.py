@@ -1,0 +1,330 @@
+"""Self-training: learn a new domain from its unlabelled images through confident pseudo-labels, with replay.
+
+A label-free method (:attr:`MethodSpec.label_free`): a domain whose training cases have no labels (``medattn adapt
+--labelled 0``, or a manifest that gives none) is still trained on. Before each epoch of a domain the current model
+segments the domain's unlabelled volumes (``experience.unlabelled``) by sliding window; each voxel whose predicted
+class has softmax probability of at least ``confidence`` takes that class as its label, the others are marked
+:data:`~medattn.train.losses.IGNORE` and take no part in the loss. The pseudo-labelled volumes then go through the
+domain's own patch sampling and augmentation beside any labelled volumes it has (patches are centred on foreground
+or unconfident voxels with the plan's foreground ratio, so structures and their uncertain borders are sampled),
+and the segmentation loss is the usual one on the confident voxels.
+
+Self-training can reinforce its own mistakes; two things keep it in bounds. The pseudo-labels are recomputed each
+epoch (``refresh: epoch``) from the model being adapted, so what it learns on the confident core can spread to the
+border; and the replay memory of :mod:`~medattn.continual.methods.replay` (Avalanche's ``ReplayPlugin``, the same
+parameters and defaults) keeps drawing the stored labelled patches of the domains learned before, so the old
+domains' ground truth stays in every step. Only labelled patches are stored, never pseudo-labels.
+
+Knowing when not to adapt. With ``medattn adapt --auto`` a domain that has not drifted is left alone
+(:mod:`medattn.drift.gate`). A domain that has drifted so far that the model is lost on it (an inverted contrast,
+say) would be made worse by its own pseudo-labels; the sign is in the predicted volumes. A structure's size in mm^3
+does not depend on the scanner, so before self-training on a domain the mean volume the model predicts for each
+class on its unlabelled images (at the plan's spacing, before any confidence filter) is compared with the mean
+labelled volume of the domains trained on so far; outside ``1 / volume_ratio`` to ``volume_ratio`` times that, the
+pseudo-labels are not used, and a domain without labelled cases is not trained on (the run's decisions say why).
+
+Avalanche hooks used: ``after_train_dataset_adaptation`` (the experience's dataset becomes labelled + pseudo-labelled
+patches, before the replay plugin wraps it in its data loader) and ``before_training_epoch`` (refresh).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from avalanche.core import SupervisedPlugin
+from torch.utils.data import Dataset
+
+from medattn.continual.methods import Method, MethodContext, MethodSpec, Param
+from medattn.continual.methods import replay as replay_method
+from medattn.errors import ConfigError
+from medattn.train.losses import IGNORE
+
+log = logging.getLogger(__name__)
+
+#: When pseudo-labels are recomputed: at every epoch of a domain, or once at its start.
+REFRESH = ("epoch", "experience")
+
+
+class PseudoLabelled(Dataset):
+    """Unlabelled cached volumes with their current pseudo-labels, through a domain's random patch pipeline.
+
+    ``labels[i]`` is (1, X, Y, Z) uint8 (class indices, :data:`IGNORE` where unconfident), set by
+    :class:`PseudoLabelPlugin`; the item is ``transform({"image", "label", "case_id", "domain"})``.
+    """
+
+    def __init__(self, volumes: Any, transform: Any) -> None:
+        self.volumes = volumes
+        self.transform = transform
+        self.labels: list[torch.Tensor | None] = [None] * len(volumes)
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, index: int) -> Any:
+        from monai.transforms import apply_transform
+
+        label = self.labels[index]
+        if label is None:
+            raise RuntimeError("pseudo-labels are made before the first epoch; none for this volume yet")
+        vol = self.volumes[index]
+        image = vol["image"]
+        item = {
+            "image": image.clone() if hasattr(image, "clone") else image,  # the cache stays as it was
+            "label": label.float(),
+            "case_id": vol.get("case_id"),
+            "domain": vol.get("domain"),
+        }
+        return apply_transform(self.transform, item)
+
+
+class PseudoLabelPlugin(SupervisedPlugin):
+    """Confident pseudo-labels of a domain's unlabelled volumes as training data (see the module docstring).
+
+    Attributes:
+        confidence: minimum softmax probability of the predicted class for a voxel to be labelled.
+        refresh: ``"epoch"`` or ``"experience"``.
+        history: one record per labelling pass: ``domain``, ``epoch``, ``volumes``, ``confident`` (the share of
+            voxels labelled), ``foreground`` (the share labelled as a foreground class), and for the first pass of a
+            domain ``volume_ratio`` (per class, predicted over labelled mean volume) and ``used``.
+        volume_ratio: the plausible range of predicted over labelled structure volume (0: no check).
+        match_volumes: scale the class probabilities so the pseudo-labelled structure volumes approach the labelled
+            domains' mean (:attr:`weights`, updated after every pass).
+        reference: per class, the summed labelled voxel count and the number of volumes it came from.
+    """
+
+    def __init__(
+        self,
+        confidence: float,
+        refresh: str = "epoch",
+        class_share: float = 0.0,
+        volume_ratio: float = 0.0,
+        match_volumes: bool = False,
+    ) -> None:
+        super().__init__()
+        self.confidence = float(confidence)
+        self.class_share = float(class_share)
+        self.refresh = refresh
+        self.volume_ratio = float(volume_ratio)
+        self.match_volumes = bool(match_volumes)
+        self.weights: list[float] | None = None
+        self.dataset: PseudoLabelled | None = None
+        self.history: list[dict[str, Any]] = []
+        self.reference: dict[str, Any] = {"voxels": [], "volumes": 0}
+        self._prepared: tuple[int, str | None] | None = None  # (id of the experience, why its labels are refused)
+
+    # ---- the decision ----------------------------------------------------------------------------------------
+
+    def prepare(self, strategy: Any, exp: Any) -> str | None:
+        """Pseudo-label ``exp``'s unlabelled volumes with the current model and check their volumes; returns why
+        they are not used, or None. Done once per experience (the veto and the training share it)."""
+        if self._prepared is not None and self._prepared[0] == id(exp):
+            return self._prepared[1]
+        pool = getattr(exp, "unlabelled", None)
+        self.dataset, why = None, None
+        if pool is not None and len(pool) > 0:
+            self.dataset = PseudoLabelled(pool, exp.random_transform)
+            self.weights = None
+            predicted = self.label(strategy, epoch=0, domain=exp.domain)
+            why = self.implausible(predicted, exp.domain)
+            self.history[-1]["used"] = why is None
+            if why is not None:
+                log.warning("selftrain: %s", why)
+                self.dataset = None
+            elif self.match_volumes and self.reference["volumes"]:
+                # start the correction from the unscaled prediction's volumes, then label again with it
+                self.weights = [1.0] * len(predicted)
+                self.update_weights(predicted)
+                self.label(strategy, epoch=0, domain=exp.domain)
+        self._prepared = (id(exp), why)
+        return why
+
+    def implausible(self, predicted: list[float], domain: str) -> str | None:
+        """Why the predicted mean class volumes (voxels, background first) are implausible, or None."""
+        ref, n = self.reference["voxels"], self.reference["volumes"]
+        if self.volume_ratio <= 0 or not n:
+            return None
+        ratios = [p / (r / n) if r > 0 else float("inf") for p, r in zip(predicted[1:], ref[1:])]
+        self.history[-1]["volume_ratio"] = [round(x, 4) for x in ratios]
+        bad = [i + 1 for i, x in enumerate(ratios) if not 1 / self.volume_ratio <= x <= self.volume_ratio]
+        if not bad:
+            return None
+        shown = ", ".join(f"class {c}: {ratios[c - 1]:.2f}x" for c in bad)
+        return (
+            f"on {domain}'s unlabelled images the model predicts {shown} the mean labelled volume of the domains "
+            f"learned so far (plausible: {1 / self.volume_ratio:.2f}x to {self.volume_ratio:.2f}x); its "
+            "pseudo-labels are not used"
+        )
+
+    def veto(self, strategy: Any, exp: Any) -> str | None:
+        """For the runner: why not to train on ``exp`` at all (no labelled case, and pseudo-labels refused)."""
+        volumes = getattr(exp, "volumes", None)
+        if volumes is not None and len(volumes) > 0:
+            return None
+        return self.prepare(strategy, exp)
+
+    # ---- Avalanche hooks -------------------------------------------------------------------------------------
+
+    def after_train_dataset_adaptation(self, strategy: Any, **kwargs: Any) -> None:
+        from medattn.continual.scenario import avalanche_dataset
+
+        self.prepare(strategy, strategy.experience)
+        if self.dataset is None:
+            return
+        pseudo = avalanche_dataset(self.dataset)
+        labelled = strategy.adapted_dataset
+        strategy.adapted_dataset = pseudo if labelled is None or len(labelled) == 0 else labelled.concat(pseudo)
+
+    def before_training_epoch(self, strategy: Any, **kwargs: Any) -> None:
+        if self.dataset is not None and self.refresh == "epoch" and strategy.clock.train_exp_epochs > 0:
+            self.label(strategy, epoch=int(strategy.clock.train_exp_epochs), domain=strategy.experience.domain)
+
+    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        """Add the experience's labelled volumes to the reference structure volumes."""
+        volumes = getattr(strategy.experience, "volumes", None)
+        k = int(strategy.num_classes)
+        if not self.reference["voxels"]:
+            self.reference["voxels"] = [0.0] * k
+        for i in range(0 if volumes is None else len(volumes)):
+            label = torch.as_tensor(volumes[i]["label"]).long().flatten()  # type: ignore[index]
+            counts = torch.bincount(label.clamp(0, k - 1), minlength=k)
+            self.reference["voxels"] = [a + float(b) for a, b in zip(self.reference["voxels"], counts.tolist())]
+            self.reference["volumes"] += 1
+        self.dataset, self._prepared = None, None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reference": {"voxels": list(self.reference["voxels"]), "volumes": int(self.reference["volumes"])}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        ref = state["reference"]
+        self.reference = {"voxels": [float(v) for v in ref["voxels"]], "volumes": int(ref["volumes"])}
+
+    def confident(self, confidence: torch.Tensor, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """The voxels whose pseudo-label is kept: confidence at least ``confidence``, or, per predicted class, among
+        the ``class_share`` most confident voxels of that class (class-balanced self-training: under a shift the
+        structures rarely reach the threshold that the background passes easily, and pseudo-labels of background
+        alone would teach the model to shrink them)."""
+        keep = confidence >= self.confidence
+        if self.class_share > 0:
+            for c in range(num_classes):
+                mine = classes == c
+                n = int(mine.sum())
+                if n == 0:
+                    continue
+                cut = torch.quantile(confidence[mine].float(), 1.0 - self.class_share) if n > 1 else confidence[mine]
+                keep |= mine & (confidence >= cut)
+        return keep
+
+    def update_weights(self, matched: list[float]) -> None:
+        """One damped step of the prior correction: each foreground class's weight times the square root of its
+        labelled over pseudo-labelled mean volume, within 1/4 to 4 (background keeps weight 1: its volume depends
+        on the field of view, not on the anatomy)."""
+        ref, n = self.reference["voxels"], self.reference["volumes"]
+        if not self.match_volumes or not n or self.weights is None:
+            return
+        for c in range(1, len(self.weights)):
+            if matched[c] > 0 and ref[c] > 0:
+                step = (ref[c] / n / matched[c]) ** 0.5
+                self.weights[c] = float(min(4.0, max(0.25, self.weights[c] * step)))
+
+    @torch.no_grad()
+    def label(self, strategy: Any, epoch: int, domain: str) -> list[float]:
+        """Pseudo-label every unlabelled volume with the current model (sliding window, eval mode) before ``epoch``
+        (0-based) of the current experience, its class probabilities scaled by :attr:`weights` (when matching
+        volumes) and renormalised; returns the mean voxels per class the unscaled model predicts."""
+        assert self.dataset is not None
+        labelled = foreground = total = 0
+        k = int(strategy.num_classes)
+        predicted = torch.zeros(k, dtype=torch.float64)
+        matched = torch.zeros(k, dtype=torch.float64)
+        weights = None if self.weights is None else torch.tensor(self.weights, dtype=torch.float32)
+        for i in range(len(self.dataset)):
+            image = self.dataset.volumes[i]["image"]
+            image = torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image)
+            (result,) = strategy._sliding_window(image[None].to(strategy.device), probabilities=True)
+            probs = result.probabilities.float()
+            predicted += torch.bincount(probs.argmax(0).flatten(), minlength=k).double().cpu()
+            if weights is not None:
+                probs = probs * weights.to(probs.device)[:, None, None, None]
+                probs = probs / probs.sum(0, keepdim=True).clamp_min(1e-12)
+            confidence, classes = probs.max(0)
+            matched += torch.bincount(classes.flatten(), minlength=k).double().cpu()
+            label = classes.to(torch.uint8)
+            label[~self.confident(confidence, classes, probs.shape[0])] = IGNORE
+            self.dataset.labels[i] = label[None].cpu()
+            kept = label != IGNORE
+            labelled += int(kept.sum())
+            foreground += int((kept & (label > 0)).sum())
+            total += label.numel()
+        record: dict[str, Any] = {
+            "domain": domain,
+            "epoch": epoch,
+            "volumes": len(self.dataset),
+            "confident": round(labelled / total, 6) if total else 0.0,
+            "foreground": round(foreground / total, 6) if total else 0.0,
+        }
+        if weights is not None:
+            record["weights"] = [round(float(w), 4) for w in weights]
+        self.history.append(record)
+        self.update_weights((matched / max(1, len(self.dataset))).tolist())
+        log.info(
+            "selftrain: %s epoch %d: pseudo-labelled %d volume(s), %.1f%% of voxels confident (%.2f%% foreground)",
+            record["domain"],
+            record["epoch"],
+            record["volumes"],
+            100 * record["confident"],
+            100 * record["foreground"],
+        )
+        return (predicted / max(1, len(self.dataset))).tolist()
+
+
+def build(params: Mapping[str, Any], context: MethodContext) -> MethodSpec:
+    confidence, refresh = params["confidence"], params["refresh"]
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence <= 1:
+        raise ConfigError(f"selftrain: confidence must be a probability in (0, 1], got {confidence!r}")
+    if refresh not in REFRESH:
+        raise ConfigError(f"selftrain: refresh must be one of {', '.join(REFRESH)}, got {refresh!r}")
+    replay = replay_method.build({p.name: params[p.name] for p in replay_method.METHOD.params}, context)
+    share = params["class_share"]
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise ConfigError(f"selftrain: class_share must lie in [0, 1], got {share!r}")
+    ratio = params["volume_ratio"]
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not (ratio == 0 or ratio > 1):
+        raise ConfigError(f"selftrain: volume_ratio must be above 1 (or 0: no check), got {ratio!r}")
+    match = params["match_volumes"]
+    if not isinstance(match, bool):
+        raise ConfigError(f"selftrain: match_volumes must be true or false, got {match!r}")
+    pseudo = PseudoLabelPlugin(float(confidence), refresh, float(share), float(ratio), match)
+    return MethodSpec(
+        name="selftrain",
+        plugins=[pseudo, *replay.plugins],
+        params={**params, **replay.params},
+        label_free=True,
+        veto=pseudo.veto,
+    )
+
+
+METHOD = Method(
+    name="selftrain",
+    description="label-free: confident pseudo-labels of the unlabelled cases, with replay of labelled patches",
+    params=(
+        Param("confidence", 0.9, "a voxel is pseudo-labelled when its class has at least this softmax probability"),
+        Param("class_share", 0.5, "and per predicted class, its most confident share of voxels (0: threshold only)"),
+        Param(
+            "volume_ratio",
+            2.0,
+            "pseudo-labels used only if predicted class volumes are within this factor of"
+            " the labelled ones (0: no check)",
+        ),
+        Param(
+            "match_volumes",
+            True,
+            "scale class probabilities so pseudo-labelled structure volumes approach the labelled domains' mean",
+        ),
+        Param("refresh", "epoch", "pseudo-labels recomputed every epoch | once per experience"),
+        *replay_method.METHOD.params,
+    ),
+    build=build,
+)

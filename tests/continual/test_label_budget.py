@@ -1,0 +1,179 @@
+"""Few labels and none: ``medattn adapt --labelled N`` and the label-free ``selftrain`` method."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.continual.conftest import bias_case, tiny_config, write_shift_dataset
+
+
+def _adapt(model: Path, manifest_path: str, out: Path, **overrides: object):  # type: ignore[no-untyped-def]
+    from medattn.continual.adapt import adapt
+    from medattn.data.importers import load_dataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return adapt(model, load_dataset(manifest_path), out, tiny_config(**overrides), quiet=True)
+
+
+def test_the_budget_keeps_n_labels_per_new_domain_and_every_test_label(shift_manifest: Path) -> None:
+    from medattn.continual.labels import apply_label_budget
+    from medattn.data.importers import load_dataset
+
+    manifest = load_dataset(str(shift_manifest))
+    picks = {}
+    for n in (0, 1, 3, 4, 9):
+        out, records = apply_label_budget(manifest, n, seed=3)
+        a, b = out.domain("A"), out.domain("B")
+        assert [c.label for c in a.cases] == [c.label for c in manifest.domain("A").cases]  # the first stays whole
+        labelled_train = [c.id for c in b.cases if c.label is not None and c.id in b.splits["train"]]
+        assert len(labelled_train) == min(n, 4) and set(labelled_train) == set(records[0]["labelled"])
+        assert all(b.case(i).label is not None for i in b.splits["test"])  # scored on every test label
+        assert sorted(records[0]["labelled"] + records[0]["unlabelled"]) == sorted(b.splits["train"])
+        picks[n] = records[0]["labelled"]
+    assert set(picks[1]) <= set(picks[3]) <= set(picks[4])  # a larger budget adds cases, it does not redraw
+    ordered, records = apply_label_budget(manifest, 2, order=["B_3", "B_0", "B_1"])
+    assert records[0]["labelled"] == ["B_3", "B_0"] and records[0]["rule"].startswith("the first in")
+    kept = {c.id for c in ordered.domain("B").cases if c.label is not None}
+    assert kept == {"B_3", "B_0", *ordered.domain("B").splits["test"]}
+
+
+def test_label_order_reads_drift_rankings_json_lists_and_text(tmp_path: Path) -> None:
+    from medattn.continual.labels import read_label_order
+    from medattn.errors import ConfigError
+
+    (tmp_path / "ranking.csv").write_text("rank,case_id,score\n2,B_1,0.5\n1,B_7,0.9\n3,B_0,0.1\n")
+    assert read_label_order(tmp_path / "ranking.csv") == ["B_7", "B_1", "B_0"]
+    (tmp_path / "r.json").write_text(json.dumps([{"case": "x", "rank": 2}, {"case": "y", "rank": 1}]))
+    assert read_label_order(tmp_path / "r.json") == ["y", "x"]
+    (tmp_path / "ids.txt").write_text("# most useful first\nc\n\na\n")
+    assert read_label_order(tmp_path / "ids.txt") == ["c", "a"]
+    (tmp_path / "bad.csv").write_text("name,score\nq,1\n")
+    with pytest.raises(ConfigError, match="no case_id or case or id column"):
+        read_label_order(tmp_path / "bad.csv")
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_label_order(tmp_path / "missing.txt")
+
+
+def test_only_the_budgeted_labels_are_ever_read(shift_manifest: Path, model_a: Path, tmp_path: Path) -> None:
+    """The label files of B's unchosen training cases are replaced by garbage: the budgeted run never opens them
+    (the input gate would refuse them, as the unbudgeted run shows), and lists what it used."""
+    import shutil
+
+    from medattn.errors import DataError
+
+    data = tmp_path / "data"
+    shutil.copytree(shift_manifest.parent, data)
+    from medattn.continual.labels import apply_label_budget
+    from medattn.data.importers import load_dataset
+
+    chosen = apply_label_budget(load_dataset(str(data / "manifest.json")), 1, seed=0)[1][0]["labelled"]
+    for cid in sorted(set(load_dataset(str(data / "manifest.json")).domain("B").splits["train"]) - set(chosen)):
+        (data / "B" / f"{cid}_seg.nii.gz").write_bytes(b"not a NIfTI file")
+    with pytest.raises(DataError, match="B_"):
+        _adapt(model_a, str(data / "manifest.json"), tmp_path / "all", epochs=1, eval_before=False)
+    result = _adapt(model_a, str(data / "manifest.json"), tmp_path / "run", epochs=1, labelled=1, eval_before=False)
+    assert result.runs["naive"].finished
+    saved = json.loads((tmp_path / "run" / "labels.json").read_text())
+    assert saved[0]["domain"] == "B" and saved[0]["labelled"] == chosen and len(saved[0]["unlabelled"]) == 3
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["labelled"] == 1
+
+
+def test_without_labels_a_supervised_method_skips_the_domain_and_says_so(
+    shift_manifest: Path, model_a: Path, tmp_path: Path
+) -> None:
+    result = _adapt(model_a, str(shift_manifest), tmp_path / "run", epochs=1, labelled=0)
+    run = result.runs["naive"]
+    assert [d["domain"] for d in run.decisions] == ["B"] and not run.decisions[0]["adapt"]
+    assert "no labelled training case" in run.decisions[0]["reason"]
+    grid = run.matrix.matrix()
+    np.testing.assert_array_equal(grid[1], grid[0])  # B left the model as A left it
+    assert result.comparison[0]["skipped"] == "B"
+
+
+def test_selftrain_learns_a_bias_field_from_unlabelled_images(model_a: Path, tmp_path: Path) -> None:
+    """B lies under a strong bias field: the model of A gets most of it right. With no label of B at all,
+    self-training on its confident pseudo-labels raises B's test Dice clearly, and A stays above the unadapted
+    model (measured on three seeds: B from 0.83-0.87 after A to 0.94-0.95, against 0.95-0.96 for naive
+    fine-tuning on all of B's labels)."""
+    manifest = write_shift_dataset(tmp_path / "data", {"A": (0, False), "B": (1000, True)}, make_case=bias_case)
+    result = _adapt(model_a, str(manifest), tmp_path / "run", epochs=20, lr=3e-3, strategies="selftrain", labelled=0)
+    run = result.runs["selftrain"]
+    before, grid = run.matrix.baseline(), run.matrix.matrix()
+    assert grid[1, 1] > grid[0, 1] + 0.05, f"B: {grid[0, 1]:.3f} after A, {grid[1, 1]:.3f} after self-training"
+    assert grid[1, 1] > before[1] + 0.1
+    assert grid[1, 0] > before[0] - 0.01  # A: never below the unadapted model
+    assert not run.decisions  # B was trained on, although it has no label
+    passes = [r for r in run.extras["pseudo_labels"] if r["domain"] == "B"]
+    # the check's pass, the pass with the volume prior, then a fresh pass before every later epoch of B
+    assert [r["epoch"] for r in passes] == [0, *range(20)]
+    assert passes[0]["used"] and all(0.5 <= v <= 2.0 for v in passes[0]["volume_ratio"])
+    assert "weights" not in passes[0] and all(0.25 <= w <= 4.0 for w in passes[1]["weights"])
+    assert all(0.5 < r["confident"] < 1.0 for r in passes)
+    saved = json.loads((tmp_path / "run" / "selftrain" / "pseudo_labels.json").read_text())
+    assert saved == run.extras["pseudo_labels"]
+
+
+def test_the_drift_gate_tests_a_domain_without_labels_on_its_images(
+    shift_manifest: Path, model_a: Path, tmp_path: Path
+) -> None:
+    """``--auto --labelled 0``: B has no labelled training case, yet the gate compares all four of its training
+    images with A's and finds the inverted contrast; selftrain's own check then refuses its pseudo-labels there,
+    and the record keeps both reasons."""
+    result = _adapt(
+        model_a,
+        str(shift_manifest),
+        tmp_path / "run",
+        epochs=1,
+        strategies="selftrain",
+        labelled=0,
+        auto=True,
+        drift_permutations=200,
+        drift_alpha=0.2,  # four volumes a side: the smallest permutation p-value is about 1/35
+        eval_before=False,
+    )
+    decision = result.runs["selftrain"].decisions[-1]
+    assert decision["domain"] == "B" and decision["n_target"] == 4 and not decision["adapt"], decision
+    assert "pseudo-labels are not used" in decision["reason"] and "the drift gate: drift" in decision["reason"]
+    assert decision["tests"]  # the drift evidence stays in the record
+
+
+def test_steps_give_a_small_domain_the_training_length_of_a_large_one(
+    shift_manifest: Path, model_a: Path, tmp_path: Path
+) -> None:
+    """``steps=5``: A (4 training volumes, 2 a step) and B (1 labelled volume) each get exactly 5 optimiser steps,
+    where ``epochs=1`` would give them 2 and 1."""
+    result = _adapt(
+        model_a, str(shift_manifest), tmp_path / "run", steps=5, labelled=1, poly_power=0.9, eval_before=False
+    )
+    state = torch.load(tmp_path / "run" / "naive" / "state.pt", weights_only=True)
+    assert state["strategy"]["clock"]["train_iterations"] == 10
+    assert result.runs["naive"].finished
+    short = _adapt(model_a, str(shift_manifest), tmp_path / "epochs", epochs=1, labelled=1, eval_before=False)
+    assert short.runs["naive"].finished
+    state = torch.load(tmp_path / "epochs" / "naive" / "state.pt", weights_only=True)
+    assert state["strategy"]["clock"]["train_iterations"] == 3
+
+
+def test_selftrain_leaves_alone_a_domain_its_model_is_lost_on(
+    shift_manifest: Path, model_a: Path, tmp_path: Path
+) -> None:
+    """B inverts A's contrast: the model of A segments the wrong tissue there (2-4 times the structures' volume), so
+    its pseudo-labels would teach it the wrong thing. Self-training checks the predicted volumes against A's
+    labelled ones, refuses, and without a label of B does not train on it: every domain ends where it was."""
+    result = _adapt(model_a, str(shift_manifest), tmp_path / "run", epochs=2, strategies="selftrain", labelled=0)
+    run = result.runs["selftrain"]
+    (decision,) = run.decisions
+    assert decision["domain"] == "B" and not decision["adapt"]
+    assert "pseudo-labels are not used" in decision["reason"] and "class 1" in decision["reason"]
+    grid = run.matrix.matrix()
+    np.testing.assert_array_equal(grid[1], grid[0])
+    first = run.extras["pseudo_labels"][0]
+    assert first["domain"] == "B" and first["used"] is False
+    assert all(not 0.5 <= r <= 2.0 for r in first["volume_ratio"])
