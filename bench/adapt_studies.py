@@ -17,9 +17,10 @@ before it starts, and skipped when its folder already holds a finished run), so 
   images (``--label-order``) against N drawn at random with seeds 0, 1 and 2 (replay).
 * **labelfree**: per scanner (B, C, D), original -> that scanner with no label of it (``--labelled 0``), selftrain
   against replay with every label, on the test splits; ``--eval-split val`` runs choose the confidence first.
-* **sweep**: original -> B -> C, each method's main weight at three values, scored on the **val** splits (the test
+* **sweep**: original -> B, each method's main weight at three values, scored on the **val** splits (the test
   cases choose nothing); the default is the value with the best final average Dice (BWT breaks ties within 0.005).
-* **table**: every method at the chosen defaults, one process each (its CPU time from ``resource``), test splits.
+* **table**: original -> B, every method at the chosen defaults, one process each (its CPU time from
+  ``resource``), test splits.
 
 The study runs take hours of CPU; nothing here runs in ``make test``.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shlex
 import subprocess
@@ -71,7 +73,7 @@ def _adapt(out: Path, domains: str, *extra: str) -> dict[str, Any]:
         print("$", shlex.join(cmd), flush=True)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        subprocess.run(cmd, cwd=ROOT, check=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+        subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         cpu_file.write_text(json.dumps({"cpu_s": round(cpu, 1), "wall_s": round(time.perf_counter() - t0, 1)}))
@@ -102,7 +104,7 @@ def run_few(out: Path) -> None:
             str(ranking),
         ]
         print("$", shlex.join(cmd), flush=True)
-        subprocess.run(cmd, cwd=ROOT, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})  # exit 4: drift
+        subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})  # exit 4: drift
     for n in (3, 5):
         order = str(out / "drift_B_ranking.csv")
         _adapt(
@@ -162,9 +164,9 @@ def run_sweep(out: Path) -> None:
         )
 
 
-def run_table(out: Path) -> None:
-    for m in TABLE_METHODS:
-        _adapt(out / f"table_{m}", "vumc,vumc_B,vumc_C", "--strategies", m)
+def run_table(out: Path, only: tuple[str, ...] = TABLE_METHODS) -> None:
+    for m in only:
+        _adapt(out / f"table_{m}", "vumc,vumc_B", "--strategies", m)
 
 
 # ---- report ----------------------------------------------------------------------------------------------------------
@@ -199,7 +201,8 @@ def report(out: Path, figures: Path) -> str:
                 if b is not None and a is not None:
                     series[m].append((145 if n == "all" else int(n), b, a))
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
-        _plot_budget(series, figures / "label_budget.png")
+        start = _matrix(out, "few_N1", "naive")
+        _plot_budget(series, figures / "label_budget.png", None if start is None else start["before"]["overall"])
         lines.append("")
     rank = {n: _load(out, f"rank_N{n}") for n in (3, 5)}
     if any(rank.values()):
@@ -215,24 +218,37 @@ def report(out: Path, figures: Path) -> str:
                 cells.append("" if v is None else f"{v:.3f}")
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
         lines.append("")
+    sweep = [_load(out, f"sweep_v{i + 1}") for i in range(3)]
+    if all(sweep):
+        lines += [
+            "| method | weight | value | final average Dice (val) | BWT (val) | chosen |",
+            "|---|---|---|---|---|---|",
+        ]
+        for method, (param, values) in SWEEP.items():
+            got = [(v, run["rows"][method]) for v, run in zip(values, sweep) if run and method in run["rows"]]
+            best = _choose(got)
+            for v, row in got:
+                mark = "**yes**" if v == best else ""
+                lines.append(f"| {method} | {param} | {v:g} | {row['average_dice']:.4f} | {row['bwt']:+.4f} | {mark} |")
+        lines.append("")
     free = {
         x: (_matrix(out, f"free_{x}", "selftrain"), _load(out, f"sup_{x}") or _load(out, "few_Nall")) for x in "BCD"
     }
-    if any(m for m, _ in free.values()):
+    if any(mat for mat, _ in free.values()):
         lines += [
             "| new scanner | unadapted | selftrain, no labels | replay, every label | gap recovered | selftrain BWT "
             "| worst change against unadapted | decision |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for x, (m, sup) in free.items():
-            if m is None:
+        for x, (mat, sup) in free.items():
+            if mat is None:
                 continue
-            before, final = m["before"]["overall"], m["matrix"]["overall"][-1]
+            before, final = mat["before"]["overall"], mat["matrix"]["overall"][-1]
             ref = None if sup is None else sup["rows"].get("replay", {}).get(f"dice_vumc_{x}")
             gap = None if ref is None or ref == before[1] else (final[1] - before[1]) / (ref - before[1])
-            bwt = m["summary"]["overall"].get("bwt")
+            bwt = mat["summary"]["overall"].get("bwt")
             worst = min(f - b for f, b in zip(final, before))
-            decision = m.get("decision", "trained")
+            decision = mat.get("decision", "trained")
             cells = [
                 f"{before[1]:.3f}",
                 f"{final[1]:.3f}",
@@ -245,6 +261,15 @@ def report(out: Path, figures: Path) -> str:
             lines.append(f"| {x} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _choose(got: list[tuple[float, dict[str, Any]]]) -> float | None:
+    """The sweep's rule: the best final average Dice; within 0.005 of it, the best BWT."""
+    if not got:
+        return None
+    top = max(row["average_dice"] for _, row in got)
+    near = [(v, row) for v, row in got if row["average_dice"] >= top - 0.005]
+    return max(near, key=lambda vr: vr[1]["bwt"])[0]
 
 
 def _matrix(out: Path, name: str, method: str) -> dict[str, Any] | None:
@@ -260,7 +285,9 @@ def _matrix(out: Path, name: str, method: str) -> dict[str, Any] | None:
     return doc
 
 
-def _plot_budget(series: dict[str, list[tuple[int, float, float]]], path: Path) -> None:
+def _plot_budget(
+    series: dict[str, list[tuple[int, float, float]]], path: Path, before: list[float] | None = None
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -274,6 +301,9 @@ def _plot_budget(series: dict[str, list[tuple[int, float, float]]], path: Path) 
         xs = [p[0] for p in pts]
         ax.plot(xs, [p[1] for p in pts], style, marker="o", label=f"{m}: new scanner B")
         ax.plot(xs, [p[2] for p in pts], style, marker="s", label=f"{m}: original scanner")
+    if before is not None:  # the start model: [original, B]
+        ax.axhline(before[1], color="grey", linestyle=":", label="B before adaptation")
+        ax.axhline(before[0], color="black", linestyle=":", label="original before adaptation")
     ax.set_xscale("log")
     ax.set_xlabel("labelled training cases of B (145: all)")
     ax.set_ylabel("test Dice after adaptation")
@@ -293,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("study", choices=("few", "labelfree", "sweep", "table"))
     r.add_argument("--out", type=Path, default=ROOT / "runs" / "studies")
     r.add_argument("--confidence", type=float, default=0.9, help="labelfree: selftrain's confidence")
+    r.add_argument("--only", default=",".join(TABLE_METHODS), help="table: these methods (comma-separated)")
     q = sub.add_parser("report")
     q.add_argument("--out", type=Path, default=ROOT / "runs" / "studies")
     q.add_argument("--figures", type=Path, default=ROOT / "docs" / "figures")
@@ -301,9 +332,12 @@ def main(argv: list[str] | None = None) -> int:
         print(report(args.out, args.figures))
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    {"few": run_few, "sweep": run_sweep, "table": run_table}.get(
-        args.study, lambda o: run_labelfree(o, args.confidence)
-    )(args.out)
+    if args.study == "table":
+        run_table(args.out, tuple(m for m in args.only.split(",") if m))
+    elif args.study == "labelfree":
+        run_labelfree(args.out, args.confidence)
+    else:
+        {"few": run_few, "sweep": run_sweep}[args.study](args.out)
     return 0
 
 

@@ -34,7 +34,8 @@ class AdaptConfig:
             model.
         epochs: training epochs per experience (joint: over the concatenated data).
         steps: optimiser steps per experience instead (:mod:`medattn.continual.steps`): the same training length
-            for a domain of 3 labelled cases as for one of 145; the poly decay then runs per step. None: ``epochs``.
+            for a domain of 3 labelled cases as for one of 145; the poly decay then runs per step; joint training
+            gets ``steps`` per domain in all. None: ``epochs``.
         batch_size: volumes per training step (each gives ``samples_per_volume`` patches).
         samples_per_volume: patches drawn from each volume access.
         patch_size: training patch and evaluation window (X, Y, Z); None: the model's plan.

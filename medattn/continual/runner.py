@@ -129,9 +129,13 @@ def evaluate(strategy: Any, test_stream: Any) -> np.ndarray:
 
 
 def build_strategy(
-    name: str, start: Any, cfg: AdaptConfig, patch: Triple, loggers: Sequence[Any] = ()
+    name: str, start: Any, cfg: AdaptConfig, patch: Triple, loggers: Sequence[Any] = (), domains: int = 1
 ) -> tuple[Any, MethodSpec]:
-    """The segmentation strategy for method ``name``, from the start model (a ``LoadedModel``)."""
+    """The segmentation strategy for method ``name``, from the start model (a ``LoadedModel``).
+
+    ``domains``: the stream's length. With ``cfg.steps``, joint training (one experience holding every domain) gets
+    ``steps`` per domain in all, the optimiser steps a continual method takes over the stream (as ``epochs`` gives
+    it the same passes over the concatenated data)."""
     from avalanche.training.plugins import LRSchedulerPlugin
 
     from medattn.continual.template import batch_norm_layers, segmentation_evaluator
@@ -164,14 +168,15 @@ def build_strategy(
     spec = build_method(name, cfg.method_params(name), context)
     optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     plugins = list(spec.plugins)
+    steps = None if cfg.steps is None else cfg.steps * (domains if spec.joint else 1)
     if cfg.poly_power > 0:  # per epoch over ``epochs``, or per step over ``steps``
-        sched = make_poly_schedule(optimizer, cfg.steps or cfg.epochs, cfg.poly_power)
+        sched = make_poly_schedule(optimizer, steps or cfg.epochs, cfg.poly_power)
         granularity = "epoch" if cfg.steps is None else "iteration"
         plugins.append(LRSchedulerPlugin(sched, reset_scheduler=True, reset_lr=True, step_granularity=granularity))
-    if cfg.steps is not None:
+    if steps is not None:
         from medattn.continual.steps import StepBudget
 
-        plugins.append(StepBudget(cfg.steps))  # last: it reads the data loader the other plugins leave
+        plugins.append(StepBudget(steps))  # last: it reads the data loader the other plugins leave
     scales = getattr(model, "output_scales", None)
     strategy = strategy_class(spec.base)(
         model=model,
@@ -243,7 +248,7 @@ def run_method(
     train_stream, test_stream = list(bench.train_stream), list(bench.test_stream)
     domains = [e.domain for e in train_stream]
     patch = train_stream[0].patch_size
-    strategy, spec = build_strategy(name, start, cfg, patch, loggers)
+    strategy, spec = build_strategy(name, start, cfg, patch, loggers, domains=len(domains))
     classes = strategy.class_names[1:]
     rows: list[list[list[float]]] = []
     before: list[list[float]] | None = None

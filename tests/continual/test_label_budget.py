@@ -155,6 +155,10 @@ def test_steps_give_a_small_domain_the_training_length_of_a_large_one(
     state = torch.load(tmp_path / "run" / "naive" / "state.pt", weights_only=True)
     assert state["strategy"]["clock"]["train_iterations"] == 10
     assert result.runs["naive"].finished
+    joint = _adapt(model_a, str(shift_manifest), tmp_path / "joint", steps=5, strategies="joint", eval_before=False)
+    assert joint.runs["joint"].finished  # one experience holding both domains: as many steps as the stream's
+    state = torch.load(tmp_path / "joint" / "joint" / "state.pt", weights_only=True)
+    assert state["strategy"]["clock"]["train_iterations"] == 10
     short = _adapt(model_a, str(shift_manifest), tmp_path / "epochs", epochs=1, labelled=1, eval_before=False)
     assert short.runs["naive"].finished
     state = torch.load(tmp_path / "epochs" / "naive" / "state.pt", weights_only=True)
