@@ -109,7 +109,7 @@ def test_command_line_runs_several_strategies_and_writes_everything(
         assert main(argv) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["strategies"] == ["naive", "replay"] and config["methods"]["replay"]["mem_size"] == 2
-    assert config["methods"]["ewc"]["ewc_lambda"] == 1.0e5  # the rest of the YAML's methods section
+    assert config["methods"]["ewc"]["ewc_lambda"] == 1.0e6  # the rest of the YAML's methods section
     for method in ("naive", "replay"):
         folder = out / method
         doc = json.loads((folder / "metrics.json").read_text())

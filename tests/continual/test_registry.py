@@ -113,7 +113,7 @@ def test_every_method_file_declares_its_name_options_and_docs() -> None:
         assert spec.name == name and spec.description
         assert all(p.doc for p in spec.params), f"{name}: every option needs its one-line doc"
         assert methods.defaults(name) == {p.name: p.default for p in spec.params}
-    assert methods.defaults("ewc") == {"ewc_lambda": 1.0e5, "mode": "separate", "decay_factor": None}
+    assert methods.defaults("ewc") == {"ewc_lambda": 1.0e6, "mode": "separate", "decay_factor": None}
     assert methods.defaults("replay") == {
         "mem_size": None,
         "memory_fraction": 0.1,

@@ -58,7 +58,7 @@ METHOD = Method(
     name="ewc",
     description="elastic weight consolidation (Avalanche EWCPlugin)",
     params=(
-        Param("ewc_lambda", 1.0e5, "penalty weight; the loss is a voxel mean, so it does not scale with the patch"),
+        Param("ewc_lambda", 1.0e6, "penalty weight; the loss is a voxel mean, so it does not scale with the patch"),
         Param("mode", "separate", "separate (one penalty per past domain) | online (decayed running importance)"),
         Param("decay_factor", None, "online mode only: decay of the running importance"),
     ),

@@ -138,7 +138,7 @@ METHOD = Method(
     name="lwf",
     description="learning without forgetting, per-voxel distillation (Avalanche LwFPlugin)",
     params=(
-        Param("alpha", 4.0, "distillation weight (a list gives one per experience)"),
+        Param("alpha", 1.0, "distillation weight (a list gives one per experience)"),
         Param("temperature", 2.0, "softmax temperature of teacher and student"),
     ),
     build=build,

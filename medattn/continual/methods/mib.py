@@ -92,7 +92,7 @@ METHOD = Method(
     name="mib",
     description="MiB background-aware (unbiased) distillation (Avalanche LwFPlugin)",
     params=(
-        Param("lambda_kd", 10.0, "weight of the unbiased distillation (MiB's default)"),
+        Param("lambda_kd", 1.0, "weight of the unbiased distillation (MiB's default: 10)"),
         Param("alpha", 1.0, "scale of the teacher's logits (MiB's alpha)"),
     ),
     build=build,

@@ -45,7 +45,7 @@ METHOD = Method(
     name="si",
     description="synaptic intelligence (Avalanche SynapticIntelligencePlugin)",
     params=(
-        Param("si_lambda", 1.0e4, "penalty weight; Avalanche clips each importance at 1e-3, hence the large weight"),
+        Param("si_lambda", 1.0e3, "penalty weight; Avalanche clips each importance at 1e-3, hence the large weight"),
         Param("eps", 1e-7, "damping of the importance's denominator (Avalanche's eps)"),
     ),
     build=build,
