@@ -171,7 +171,7 @@ def build_strategy(
     steps = None if cfg.steps is None else cfg.steps * (domains if spec.joint else 1)
     if cfg.poly_power > 0:  # per epoch over ``epochs``, or per step over ``steps``
         sched = make_poly_schedule(optimizer, steps or cfg.epochs, cfg.poly_power)
-        granularity = "epoch" if cfg.steps is None else "iteration"
+        granularity = "epoch" if steps is None else "iteration"
         plugins.append(LRSchedulerPlugin(sched, reset_scheduler=True, reset_lr=True, step_granularity=granularity))
     if steps is not None:
         from medattn.continual.steps import StepBudget

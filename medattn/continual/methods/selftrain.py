@@ -24,7 +24,10 @@ labelled volume of the domains trained on so far; outside ``1 / volume_ratio`` t
 pseudo-labels are not used, and a domain without labelled cases is not trained on (the run's decisions say why).
 
 Avalanche hooks used: ``after_train_dataset_adaptation`` (the experience's dataset becomes labelled + pseudo-labelled
-patches, before the replay plugin wraps it in its data loader) and ``before_training_epoch`` (refresh).
+patches, before the replay plugin wraps it in its data loader), ``before_training_epoch`` (refresh) and
+``after_training_exp`` (the labelled volumes join the reference structure volumes). The runner asks
+:meth:`PseudoLabelPlugin.veto` before a domain without labelled cases, and the pass it makes is the one training
+uses.
 """
 
 from __future__ import annotations
@@ -245,12 +248,15 @@ class PseudoLabelPlugin(SupervisedPlugin):
             image = torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image)
             (result,) = strategy._sliding_window(image[None].to(strategy.device), probabilities=True)
             probs = result.probabilities.float()
-            predicted += torch.bincount(probs.argmax(0).flatten(), minlength=k).double().cpu()
+            confidence, classes = probs.max(0)
+            counts = torch.bincount(classes.flatten(), minlength=k).double().cpu()
+            predicted += counts
             if weights is not None:
                 probs = probs * weights.to(probs.device)[:, None, None, None]
                 probs = probs / probs.sum(0, keepdim=True).clamp_min(1e-12)
-            confidence, classes = probs.max(0)
-            matched += torch.bincount(classes.flatten(), minlength=k).double().cpu()
+                confidence, classes = probs.max(0)
+                counts = torch.bincount(classes.flatten(), minlength=k).double().cpu()
+            matched += counts
             label = classes.to(torch.uint8)
             label[~self.confident(confidence, classes, probs.shape[0])] = IGNORE
             self.dataset.labels[i] = label[None].cpu()
