@@ -43,6 +43,7 @@ from avalanche.benchmarks.utils.flat_data import ConstantSequence
 from torch.utils.data import Dataset
 
 from medattn.continual.collate import SampleGroup, collate_segmentation
+from medattn.data.fingerprint import native_spacing
 from medattn.data.manifest import Manifest
 from medattn.data.plan import Plan
 from medattn.data.transforms import AugmentConfig, eval_transforms, make_dataset, train_transforms
@@ -68,6 +69,9 @@ class DomainExperience(DatasetExperience[AvalancheDataset]):
         unlabelled: train experiences only: the cached, preprocessed images of the training cases without a label
             (dicts with ``image`` only, padded to at least the patch size), or None when there are none.
         unlabelled_ids: their case ids, in order.
+        unlabelled_spacing: their native voxel sizes on the RAS grid (from the headers of their first channel),
+            in the same order: what a label-free method knows of the new scanner's resolution.
+        plan_spacing: the spacing the volumes were resampled to, or None.
         random_transform: train experiences only: the random part of the pipeline (reseed it with
             :meth:`seed`), or None.
         patch_size: the training patch (X, Y, Z) in voxels.
@@ -85,6 +89,8 @@ class DomainExperience(DatasetExperience[AvalancheDataset]):
         random_transform: Any = None,
         unlabelled: Dataset | None = None,
         unlabelled_ids: Sequence[str] = (),
+        unlabelled_spacing: Sequence[Sequence[float]] = (),
+        plan_spacing: Sequence[float] | None = None,
     ) -> None:
         super().__init__(dataset=dataset)
         self.domain = domain
@@ -95,6 +101,8 @@ class DomainExperience(DatasetExperience[AvalancheDataset]):
         self.random_transform = random_transform
         self.unlabelled = unlabelled
         self.unlabelled_ids = tuple(unlabelled_ids)
+        self.unlabelled_spacing = tuple(tuple(float(v) for v in sp) for sp in unlabelled_spacing)
+        self.plan_spacing = None if plan_spacing is None else tuple(float(v) for v in plan_spacing)
 
     def seed(self, seed: int) -> None:
         """Reseed the MONAI random transforms (patch sampling, augmentation) of this experience."""
@@ -278,6 +286,8 @@ def domain_scenario(
                 random_transform=rand,
                 unlabelled=unlabelled,
                 unlabelled_ids=pool_ids,
+                unlabelled_spacing=[native_spacing(items[i]["image"][0]) for i in pool_ids],
+                plan_spacing=train_plan.target_spacing,
             )
         )
         test_dir = None if opts.cache_dir is None else Path(opts.cache_dir) / "test" / name

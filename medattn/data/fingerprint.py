@@ -52,6 +52,14 @@ def ras_permutation(affine: np.ndarray) -> tuple[list[int], str]:
     return perm, "".join(nib.orientations.aff2axcodes(affine))
 
 
+def native_spacing(path: str | Path) -> Spacing:
+    """The voxel size of an image file along the RAS axes, from its header alone (the array is not read)."""
+    img: Any = nib.load(str(path))  # a spatial image (NIfTI, Analyze, MGH): it has an affine and zooms
+    perm, _ = ras_permutation(img.affine)
+    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    return (zooms[perm[0]], zooms[perm[1]], zooms[perm[2]])
+
+
 def fingerprint_case(
     manifest: Manifest, domain: Domain, case: Case, data_root: str | Path | None, rng: np.random.Generator
 ) -> CaseFingerprint:

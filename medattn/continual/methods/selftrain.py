@@ -15,6 +15,13 @@ border; and the replay memory of :mod:`~medattn.continual.methods.replay` (Avala
 parameters and defaults) keeps drawing the stored labelled patches of the domains learned before, so the old
 domains' ground truth stays in every step. Only labelled patches are stored, never pseudo-labels.
 
+The new scanner on old labels (``style_share`` > 0, off by default). Pseudo-labels carry the model's errors on
+the new scanner; the replay memory holds true labels, but shown as the old scanners showed them. With
+``style_share`` > 0 the new scanner's acquisition is measured on its unlabelled images (resolution, intensity
+curve, noise: :mod:`~medattn.continual.methods._acquisition`) and ``style_share`` x as many stored labelled patches
+as there are pseudo-labelled volumes are added to the domain's data, shown as the new scanner would show them;
+the measurement goes into the pseudo-labelling record (``acquisition``).
+
 Knowing when not to adapt. With ``medattn adapt --auto`` a domain that has not drifted is left alone
 (:mod:`medattn.drift.gate`). A domain that has drifted so far that the model is lost on it (an inverted contrast,
 say) would be made worse by its own pseudo-labels; the sign is in the predicted volumes. A structure's size in mm^3
@@ -36,6 +43,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from avalanche.core import SupervisedPlugin
 from torch.utils.data import Dataset
@@ -83,6 +91,38 @@ class PseudoLabelled(Dataset):
         return apply_transform(self.transform, item)
 
 
+class StyledMemory(Dataset):
+    """Stored labelled patches as the new scanner would show them (:class:`~._acquisition.TargetStyle`), then
+    augmented as replayed patches are; each of the ``length`` items is ``per_item`` patches drawn at random."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        style: Any,
+        augment: Any,
+        length: int,
+        per_item: int,
+        seed: int,
+    ) -> None:
+        self.images, self.labels, self.style, self.augment = images, labels, style, augment
+        self.length, self.per_item = int(length), int(per_item)
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Any:
+        from monai.transforms import apply_transform
+
+        out = []
+        for _ in range(self.per_item):
+            k = int(self.rng.integers(self.images.shape[0]))
+            item = self.style({"image": self.images[k].float(), "label": self.labels[k].float(), "domain": "styled"})
+            out.append(item if self.augment is None else apply_transform(self.augment, item))
+        return out
+
+
 class PseudoLabelPlugin(SupervisedPlugin):
     """Confident pseudo-labels of a domain's unlabelled volumes as training data (see the module docstring).
 
@@ -105,8 +145,17 @@ class PseudoLabelPlugin(SupervisedPlugin):
         class_share: float = 0.0,
         volume_ratio: float = 0.0,
         match_volumes: bool = False,
+        style_share: float = 0.0,
+        memory: Any = None,
+        samples_per_volume: int = 1,
+        seed: int = 0,
     ) -> None:
         super().__init__()
+        self.style_share = float(style_share)
+        self.memory = memory  # the replay plugin's ForegroundPatchBuffer (labelled patches of the domains learned)
+        self.samples_per_volume = int(samples_per_volume)
+        self.seed = int(seed)
+        self.styled: StyledMemory | None = None
         self.confidence = float(confidence)
         self.class_share = float(class_share)
         self.refresh = refresh
@@ -141,6 +190,8 @@ class PseudoLabelPlugin(SupervisedPlugin):
                 self.weights = [1.0] * len(predicted)
                 self.update_weights(predicted)
                 self.label(strategy, epoch=0, domain=exp.domain)
+            if why is None:
+                self.styled = self.style_memory(exp)
         self._prepared = (id(exp), why)
         return why
 
@@ -177,6 +228,8 @@ class PseudoLabelPlugin(SupervisedPlugin):
         if self.dataset is None:
             return
         pseudo = avalanche_dataset(self.dataset)
+        if self.styled is not None:
+            pseudo = pseudo.concat(avalanche_dataset(self.styled))
         labelled = strategy.adapted_dataset
         strategy.adapted_dataset = pseudo if labelled is None or len(labelled) == 0 else labelled.concat(pseudo)
 
@@ -195,7 +248,28 @@ class PseudoLabelPlugin(SupervisedPlugin):
             counts = torch.bincount(label.clamp(0, k - 1), minlength=k)
             self.reference["voxels"] = [a + float(b) for a, b in zip(self.reference["voxels"], counts.tolist())]
             self.reference["volumes"] += 1
-        self.dataset, self._prepared = None, None
+        self.dataset, self.styled, self._prepared = None, None, None
+
+    def style_memory(self, exp: Any) -> StyledMemory | None:
+        """The stored labelled patches as ``exp``'s scanner would show them (``style_share`` > 0 and a memory with
+        patches), sized ``style_share`` x the pseudo-labelled volumes; the measured acquisition goes into the
+        labelling record."""
+        from medattn.continual.methods._acquisition import TargetStyle, measure
+
+        groups = [] if self.memory is None else [g for g in self.memory.buffer_groups.values() if len(g.case_ids)]
+        if self.style_share <= 0 or not groups or self.dataset is None or exp.plan_spacing is None:
+            return None
+        images = torch.cat([g.images for g in groups])
+        labels = torch.cat([g.labels for g in groups])
+        acq = measure(self.dataset.volumes, exp.unlabelled_spacing, exp.plan_spacing, images, seed=self.seed)
+        self.history[-1]["acquisition"] = acq.record()
+        log.info("selftrain: %s's acquisition as measured on its unlabelled images: %s", exp.domain, acq.record())
+        length = max(1, round(self.style_share * len(self.dataset)))
+        self.history[-1]["styled_patches"] = length * self.samples_per_volume
+        seed = self.seed + len(self.history)
+        return StyledMemory(
+            images, labels, TargetStyle(acq, seed), self.memory.transform, length, self.samples_per_volume, seed
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"reference": {"voxels": list(self.reference["voxels"]), "volumes": int(self.reference["volumes"])}}
@@ -302,7 +376,20 @@ def build(params: Mapping[str, Any], context: MethodContext) -> MethodSpec:
     match = params["match_volumes"]
     if not isinstance(match, bool):
         raise ConfigError(f"selftrain: match_volumes must be true or false, got {match!r}")
-    pseudo = PseudoLabelPlugin(float(confidence), refresh, float(share), float(ratio), match)
+    style = params["style_share"]
+    if isinstance(style, bool) or not isinstance(style, (int, float)) or style < 0:
+        raise ConfigError(f"selftrain: style_share must be a share >= 0 (0: none), got {style!r}")
+    pseudo = PseudoLabelPlugin(
+        float(confidence),
+        refresh,
+        float(share),
+        float(ratio),
+        match,
+        style_share=float(style),
+        memory=replay.plugins[0].storage_policy,
+        samples_per_volume=context.samples_per_volume,
+        seed=context.seed,
+    )
     return MethodSpec(
         name="selftrain",
         plugins=[pseudo, *replay.plugins],
@@ -328,6 +415,12 @@ METHOD = Method(
             "match_volumes",
             True,
             "scale class probabilities so pseudo-labelled structure volumes approach the labelled domains' mean",
+        ),
+        Param(
+            "style_share",
+            0.0,
+            "stored labelled patches shown as the new scanner would show them (its measured resolution, intensity"
+            " curve and noise), as a share of its pseudo-labelled volumes (0: none)",
         ),
         Param("refresh", "epoch", "pseudo-labels recomputed every epoch | once per experience"),
         *replay_method.METHOD.params,
