@@ -26,7 +26,7 @@ class DataError(MedattnError):
         if case is not None:
             parts.append(f"case {case!r}")
         if self.path is not None:
-            parts.append(f"file {self.path}")
+            parts.append(f"{'folder' if Path(self.path).is_dir() else 'file'} {self.path}")  # a DICOM series: a folder
         prefix = ", ".join(parts)
         super().__init__(f"{prefix}: {problem}" if prefix else problem)
 

@@ -101,3 +101,56 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["chattr", "-i", str(folder)], check=False)
+
+
+def write_dicom_series(
+    folder: Path,
+    volume: np.ndarray,
+    affine: np.ndarray,
+    *,
+    series_uid: str | None = None,
+    manufacturer: str = "Acme",
+    extra: dict | None = None,
+    positions: list | None = None,
+    names: str = "slice{:03d}.dcm",
+) -> list[Path]:
+    """Write ``volume`` (X, Y, Z, int16) as a classic MR DICOM series, one file per k slice, with the voxel-to-RAS
+    ``affine`` (an independent construction with pydicom: what medattn reads back must equal ``volume`` and
+    ``affine``). ``positions`` overrides each slice's ImagePositionPatient (LPS); ``extra`` sets further header
+    attributes on every slice (a callable value is called with the slice index)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine, dtype=float)
+    col_spacing, row_spacing = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
+    row_dir, col_dir = lps[:3, 0] / col_spacing, lps[:3, 1] / row_spacing
+    series_uid = series_uid or generate_uid()
+    study, frame = generate_uid(), generate_uid()
+    paths = []
+    for k in range(volume.shape[2]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series_uid, frame
+        ds.Modality, ds.Manufacturer, ds.PatientName, ds.PatientID = "MR", manufacturer, "Test^Phantom", "T0"
+        ds.SeriesNumber, ds.InstanceNumber, ds.SeriesDescription = 3, k + 1, "t1 test"
+        pos = lps[:3, 3] + k * lps[:3, 2] if positions is None else np.asarray(positions[k], dtype=float)
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in pos]
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*row_dir, *col_dir)]
+        ds.PixelSpacing = [f"{row_spacing:.6f}", f"{col_spacing:.6f}"]
+        ds.SliceThickness = f"{np.linalg.norm(lps[:3, 2]):.6f}"
+        ds.Rows, ds.Columns = volume.shape[1], volume.shape[0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        for key, value in (extra or {}).items():
+            setattr(ds, key, value(k) if callable(value) else value)
+        ds.PixelData = np.ascontiguousarray(volume[:, :, k].T.astype("<i2")).tobytes()
+        path = folder / names.format(k)
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

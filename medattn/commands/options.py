@@ -54,7 +54,9 @@ def add_import_options(p: argparse.ArgumentParser) -> None:
     """How a dataset folder is imported (:func:`medattn.data.importers.load_dataset`'s keyword arguments)."""
     g = p.add_argument_group("importing a folder (ignored for a manifest JSON)")
     g.add_argument(
-        "--domain-from", help="BIDS: sidecar key (e.g. Manufacturer) or entity (suffix, ses, acq) naming domains"
+        "--domain-from",
+        help="BIDS: sidecar key (e.g. Manufacturer) or entity (suffix, ses, acq) naming domains; DICOM series: header"
+        " attribute (e.g. Manufacturer, InstitutionName) or 'folder' (the first folder level)",
     )
     g.add_argument("--channels", help="folder layout: comma-separated channel file stems in order, e.g. FLAIR,T1")
     g.add_argument("--label-name", help="folder layout: stem of the label file in each case folder, e.g. GT_W")

@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 
 from medattn.data.body import union_body_mask
-from medattn.data.io import read_volume
+from medattn.data.io import read_header, read_volume
 from medattn.data.manifest import Case, Domain, Manifest
 from medattn.errors import DataError
 from medattn.typing import Spacing, Triple
@@ -53,10 +53,11 @@ def ras_permutation(affine: np.ndarray) -> tuple[list[int], str]:
 
 
 def native_spacing(path: str | Path) -> Spacing:
-    """The voxel size of an image file along the RAS axes, from its header alone (the array is not read)."""
-    img: Any = nib.load(str(path))  # a spatial image (NIfTI, Analyze, MGH): it has an affine and zooms
-    perm, _ = ras_permutation(img.affine)
-    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    """The voxel size of an image (a file of any format medattn reads, or a DICOM series folder) along the RAS
+    axes, from its header alone (the array is not read)."""
+    header = read_header(path)
+    perm, _ = ras_permutation(header.affine)
+    zooms = [float(z) for z in header.spacing[:3]]
     return (zooms[perm[0]], zooms[perm[1]], zooms[perm[2]])
 
 

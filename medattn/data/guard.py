@@ -61,10 +61,12 @@ class InputGuard:
     Attributes:
         files: input files (images, labels, predictions being scored, a model, the dataset description).
         folders: folders holding image or label files (an output may not be one or lie directly in one).
+        trees: inputs that are folders themselves (a DICOM series): nothing may be written anywhere inside them.
     """
 
     files: frozenset[Path] = frozenset()
     folders: frozenset[Path] = frozenset()
+    trees: frozenset[Path] = frozenset()
 
     @classmethod
     def of(
@@ -78,10 +80,13 @@ class InputGuard:
         ``dataset.json`` / ``manifest.json`` is then protected)."""
         files: set[Path] = set()
         folders: set[Path] = set()
+        trees: set[Path] = set()
         for f in data_files:
             for form in _forms(f):
                 files.add(form)
                 folders.add(form.parent)
+                if form.is_dir():
+                    trees.add(form)
         for f in other_files:
             files |= _forms(f)
         if dataset is not None:
@@ -95,7 +100,7 @@ class InputGuard:
                 for name in DESCRIPTION_FILES:  # a dataset.json's or manifest's neighbours (BIDS: the root's files)
                     if (spec.parent / name).is_file():
                         files |= _forms(spec.parent / name)
-        return cls(frozenset(files), frozenset(folders))
+        return cls(frozenset(files), frozenset(folders), frozenset(trees))
 
     @classmethod
     def of_manifest(
@@ -116,7 +121,7 @@ class InputGuard:
         return cls.of(files, other_files, dataset)
 
     def __or__(self, other: InputGuard) -> InputGuard:
-        return InputGuard(self.files | other.files, self.folders | other.folders)
+        return InputGuard(self.files | other.files, self.folders | other.folders, self.trees | other.trees)
 
     def check_file(self, target: PathLike, what: str) -> None:
         """Refuse writing the file ``target`` (``what`` names the option, e.g. ``-o``).
@@ -125,6 +130,7 @@ class InputGuard:
             ConfigError: ``target`` is an input file or lies directly in an input's image or label folder.
         """
         forms = _forms(target)
+        self._check_trees(forms, target, what)
         if forms & self.files:
             raise ConfigError(f"{what} {target} is one of the run's input files; choose another path")
         if {f.parent for f in forms} & self.folders:
@@ -140,6 +146,7 @@ class InputGuard:
             ConfigError: ``target`` is an input file, or is a folder of the input dataset's images or labels.
         """
         forms = _forms(target)
+        self._check_trees(forms, target, what)
         if forms & self.files:
             raise ConfigError(f"{what} {target} is one of the run's input files; give a folder")
         if forms & self.folders:
@@ -147,6 +154,14 @@ class InputGuard:
                 f"{what} {target} is a folder of the input dataset's images or labels; writing there would mix "
                 "outputs with the data (and could overwrite them): choose another folder"
             )
+
+    def _check_trees(self, forms: set[Path], target: PathLike, what: str) -> None:
+        for tree in self.trees:
+            if any(f == tree or tree in f.parents for f in forms):
+                raise ConfigError(
+                    f"{what} {target} lies inside the input series folder {tree}; write it somewhere else (a DICOM"
+                    " folder must hold only its series' files)"
+                )
 
 
 def prepare_output_dir(path: PathLike, what: str = "output folder", *, clean: bool = True) -> Path:

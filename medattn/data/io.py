@@ -109,6 +109,8 @@ def read_header(path: str | Path) -> VolumeHeader:
     path = Path(path)
     if not path.exists():
         raise DataError("file does not exist", path)
+    if path.is_dir():
+        return _series_header(series_info(path))
     try:
         if has_suffix(path, NIFTI_SUFFIXES):
             img: Any = nib.load(str(path))
@@ -135,6 +137,28 @@ def read_header(path: str | Path) -> VolumeHeader:
         raise
     except Exception as e:  # nibabel/SimpleITK raise many types for unreadable files
         raise DataError(f"cannot read image header ({reader_error(e)})", path) from e
+
+
+def series_info(folder: str | Path) -> Any:
+    """The checked DICOM series of ``folder`` (:func:`medattn.data.dicom.scan_series`), remembered while none of its
+    files changes: every command reads a case's header several times (gate, plan, loader)."""
+    folder = Path(folder)
+    stamp = tuple((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in sorted(folder.iterdir()) if e.is_file())
+    key = (str(folder.resolve()), stamp)
+    if key not in _SERIES_CACHE:
+        from medattn.data.dicom import scan_series
+
+        if len(_SERIES_CACHE) > 256:
+            _SERIES_CACHE.clear()
+        _SERIES_CACHE[key] = scan_series(folder)
+    return _SERIES_CACHE[key]
+
+
+_SERIES_CACHE: dict[tuple[str, tuple[Any, ...]], Any] = {}
+
+
+def _series_header(info: Any) -> VolumeHeader:
+    return VolumeHeader(tuple(info.shape), info.affine.copy(), info.spacing, info.stored_dtype)
 
 
 #: What SimpleITK puts before the error itself: where it was thrown (C++ file and line), the level, the object.
@@ -165,8 +189,15 @@ def reader_error(e: BaseException) -> str:
 def read_volume(path: str | Path, dtype: Any = np.float32) -> tuple[np.ndarray, VolumeHeader]:
     """Load voxels (as stored, axes X, Y, Z[, C]) and header. Raises DataError naming the file on any failure.
 
-    Decompression errors (a truncated ``.nii.gz``) surface here, not in :func:`read_header`.
+    Decompression errors (a truncated ``.nii.gz``) surface here, not in :func:`read_header`. A folder is read as a
+    DICOM series (:mod:`medattn.data.dicom`).
     """
+    if Path(path).is_dir():
+        from medattn.data.dicom import read_series
+
+        info = series_info(path)
+        arr, _ = read_series(info)
+        return (arr if dtype is None else arr.astype(dtype, copy=False)), _series_header(info)
     header = read_header(path)
     try:
         if has_suffix(path, NIFTI_SUFFIXES):

@@ -2,13 +2,17 @@
 
 NIfTI goes through MONAI's ``NibabelReader``; NRRD, MHA/MHD, GIPL and the other ITK formats go through
 :class:`SimpleITKReader`, a MONAI ``ImageReader`` written here because MONAI's own ``ITKReader`` needs the
-``itk`` package (about 100 MB more) while SimpleITK is already a dependency.
+``itk`` package (about 100 MB more) while SimpleITK is already a dependency; a folder holding a DICOM series goes
+through :class:`DicomSeriesReader`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -54,6 +58,37 @@ class SimpleITKReader(ImageReader):
         return arrays[0], header
 
 
+class DicomSeriesReader(ImageReader):
+    """MONAI ``ImageReader`` for a folder holding one DICOM series (:mod:`medattn.data.dicom`: the headers are
+    checked with pydicom, the voxels read by SimpleITK's GDCM series reader; why, there). Sets ``affine`` in RAS and
+    the series' acquisition attributes under ``dicom``."""
+
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
+        from medattn.data.dicom import is_series_folder
+
+        names = [filename] if isinstance(filename, (str, os.PathLike)) else filename
+        return all(is_series_folder(os.fspath(n)) for n in names)
+
+    def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> Any:
+        from medattn.data.io import series_info
+
+        names = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+        infos = [series_info(os.fspath(n)) for n in names]
+        return infos if len(infos) > 1 else infos[0]
+
+    def get_data(self, img: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        from medattn.data.dicom import read_series
+
+        infos = img if isinstance(img, (list, tuple)) else [img]
+        arrays: list[np.ndarray] = []
+        header: dict[str, Any] = {}
+        for info in infos:
+            arr, header = read_series(info)
+            arrays.append(arr)
+        header["original_channel_dim"] = 0 if len(arrays) > 1 else float("nan")
+        return (np.stack(arrays, axis=0) if len(arrays) > 1 else arrays[0]), header
+
+
 class NiftiReader(NibabelReader):
     """MONAI's ``NibabelReader``, reading the 4th axis of a 4D NIfTI as channels.
 
@@ -79,9 +114,26 @@ def make_readers() -> list[ImageReader]:
     so NIfTI's reader comes last here to be tried first; ``SimpleITKReader`` refuses NIfTI files outright (SimpleITK
     could read them, but nibabel keeps the NIfTI header details and is the reader this project specifies).
     """
-    return [SimpleITKReader(), NiftiReader()]
+    return [DicomSeriesReader(), SimpleITKReader(), NiftiReader()]
 
 
 def make_loader(image_only: bool = False, dtype: Any = np.float32) -> LoadImage:
     """A MONAI ``LoadImage`` that reads NIfTI with nibabel and ITK formats with SimpleITK."""
-    return LoadImage(reader=make_readers(), image_only=image_only, dtype=dtype)
+    with quiet_default_readers():
+        return LoadImage(reader=make_readers(), image_only=image_only, dtype=dtype)
+
+
+@contextlib.contextmanager
+def quiet_default_readers() -> Iterator[None]:
+    """Silence what MONAI says while ``LoadImage`` registers its default readers beside ours: with pydicom
+    installed it builds ``NvImgCodecPydicomReader``, which warns on every CPU-only machine that the nvImageCodec
+    plugin is missing (that reader is never used here: DICOM series go through :class:`DicomSeriesReader`)."""
+    plugin_log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = plugin_log.level
+    plugin_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+            yield
+    finally:
+        plugin_log.setLevel(level)

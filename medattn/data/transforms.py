@@ -62,7 +62,7 @@ from monai.transforms import (
 
 from medattn.data.body import body_mask, union_body_mask
 from medattn.data.plan import ChannelNorm, Plan
-from medattn.data.readers import make_readers
+from medattn.data.readers import make_readers, quiet_default_readers
 
 IMAGE = "image"
 LABEL = "label"
@@ -218,15 +218,14 @@ def _source_of(img: Any) -> str | None:
 
 
 def _load(keys: Sequence[str]) -> list[Any]:
-    return [
-        LoadImaged(
+    with quiet_default_readers():
+        load = LoadImaged(
             keys=list(keys),
             reader=make_readers(),  # type: ignore[arg-type]  # MONAI accepts a list of reader instances
             image_only=True,
             dtype=np.float32,
-        ),
-        EnsureChannelFirstd(keys=list(keys)),
-    ]
+        )
+    return [load, EnsureChannelFirstd(keys=list(keys))]
 
 
 def label_mapping(plan: Plan) -> tuple[list[int], list[int]] | None:

@@ -265,10 +265,23 @@ def header_metadata(meta: Mapping[str, Any], case_metadata: Mapping[str, Any] | 
         "shape": shape,
         "orientation": "".join(nib.orientations.aff2axcodes(affine)),
     }
+    found = dict(_series_metadata(meta.get("filename_or_obj")))
+    found.update(case_metadata or {})
     for k in METADATA_KEYS:
-        if case_metadata and k in case_metadata:
-            out[k] = case_metadata[k]
+        if k in found:
+            out[k] = found[k]
     return out
+
+
+def _series_metadata(source: Any) -> Mapping[str, Any]:
+    """The acquisition attributes of a DICOM series folder's headers (:mod:`medattn.data.dicom`); {} for a file."""
+    from pathlib import Path
+
+    if not isinstance(source, str) or not Path(source).is_dir():
+        return {}
+    from medattn.data.io import series_info
+
+    return series_info(source).metadata
 
 
 def mean_dice(features: Sequence[VolumeFeatures]) -> float | None:

@@ -1,4 +1,5 @@
-"""What ``medattn predict`` reads: one image file, a folder of image files, or a dataset (manifest, MSD, ...).
+"""What ``medattn predict`` reads: one image file or DICOM series folder, a folder of them, or a dataset (manifest,
+MSD, ...).
 
 Each input becomes an :class:`InputCase` whose id names the output file (``OUTPUT/<id>.nii.gz``), so ``medattn
 evaluate`` can match predictions to a dataset's cases by file stem.
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from medattn.data.dicom import is_series_folder
 from medattn.data.io import IMAGE_SUFFIXES, has_suffix, strip_suffix
 from medattn.errors import DataError, ManifestError
 
@@ -84,7 +86,7 @@ def collect_inputs(
     cases: list[InputCase]
     kind = input_kind(spec)
     if kind == "image":
-        cases = [InputCase(strip_suffix(path.name), (path.resolve(),))]
+        cases = [InputCase(case_name(path), (path.resolve(),))]
     elif kind == "folder":
         cases = _folder_cases(path, num_channels)
     elif path.is_dir() and not domains and not _is_dataset(path) and not any(p.is_dir() for p in path.iterdir()):
@@ -155,7 +157,7 @@ def input_kind(spec: str | Path) -> InputKind:
     path, domains = split_spec(spec)
     if domains:
         return "dataset"
-    if path.is_file() and has_suffix(path, IMAGE_SUFFIXES):
+    if (path.is_file() and has_suffix(path, IMAGE_SUFFIXES)) or is_series_folder(path):
         return "image"
     if path.is_dir() and not _is_dataset(path) and _image_files(path):
         return "folder"
@@ -171,22 +173,31 @@ def _is_dataset(folder: Path) -> bool:
     return (folder / "dataset.json").is_file() or (folder / "manifest.json").is_file()
 
 
+def case_name(path: Path) -> str:
+    """The case id of an image input: a file's name without its image suffix, a DICOM series folder's name."""
+    return path.name if path.is_dir() else strip_suffix(path.name)
+
+
 def _image_files(folder: Path) -> list[Path]:
+    """The image inputs directly in ``folder``: image files and DICOM series folders."""
     return sorted(
-        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and has_suffix(p, IMAGE_SUFFIXES)
+        p
+        for p in folder.iterdir()
+        if not p.name.startswith(".")
+        and ((p.is_file() and has_suffix(p, IMAGE_SUFFIXES)) or (p.is_dir() and is_series_folder(p)))
     )
 
 
 def _folder_cases(folder: Path, num_channels: int) -> list[InputCase]:
     files = [p.resolve() for p in _image_files(folder)]
-    matches = [_CHANNEL_SUFFIX.match(strip_suffix(p.name)) for p in files]
+    matches = [_CHANNEL_SUFFIX.match(case_name(p)) for p in files]
     if not all(matches):
-        return [InputCase(strip_suffix(p.name), (p,)) for p in files]
+        return [InputCase(case_name(p), (p,)) for p in files]
     groups: dict[str, list[tuple[int, Path]]] = {}
     for p, m in zip(files, matches):
         assert m is not None
         groups.setdefault(m["case"], []).append((int(m["channel"]), p))
     if num_channels == 1 and any(len(g) > 1 for g in groups.values()):
         # Several numbered files per stem but a one-channel model: they are separate cases, not channels.
-        return [InputCase(strip_suffix(p.name), (p,)) for p in files]
+        return [InputCase(case_name(p), (p,)) for p in files]
     return [InputCase(case, tuple(p for _, p in sorted(g))) for case, g in sorted(groups.items())]

@@ -336,3 +336,22 @@ def test_a_visibly_shifted_volume_ranks_above_its_unshifted_copy(setup: dict, tm
     assert {rank["inverted_0"], rank["noisy_1"]} == {1, 2}  # both before every unshifted copy
     assert sorted(rank.values()) == list(range(1, 7))
     assert rows == labelling_ranking(target, report.target_scores, report.threshold, report.reference_scores)
+
+
+def test_dicom_series_folders_as_reference_and_target_report_the_scanner_change(setup: dict, tmp_path: Path) -> None:
+    """Folders of DICOM series (one per volume, written from the phantom's A and B images): drift reads them as it
+    reads NIfTI folders, and the headers' Manufacturer appears among the metadata changes."""
+    from tests.conftest import write_dicom_series
+
+    for folder, domain, vendor in (("ref", "A", "Acme"), ("tgt", "B", "Zenith")):
+        for d in setup["manifest"].datalist(domain=domain)[:6]:
+            img = nib.load(d["image"][0])
+            volume = np.round(np.asarray(img.dataobj, dtype=float) * 1000).astype(np.int16)
+            write_dicom_series(tmp_path / folder / d["case_id"], volume, img.affine, manufacturer=vendor)
+    out = tmp_path / "dicom.json"
+    argv = ["drift", str(setup["root"] / "model.pt"), "--permutations", "50", "--quiet", "-o", str(out)]
+    code = main([*argv, "--reference", str(tmp_path / "ref"), "--target", str(tmp_path / "tgt")])
+    doc = json.loads(out.read_text())
+    assert code == (4 if doc["drift"] else 0)
+    assert (doc["n_reference"], doc["n_target"], doc["failures"]) == (6, 6, [])
+    assert doc["metadata_changes"]["Manufacturer"] == {"reference": ["Acme"], "target": ["Zenith"]}

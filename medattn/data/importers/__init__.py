@@ -9,6 +9,8 @@ Supported layouts (``load_dataset`` picks one by looking at the folder):
 * BIDS: ``sub-*/[ses-*/]<datatype>/*.nii.gz`` with JSON sidecars, labels under ``derivatives/*/`` (the
   spine-generic ``_seg-manual`` / ``_dseg`` / ``_label-*`` conventions); sidecar keys or filename entities name the
   domains (``domain_from="Manufacturer"``, ``"suffix"``, ``"ses"``);
+* folders of DICOM series, anywhere under the root: each series folder is a case, domains from a header attribute
+  (``domain_from="Manufacturer"``) or the first folder level;
 * a root with one sub-folder per domain, each holding one folder per case (several channel files and a mask, as in
   BraTS), an MSD/nnU-Net dataset, ``imagesTr``/``labelsTr`` folders, or flat ``image`` + ``image_seg`` pairs.
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from medattn.data.importers.bids import import_bids, is_bids, parse_bids_name
 from medattn.data.importers.common import DEFAULT_LABELS, SIDECAR_KEYS, as_list, is_label_stem, read_sidecar
 from medattn.data.importers.decathlon import import_dataset_json, import_msd, import_nnunet_v2
+from medattn.data.importers.dicom import has_series, import_dicom
 from medattn.data.importers.folders import import_domain_folders
 from medattn.data.manifest import Manifest
 from medattn.errors import ManifestError
@@ -32,6 +35,7 @@ __all__ = [
     "DEFAULT_LABELS",
     "SIDECAR_KEYS",
     "import_bids",
+    "import_dicom",
     "import_domain_folders",
     "import_folder",
     "import_msd",
@@ -57,7 +61,8 @@ def load_dataset(
 
     Args:
         spec: manifest JSON, dataset folder, or either with a ``:DOMAIN`` suffix.
-        domain_from: BIDS only: sidecar key or filename entity that names the domain of each image.
+        domain_from: BIDS: sidecar key or filename entity that names the domain of each image; DICOM series: a
+            header attribute (``Manufacturer``...).
         channels: folder/BIDS layouts: channel file stems (or BIDS suffixes) in network order, e.g. ``"FLAIR,T1"``.
         label_name: folder layouts: stem (or stem ending) of the label file, e.g. ``"GT_W"``.
         modality: modality of every channel when the layout does not say (``"MR"``, ``"CT"``).
@@ -108,4 +113,6 @@ def import_folder(
         return import_dataset_json(root, modality)
     if is_bids(root):
         return import_bids(root, domain_from=domain_from, channels=channels, modality=modality)
+    if has_series(root):
+        return import_dicom(root, domain_from=domain_from, modality=modality)
     return import_domain_folders(root, channels=channels, label_name=label_name, modality=modality)

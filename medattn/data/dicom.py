@@ -1,0 +1,416 @@
+"""DICOM series as volumes: a folder of DICOM files is an image input wherever a NIfTI file is.
+
+A series folder holds the files of one image series (one ``SeriesInstanceUID``). :func:`scan_series` reads every
+file's header with pydicom (no pixels), checks that the files make one regular 3D volume and works out its geometry;
+:func:`read_series` then reads the voxels with SimpleITK's GDCM series reader, in the slice order found here, and
+checks that SimpleITK places the grid where the headers say.
+
+Why these two libraries: GDCM (through SimpleITK, already a dependency) decodes the transfer syntaxes scanners write
+(JPEG lossless, JPEG 2000, RLE) and applies each slice's rescale slope and intercept, which pydicom alone would need
+extra codec packages for; MONAI's ``ITKReader`` would need the ``itk`` package, and its ``PydicomReader`` those
+codecs. But GDCM's series reader orders files and builds the grid without saying when the files do not make one
+volume: it stacks two interleaved series, skips over a missing slice (the grid is then wrong beyond it), keeps a
+duplicated one, and treats a tilted stack as if it were not. Those checks are what this module adds, on the headers,
+before any voxel is read:
+
+* every file is DICOM and an image (a segmentation, structured report or presentation state is not);
+* one series (several are listed with their number, description and file count);
+* single-frame slices of one size, pixel spacing and orientation (enhanced multi-frame files are refused for now);
+* one volume: no slice position repeated (several echoes or time points at the same positions are named as such,
+  by the attribute that tells them apart; an exact repeat is a duplicated slice), at least two slices;
+* slices evenly spaced along the slice normal (a gap of twice the others is a missing slice) and stacked along the
+  normal (a gantry tilt or a sheared stack is refused: the voxel grid would not be a parallelepiped).
+
+Geometry follows DICOM (and dcm2niix): index i runs along the row direction (the first three values of
+ImageOrientationPatient) by the column spacing (PixelSpacing[1]), j along the column direction by PixelSpacing[0],
+k from the first slice's ImagePositionPatient to the last's, slices sorted by their position along the normal.
+The slice spacing comes from those positions, never from SliceThickness. LPS is turned to RAS as elsewhere
+(:mod:`medattn.data.io`).
+
+Header attributes that describe the acquisition (scanner, field strength, site, sequence, timing) become the
+case's metadata (:data:`METADATA_KEYS`), so datasets of DICOM series split into domains by Manufacturer and
+``medattn drift`` reports changes in them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medattn.errors import DataError
+
+#: Header attributes copied into a case's metadata (when present and not empty), under their DICOM keyword (but
+#: ManufacturerModelName as BIDS's ``ManufacturersModelName``, see :data:`_BIDS_NAMES`); values as DICOM stores
+#: them (times in ms, where a BIDS sidecar has seconds).
+METADATA_KEYS = (
+    "Modality",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "MagneticFieldStrength",
+    "InstitutionName",
+    "StationName",
+    "SoftwareVersions",
+    "SeriesDescription",
+    "ProtocolName",
+    "SeriesNumber",
+    "BodyPartExamined",
+    "ScanningSequence",
+    "SequenceVariant",
+    "SequenceName",
+    "MRAcquisitionType",
+    "RepetitionTime",
+    "EchoTime",
+    "InversionTime",
+    "FlipAngle",
+    "SliceThickness",
+    "KVP",
+    "ConvolutionKernel",
+    "ContrastBolusAgent",
+)
+#: What tells apart several volumes stored at the same slice positions of one series.
+_VOLUME_KEYS = (
+    "EchoNumbers",
+    "EchoTime",
+    "TemporalPositionIdentifier",
+    "TriggerTime",
+    "AcquisitionNumber",
+    "DiffusionBValue",
+    "InversionTime",
+    "ImageType",
+)
+#: Files a DICOM export puts beside the series that are not slices (the media directory), and hidden files.
+_IGNORED_NAMES = ("DICOMDIR",)
+#: Positions closer than this along the normal (mm) are the same slice position.
+SAME_POSITION_MM = 1e-3
+#: A gap may differ from the median gap by this share of it (DICOM stores positions as decimal strings; a missing
+#: slice makes a gap of 2x).
+GAP_TOLERANCE = 0.01
+#: The largest angle (degrees) between the line through the slice positions and the slice normal.
+TILT_TOLERANCE_DEG = 0.1
+#: Orientation cosines of two slices may differ by this much.
+ORIENTATION_ATOL = 1e-4
+#: SimpleITK's grid and the headers' grid must agree within this (mm) at the volume's corners.
+GRID_AGREEMENT_MM = 0.02
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One checked series: its files in slice order, its geometry and its metadata.
+
+    Attributes:
+        folder: the series folder.
+        files: the slice files, sorted by position along the slice normal (first = index 0 of the k axis).
+        shape: (columns, rows, slices): the array shape with axes (i, j, k) = (X, Y, Z).
+        affine: voxel-to-RAS affine (mm) from the headers.
+        series_uid: SeriesInstanceUID.
+        metadata: :data:`METADATA_KEYS` found in the first slice's header.
+        slope_varies: the slices have different rescale slopes or intercepts (voxels are read as float).
+        stored_dtype: the stored pixel type, for the header (``uint16``, ``int16``...).
+    """
+
+    folder: Path
+    files: tuple[Path, ...]
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    series_uid: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    slope_varies: bool = False
+    stored_dtype: str = "uint16"
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+
+def is_series_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder that holds DICOM files (looks at the first few entries only: the 128-byte
+    preamble and ``DICM`` marker, or a ``.dcm`` name). A dataset folder (``manifest.json``, ``dataset.json``) is not."""
+    p = Path(path)
+    if not p.is_dir() or (p / "manifest.json").is_file() or (p / "dataset.json").is_file():
+        return False
+    seen = 0
+    for entry in sorted(p.iterdir()):
+        if entry.name.startswith(".") or not entry.is_file():
+            continue
+        if entry.suffix.lower() == ".dcm" or _has_dicm_marker(entry):
+            return True
+        seen += 1
+        if seen >= 8:
+            break
+    return False
+
+
+def _has_dicm_marker(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _number(value: Any) -> Any:
+    """A DICOM value as JSON: numbers as float or int, multi-values as lists, text as text."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [_number(v) for v in value]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):  # pydicom's IS is an int subclass
+        return int(value)
+    if isinstance(value, float) or type(value).__name__ == "DSdecimal":  # DS: a float (or Decimal) subclass
+        return float(value)
+    text = str(value).strip()
+    return text or None
+
+
+#: DICOM keywords stored under their BIDS sidecar name (:data:`medattn.data.importers.SIDECAR_KEYS`), so series and
+#: their dcm2niix conversions give the same metadata keys.
+_BIDS_NAMES = {"ManufacturerModelName": "ManufacturersModelName"}
+
+
+def _header_metadata(ds: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in METADATA_KEYS:
+        value = _number(ds.get(key))
+        if value not in (None, [], ""):
+            out[_BIDS_NAMES.get(key, key)] = value
+    return out
+
+
+def _describe(values: list[Any]) -> str:
+    shown = sorted({str(v) for v in values})
+    return ", ".join(shown[:4]) + (f" and {len(shown) - 4} more" if len(shown) > 4 else "")
+
+
+def scan_series(folder: str | Path) -> SeriesInfo:
+    """Check that ``folder`` holds one regular 3D image series and work out its geometry (see the module docstring).
+
+    Raises:
+        DataError: naming the folder and what is wrong (which files, which series, which positions).
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError("not a folder of DICOM files", folder)
+    headers: list[tuple[Path, Any]] = []
+    unreadable: list[str] = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.name in _IGNORED_NAMES or path.is_dir():
+            continue
+        try:
+            headers.append((path, pydicom.dcmread(path, stop_before_pixels=True)))
+        except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError) as e:
+            unreadable.append(f"{path.name} ({type(e).__name__})")
+    if unreadable:
+        raise DataError(
+            f"{len(unreadable)} file(s) in the series folder are not readable DICOM: {', '.join(unreadable[:5])}"
+            + (" ..." if len(unreadable) > 5 else "")
+            + "; a series folder must hold only that series' files",
+            folder,
+        )
+    if not headers:
+        raise DataError("the folder holds no DICOM files", folder)
+
+    not_images = [(p, ds) for p, ds in headers if not _is_image(ds)]
+    if not_images:
+        kinds = Counter(_sop_name(ds) for _, ds in not_images)
+        raise DataError(
+            "the folder holds non-image DICOM objects ("
+            + "; ".join(f"{n} x {k}" for k, n in kinds.items())
+            + f", e.g. {not_images[0][0].name}); a series folder must hold only the image slices of one series",
+            folder,
+        )
+    series = Counter(str(ds.get("SeriesInstanceUID", "")) for _, ds in headers)
+    if len(series) > 1:
+        listed = []
+        for uid, n in series.items():
+            ds = next(d for _, d in headers if str(d.get("SeriesInstanceUID", "")) == uid)
+            number, description = str(ds.get("SeriesNumber", "?")), str(ds.get("SeriesDescription", "")).strip()
+            listed.append((number.zfill(8), description, f"series {number} {description!r}: {n} files (UID {uid})"))
+        rows = [row for *_, row in sorted(listed)]
+        raise DataError(
+            f"the folder holds {len(series)} series, one is expected: "
+            + "; ".join(rows)
+            + "; put each series in a folder of its own",
+            folder,
+        )
+    frames = [(p, int(ds.get("NumberOfFrames", 1) or 1)) for p, ds in headers]
+    multi = [p.name for p, n in frames if n > 1]
+    if multi:
+        raise DataError(
+            f"multi-frame (enhanced) DICOM is not supported yet ({multi[0]}: {dict(frames)[folder / multi[0]]} frames);"
+            " export the series as classic single-frame DICOM or convert it with dcm2niix",
+            folder,
+        )
+    first = headers[0][1]
+    for key in ("Rows", "Columns"):
+        values = Counter(int(ds.get(key, 0)) for _, ds in headers)
+        if len(values) > 1:
+            raise DataError(f"slices of different sizes ({key}: {_describe(list(values))})", folder)
+    if int(first.get("SamplesPerPixel", 1) or 1) != 1:
+        raise DataError(
+            f"colour images (SamplesPerPixel {first.SamplesPerPixel}, {first.get('PhotometricInterpretation')}) are"
+            " not a scanner volume",
+            folder,
+        )
+    spacings = np.array([[float(v) for v in ds.PixelSpacing] for _, ds in headers], dtype=float)
+    if np.ptp(spacings, axis=0).max() > 1e-4:
+        raise DataError(f"slices with different pixel spacings ({_describe([tuple(s) for s in spacings])})", folder)
+    iops = np.array([[float(v) for v in ds.ImageOrientationPatient] for _, ds in headers], dtype=float)
+    if np.ptp(iops, axis=0).max() > ORIENTATION_ATOL:
+        raise DataError(
+            f"slices with {len({tuple(np.round(i, 4)) for i in iops})} different orientations"
+            " (ImageOrientationPatient; a localizer or a reformat among them?)",
+            folder,
+        )
+    row, col = iops[0][:3], iops[0][3:]
+    normal = np.cross(row, col)
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in headers], dtype=float)
+    along = positions @ normal
+    order = np.argsort(along, kind="stable")
+    headers = [headers[i] for i in order]
+    positions, along = positions[order], along[order]
+
+    _check_one_volume(folder, headers, along)
+    if len(headers) < 2:
+        raise DataError("the series has a single slice: not a 3D volume", folder)
+    gaps = np.diff(along)
+    median = float(np.median(gaps))
+    bad = np.flatnonzero(np.abs(gaps - median) > GAP_TOLERANCE * median)
+    if bad.size:
+        k = int(bad[np.argmax(np.abs(gaps[bad] - median))])
+        hint = "a slice may be missing" if gaps[k] > median else "slices overlap"
+        raise DataError(
+            f"uneven slice spacing: {gaps[k]:.3f} mm between {headers[k][0].name} and {headers[k + 1][0].name}, "
+            f"{median:.3f} mm elsewhere ({bad.size} uneven gap(s)); {hint}",
+            folder,
+        )
+    stack = positions[-1] - positions[0]
+    cos = float(np.clip(abs(stack @ normal) / max(np.linalg.norm(stack), 1e-12), 0.0, 1.0))
+    tilt = math.degrees(math.acos(cos))
+    declared = _number(first.get("GantryDetectorTilt"))
+    if tilt > TILT_TOLERANCE_DEG:
+        raise DataError(
+            f"the slices are not stacked along their normal: tilted by {tilt:.2f} degrees"
+            + (f" (GantryDetectorTilt {declared})" if declared else "")
+            + "; a gantry-tilted or sheared stack does not make a regular voxel grid (resample it first, e.g. with"
+            " dcm2niix, which corrects gantry tilt)",
+            folder,
+        )
+    row_spacing, col_spacing = spacings[0]
+    lps = np.eye(4)
+    lps[:3, 0] = row * col_spacing
+    lps[:3, 1] = col * row_spacing
+    lps[:3, 2] = stack / (len(headers) - 1)
+    lps[:3, 3] = positions[0]
+    slopes = {(float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)) for _, ds in headers}
+    bits = int(first.get("BitsAllocated", 16) or 16)
+    signed = int(first.get("PixelRepresentation", 0) or 0) == 1
+    return SeriesInfo(
+        folder=folder,
+        files=tuple(p for p, _ in headers),
+        shape=(int(first.Columns), int(first.Rows), len(headers)),
+        affine=_LPS_TO_RAS @ lps,
+        series_uid=str(first.get("SeriesInstanceUID", "")),
+        metadata=_header_metadata(first),
+        slope_varies=len(slopes) > 1,
+        stored_dtype=f"{'int' if signed else 'uint'}{bits}",
+    )
+
+
+def _is_image(ds: Any) -> bool:
+    name = _sop_name(ds).lower()
+    if any(w in name for w in ("segmentation", "structured report", "presentation state", "key object", "rt struct")):
+        return False
+    return all(k in ds for k in ("Rows", "Columns", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"))
+
+
+def _sop_name(ds: Any) -> str:
+    uid = ds.get("SOPClassUID")
+    if uid is None:
+        return "no SOP class"
+    name = getattr(uid, "name", "") or str(uid)
+    return str(name)
+
+
+def _check_one_volume(folder: Path, headers: list[tuple[Path, Any]], along: np.ndarray) -> None:
+    """Refuse repeated slice positions: several volumes (echoes, time points) or duplicated slices."""
+    groups: list[list[int]] = [[0]]
+    for i in range(1, len(along)):
+        if along[i] - along[groups[-1][0]] < SAME_POSITION_MM:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    repeated = [g for g in groups if len(g) > 1]
+    if not repeated:
+        return
+    sizes = Counter(len(g) for g in groups)
+    for key in _VOLUME_KEYS:
+        values = [_number(headers[i][1].get(key)) for i in repeated[0]]
+        if len({str(v) for v in values}) > 1:
+            if len(sizes) == 1:
+                raise DataError(
+                    f"the series holds {len(repeated[0])} volumes at the same {len(groups)} slice positions, told"
+                    f" apart by {key} ({_describe(values)}): a multi-echo, multi-phase or time series; put each"
+                    " volume's files in a folder of its own",
+                    folder,
+                )
+            break
+    g = repeated[0]
+    same = [headers[i][0].name for i in g]
+    raise DataError(
+        f"{len(repeated)} slice position(s) hold more than one file, e.g. {' and '.join(same[:3])} at"
+        f" {along[g[0]]:.3f} mm along the slice normal: a duplicated slice (or an incomplete extra volume)",
+        folder,
+    )
+
+
+def read_series(info: SeriesInfo) -> tuple[np.ndarray, dict[str, Any]]:
+    """The voxels of a checked series, (X, Y, Z), rescaled to their real values, with MONAI-style metadata.
+
+    Read by SimpleITK's GDCM ``ImageSeriesReader`` in ``info.files`` order; its grid must agree with the headers'
+    (:data:`GRID_AGREEMENT_MM` at every corner), else DataError (never seen on a regular series).
+    """
+    import SimpleITK as sitk
+
+    from medattn.data.io import reader_error, sitk_to_array
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(p) for p in info.files])
+    if info.slope_varies:
+        reader.SetOutputPixelType(sitk.sitkFloat32)
+    try:
+        image = reader.Execute()
+    except RuntimeError as e:
+        raise DataError(f"cannot read the series' voxels ({reader_error(e)})", info.folder) from e
+    arr, meta = sitk_to_array(image)
+    if arr.shape[:3] != info.shape:
+        raise DataError(f"SimpleITK read {arr.shape[:3]} voxels where the headers give {info.shape}", info.folder)
+    corners = np.array(
+        [[i, j, k, 1] for i in (0, info.shape[0] - 1) for j in (0, info.shape[1] - 1) for k in (0, info.shape[2] - 1)],
+        dtype=float,
+    ).T
+    offset = np.abs((meta["affine"] @ corners) - (info.affine @ corners))[:3].max()
+    if offset > GRID_AGREEMENT_MM:
+        raise DataError(
+            f"SimpleITK places the series {offset:.3f} mm from where its headers do; refusing an ambiguous geometry",
+            info.folder,
+        )
+    meta = {
+        **meta,
+        "affine": info.affine.copy(),
+        "original_affine": info.affine.copy(),
+        "filename_or_obj": str(info.folder),
+    }
+    return arr, meta

@@ -1,0 +1,239 @@
+"""DICOM series in: a folder of DICOM files read as one volume with its geometry, or refused with the reason.
+
+Generated series (written with pydicom by :func:`tests.conftest.write_dicom_series`, so a user's clone tests them)
+check the reading against the volume and affine they were made from; the real scanner series of
+``../shared/data/DICOM`` are compared with the dcm2niix NIfTI made from each.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medattn.cli import main
+from medattn.errors import DataError
+from tests.conftest import write_dicom_series, write_nifti
+
+SHAPE = (12, 10, 7)
+
+
+def _oblique_affine() -> np.ndarray:
+    th = np.deg2rad(20)
+    rot = np.array([[np.cos(th), -np.sin(th), 0], [np.sin(th), np.cos(th), 0], [0, 0, 1]])
+    tilt = np.array([[1, 0, 0], [0, np.cos(0.3), -np.sin(0.3)], [0, np.sin(0.3), np.cos(0.3)]])
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ tilt @ np.diag([0.9, 1.1, 2.5])
+    aff[:3, 3] = [-40.0, 12.5, 30.0]
+    return aff
+
+
+def _volume(seed: int = 0, shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-200, 3000, shape).astype(np.int16)
+
+
+def test_a_series_reads_as_the_volume_and_affine_it_was_written_from(tmp_path: Path) -> None:
+    """Files named against their position order (slice 0 last by name): read by position, each reader path
+    (the header reader, the voxel reader, MONAI's loader) gives the written voxels and grid."""
+    from medattn.data.io import read_header, read_volume
+    from medattn.data.readers import make_loader
+
+    vol, aff = _volume(), _oblique_affine()
+    paths = write_dicom_series(tmp_path / "s", vol, aff, names="img{:03d}.dcm")
+    for p in paths:  # names reversed against the slice order
+        p.rename(p.with_name(f"x{len(paths) - int(p.stem[3:]):03d}.dcm"))
+    header = read_header(tmp_path / "s")
+    assert header.shape == SHAPE
+    np.testing.assert_allclose(header.affine, aff, atol=1e-4)
+    np.testing.assert_allclose(header.spacing, (0.9, 1.1, 2.5), atol=1e-5)
+    arr, _ = read_volume(tmp_path / "s", dtype=None)
+    np.testing.assert_array_equal(arr, vol)
+    img, meta = make_loader()(str(tmp_path / "s"))
+    np.testing.assert_array_equal(np.asarray(img), vol)
+    np.testing.assert_allclose(np.asarray(meta["affine"]), aff, atol=1e-4)
+
+
+def _write_case(tmp_path: Path, problem: str) -> Path:
+    from pydicom import dcmread
+
+    folder = tmp_path / problem
+    vol, aff = _volume(1), _oblique_affine()
+    paths = write_dicom_series(folder, vol, aff)
+    if problem == "two_series":
+        write_dicom_series(folder, vol, aff, names="other{:03d}.dcm", extra={"SeriesDescription": "t2 other"})
+    elif problem == "missing_slice":
+        paths[3].unlink()
+    elif problem == "duplicated_slice":
+        shutil.copy(paths[2], folder / "copy_of_slice002.dcm")
+    elif problem == "multi_echo":
+        uid = dcmread(paths[0]).SeriesInstanceUID
+        for p in paths:
+            p.unlink()
+        write_dicom_series(folder, vol, aff, series_uid=uid, names="e1_{:03d}.dcm", extra={"EchoNumbers": 1})
+        write_dicom_series(folder, vol, aff, series_uid=uid, names="e2_{:03d}.dcm", extra={"EchoNumbers": 2})
+    elif problem == "gantry_tilt":
+        lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff
+        shift = lps[:3, 1] / np.linalg.norm(lps[:3, 1]) * 0.8  # each slice 0.8 mm further along the columns
+        positions = [lps[:3, 3] + k * lps[:3, 2] + k * shift for k in range(SHAPE[2])]
+        for p in paths:
+            p.unlink()
+        write_dicom_series(folder, vol, aff, positions=positions)
+    elif problem == "not_an_image":
+        ds = dcmread(paths[0])
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        del ds.ImagePositionPatient
+        ds.save_as(folder / "seg.dcm")
+    elif problem == "not_dicom":
+        (folder / "notes.txt").write_text("scanned on Tuesday\n")
+    elif problem == "single_slice":
+        for p in paths[1:]:
+            p.unlink()
+    return folder
+
+
+REFUSALS = {
+    "two_series": r"holds 2 series, one is expected: series 3 't1 test': 7 files .*series 3 't2 other': 7 files",
+    "missing_slice": r"uneven slice spacing: 5\.000 mm between slice002\.dcm and slice004\.dcm, 2\.500 mm elsewhere"
+    r".*a slice may be missing",
+    "duplicated_slice": r"slice position\(s\) hold more than one file, e\.g\. .*slice002\.dcm.*duplicated slice",
+    "multi_echo": r"holds 2 volumes at the same 7 slice positions, told apart by EchoNumbers \(1, 2\)",
+    "gantry_tilt": r"not stacked along their normal: tilted by 17\.7\d degrees",
+    "not_an_image": r"non-image DICOM objects \(1 x Segmentation Storage, e\.g\. seg\.dcm\)",
+    "not_dicom": r"not readable DICOM: notes\.txt",
+    "single_slice": r"a single slice: not a 3D volume",
+}
+
+
+@pytest.mark.parametrize("problem", sorted(REFUSALS))
+def test_a_folder_that_is_not_one_regular_volume_is_refused_with_the_reason(tmp_path: Path, problem: str) -> None:
+    from medattn.data.io import read_header, read_volume
+
+    folder = _write_case(tmp_path, problem)
+    for read in (read_header, read_volume):
+        with pytest.raises(DataError, match=REFUSALS[problem]) as err:
+            read(folder)
+        assert str(err.value).startswith(f"folder {folder}: ")
+
+
+def test_validate_refuses_the_bad_series_by_name_and_passes_the_good(tmp_path: Path, capsys) -> None:
+    """A folder of three series folders, one with a slice missing: validate fails that case alone, naming it."""
+    root = tmp_path / "data"
+    write_dicom_series(root / "good_a", _volume(2), _oblique_affine())
+    write_dicom_series(root / "good_b", _volume(3), np.diag([1.0, 1.0, 3.0, 1.0]))
+    bad = write_dicom_series(root / "broken", _volume(4), np.diag([1.0, 1.0, 3.0, 1.0]))
+    bad[2].unlink()
+    assert main(["validate", str(root), "-o", str(tmp_path / "v.json")]) != 0
+    report = json.loads((tmp_path / "v.json").read_text())
+    failed = {c["case"] for c in report["cases"] if not c["ok"]}
+    assert failed == {"broken"}
+    assert "a slice may be missing" in json.dumps(report)
+
+
+def test_manifest_makes_domains_from_a_header_attribute_and_finds_labels_beside_series(tmp_path: Path) -> None:
+    """``medattn manifest ROOT --domain-from Manufacturer`` over series from two scanners; a NIfTI label named after
+    its series becomes the case's label, and the metadata carries the headers' acquisition attributes."""
+    root = tmp_path / "pacs"
+    aff = np.diag([1.0, 1.0, 3.0, 1.0])
+    write_dicom_series(root / "p1" / "s1", _volume(5), aff, manufacturer="Acme", extra={"MagneticFieldStrength": 3})
+    write_dicom_series(root / "p2" / "s1", _volume(6), aff, manufacturer="Zenith", extra={"EchoTime": 4.5})
+    write_dicom_series(root / "p2" / "s2", _volume(7), aff, manufacturer="Zenith")
+    write_nifti(root / "p2" / "s2_seg.nii.gz", np.zeros(SHAPE, np.uint8), aff)
+    out = tmp_path / "m.json"
+    assert main(["manifest", str(root), "--domain-from", "Manufacturer", "-o", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    cases = {d["name"]: {c["id"]: c for c in d["cases"]} for d in doc["domains"]}
+    assert set(cases) == {"Acme", "Zenith"} and set(cases["Zenith"]) == {"p2_s1", "p2_s2"}
+    assert cases["Zenith"]["p2_s2"]["label"] == "p2/s2_seg.nii.gz" and "label" not in cases["Zenith"]["p2_s1"]
+    assert cases["Acme"]["p1_s1"]["images"] == ["p1/s1"]
+    assert cases["Acme"]["p1_s1"]["metadata"]["MagneticFieldStrength"] == 3.0
+    assert cases["Zenith"]["p2_s1"]["metadata"]["EchoTime"] == 4.5
+    assert main(["manifest", str(root), "--domain-from", "folder", "-o", str(tmp_path / "f.json")]) == 0
+    assert [d["name"] for d in json.loads((tmp_path / "f.json").read_text())["domains"]] == ["p1", "p2"]
+    assert main(["manifest", str(root), "-o", str(tmp_path / "n.json")]) == 0  # one domain, not one per patient
+    assert [d["name"] for d in json.loads((tmp_path / "n.json").read_text())["domains"]] == ["pacs"]
+    assert main(["validate", str(out), "-o", str(tmp_path / "v.json")]) == 0  # the label lies on its series' grid
+
+
+def test_drift_metadata_comes_from_the_series_headers(tmp_path: Path) -> None:
+    from medattn.drift.features import header_metadata
+
+    write_dicom_series(tmp_path / "s", _volume(8), np.eye(4), manufacturer="Zenith", extra={"InstitutionName": "X"})
+    got = header_metadata({"filename_or_obj": str(tmp_path / "s"), "affine": np.eye(4)}, None)
+    assert got["Manufacturer"] == "Zenith" and got["InstitutionName"] == "X"
+    assert header_metadata({"filename_or_obj": str(tmp_path / "s")}, {"Manufacturer": "given"})["Manufacturer"] == (
+        "given"
+    )
+
+
+def test_no_output_may_land_inside_an_input_series_folder(tmp_path: Path) -> None:
+    from medattn.data.guard import InputGuard
+    from medattn.errors import ConfigError
+
+    write_dicom_series(tmp_path / "s", _volume(9), np.eye(4))
+    guard = InputGuard.of([tmp_path / "s"])
+    for target in (tmp_path / "s" / "mask.nii.gz", tmp_path / "s" / "sub" / "mask.nii.gz"):
+        with pytest.raises(ConfigError, match="inside the input series folder"):
+            guard.check_file(target, "-o")
+    with pytest.raises(ConfigError, match="inside the input series folder"):
+        guard.check_dir(tmp_path / "s" / "out", "output")
+    guard.check_dir(tmp_path / "elsewhere", "output")
+
+
+# ---- the real scanner series ---------------------------------------------------------------------------------------
+
+
+def _corners(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    idx = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
+    return (np.asarray(affine) @ idx.T).T[:, :3]
+
+
+def _index_map(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Our voxel index of each reference voxel index, as a 4x4 (a signed permutation with integer offsets)."""
+    m = np.linalg.inv(ours) @ ref
+    assert np.abs(m - np.round(m)).max() < 0.02, m  # dcm2niix rounds slice positions (see the data's README)
+    return np.round(m).astype(int)
+
+
+def _reference_series(shared_data: Path) -> list[tuple[str, Path]]:
+    root = shared_data / "DICOM"
+    if not root.is_dir():
+        pytest.skip(f"no DICOM data at {root}")
+    return [(name, next((root / "reference" / name).glob("*.nii.gz"))) for name in sorted(_EXPECTED)]
+
+
+#: Voxel ratio (medattn / dcm2niix) per series: Philips' display scaling against its floating-point value (README).
+_EXPECTED = {
+    "ge_ct_3slice": 1.0,
+    "philips_t1w_ffe_ax": 1.792889,
+    "siemens_xa30_gre_oblique": 1.0,
+    "siemens_xa30_t1w_sag_3d": 1.0,
+}
+
+
+def test_real_series_have_the_geometry_and_voxels_of_their_dcm2niix_reference(shared_data: Path) -> None:
+    """Every series of ../shared/data/DICOM: the grid's corners land within 0.02 mm of the reference NIfTI's
+    (after the reference's axis order), and the voxels equal it through the index map (Philips: times its
+    constant scaling ratio)."""
+    from medattn.data.io import read_header, read_volume
+
+    for name, ref_path in _reference_series(shared_data):
+        folder = shared_data / "DICOM" / name
+        header = read_header(folder)
+        ref = nib.load(str(ref_path))
+        ref_corners = _corners(ref.shape[:3], ref.affine)
+        ours = _corners(header.shape, header.affine)
+        dist = np.linalg.norm(ref_corners[:, None] - ours[None], axis=2).min(axis=1)
+        assert dist.max() < 0.02, (name, dist.max())
+        m = _index_map(header.affine, ref.affine)
+        arr, _ = read_volume(folder, dtype=np.float64)
+        ref_arr = np.asarray(ref.dataobj, dtype=np.float64)
+        ijk = np.indices(ref.shape[:3]).reshape(3, -1)
+        mapped = m[:3, :3] @ ijk + m[:3, 3:4]
+        ours_on_ref = arr[tuple(mapped)].reshape(ref.shape[:3])
+        np.testing.assert_allclose(ours_on_ref, ref_arr * _EXPECTED[name], rtol=1e-5, atol=1e-3, err_msg=name)
+        assert sorted(header.shape) == sorted(ref.shape[:3])
