@@ -81,9 +81,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     o.add_argument(
         "--format",
-        choices=("nii.gz", "nii", "nrrd", "mha", "input"),
+        choices=("nii.gz", "nii", "nrrd", "mha", "input", "dicom-seg"),
         default="nii.gz",
-        help="mask file format (default nii.gz; 'input': the input file's own format)",
+        help="mask file format (default nii.gz; 'input': the input file's own format; 'dicom-seg': a DICOM"
+        " Segmentation referencing the input DICOM series, OUTPUT/<case>.dcm)",
     )
 
 

@@ -22,7 +22,7 @@ from medattn.jsonio import write_json
 
 SUMMARY_NAME = "predictions.json"
 PROBABILITY_DIR = "probabilities"
-OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha", "input")
+OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha", "input", "dicom-seg")
 PROBABILITY_LAYOUTS = ("4d", "per-class")
 #: Largest allowed distance (mm) between the inverted prediction's affine and the input's: a guard against an
 #: inverse transform that did not restore the input grid.
@@ -44,6 +44,8 @@ def output_path(case: InputCase, out: Path, output_format: str) -> Path:
 
 def output_suffix(case: InputCase, output_format: str) -> str:
     """``.nii.gz`` etc. for ``output_format``; ``"input"``: the first input file's suffix (Analyze -> NIfTI)."""
+    if output_format == "dicom-seg":
+        return ".dcm"
     if output_format != "input":
         return "." + output_format
     name = case.images[0].name.lower()
@@ -54,15 +56,26 @@ def output_suffix(case: InputCase, output_format: str) -> str:
 
 
 def write_mask(
-    back: Any, lut: np.ndarray, header: Any, case: InputCase, out: Path, output_format: str, protected: Sequence[Path]
+    back: Any,
+    lut: np.ndarray,
+    header: Any,
+    case: InputCase,
+    out: Path,
+    output_format: str,
+    protected: Sequence[Path],
+    seg_writer: Any = None,
 ) -> Path:
-    """Map inverted class indices ``back`` (1, X, Y, Z) to label values and write ``OUTPUT/<case><suffix>``."""
+    """Map inverted class indices ``back`` (1, X, Y, Z) to label values and write ``OUTPUT/<case><suffix>``
+    (``dicom-seg``: a DICOM Segmentation of the case's series by ``seg_writer``,
+    :class:`~medattn.infer.dicom_seg.SegWriter`)."""
     check_grid(back, tuple(header.spatial_shape), np.asarray(header.affine, dtype=float), case)
     index_dtype = torch.uint8 if len(lut) <= 256 else torch.int32  # 1 byte per voxel, not int64's 8
     classes = torch.as_tensor(back[0]).round().to(index_dtype).numpy()
     mask = lut[classes]
     del classes
     path = output_path(case, out, output_format)
+    if output_format == "dicom-seg":
+        return seg_writer.write(mask, case.images[0], path, protected)
     return write_volume(mask, header.affine, path, dtype=mask.dtype, like=case.images[0], protected=protected)
 
 
@@ -115,7 +128,7 @@ def write_probabilities(
 def probability_paths(case: InputCase, out: Path, lut: np.ndarray, output_format: str) -> list[Path]:
     """Where a case's probability maps go: the 4D file first, then one file per class (``<case>_<label value>``)."""
     folder = out / PROBABILITY_DIR
-    suffix = output_suffix(case, output_format)
+    suffix = ".nii.gz" if output_format == "dicom-seg" else output_suffix(case, output_format)  # maps: NIfTI
     return [folder / f"{case.case_id}{suffix}"] + [folder / f"{case.case_id}_{int(v)}{suffix}" for v in lut]
 
 

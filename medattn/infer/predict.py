@@ -66,7 +66,8 @@ class PredictOptions:
         stitch_device: ``"auto"``, ``"cpu"``, ``"same"`` or a device (see ``SlidingWindowPredictor``).
         accumulator_dtype: ``"float32"`` or ``"float16"`` for the slab buffers that sum logits.
         save_probabilities: ``None``, ``"4d"`` (one 4D file per case, classes last) or ``"per-class"``.
-        output_format: ``"nii.gz"``, ``"nii"``, ``"nrrd"``, ``"mha"`` or ``"input"`` (the input file's format).
+        output_format: ``"nii.gz"``, ``"nii"``, ``"nrrd"``, ``"mha"``, ``"input"`` (the input file's format) or
+            ``"dicom-seg"`` (a DICOM Segmentation of each input DICOM series; probability maps stay NIfTI).
         workers: cases read and preprocessed ahead in background threads (0: none).
         progress: show progress bars.
         replace_nonfinite: replace NaN/Inf image voxels by the channel's lowest finite value (counted per case in
@@ -163,6 +164,8 @@ def run_predict(
     files, dataset = input_files(input_spec, data_root=data_root, import_options=import_options)
     guard = InputGuard.of(files, [model_path], dataset)
     guard.check_dir(out, "OUTPUT")
+    if options.output_format == "dicom-seg":
+        _require_series(cases)
     if options.save_probabilities is not None:
         guard.check_dir(out / PROBABILITY_DIR, "OUTPUT")
     prepare_output_dir(out, "OUTPUT")
@@ -180,6 +183,7 @@ def run_predict(
         if why:
             raise DataError(why, dataset)
     protected = sorted(guard.files)
+    seg_writer = _seg_writer(model_path, loaded, cases) if options.output_format == "dicom-seg" else None
     mine = shard(cases, rank.rank, rank.world_size)
     log.info("rank %d/%d: %d of %d cases on %s", rank.rank, rank.world_size, len(mine), len(cases), device)
 
@@ -187,7 +191,7 @@ def run_predict(
     started = time.perf_counter()
     progress = _Progress(out, rank, lambda rs: _summary(model_path, input_spec, out, options, rank, rs, 0.0))
     results = []
-    for r in _predict_cases(mine, plan, predictor, out, options, protected, rank):
+    for r in _predict_cases(mine, plan, predictor, out, options, protected, rank, seg_writer):
         results.append(r)
         progress.update([asdict(x) for x in results])
     with process_group(rank) as dist:
@@ -258,6 +262,7 @@ def _predict_cases(
     options: PredictOptions,
     protected: Sequence[Path],
     rank: Rank,
+    seg_writer: Any = None,
 ) -> Iterator[CaseResult]:
     from medattn.data.transforms import inference_transforms
 
@@ -274,7 +279,7 @@ def _predict_cases(
             data, checked = loaded
             result.warnings = [f"[{p.check}] {p.message}" for p in checked.warnings]
             result.nonfinite_replaced = int(checked.stats.get("nonfinite", 0)) if options.replace_nonfinite else 0
-            _predict_one(case, data, transform, lut, predictor, out, options, protected, result)
+            _predict_one(case, data, transform, lut, predictor, out, options, protected, result, seg_writer)
         except Exception as e:  # one bad case must not stop the others; the reason is recorded
             result.status = "failed"
             result.file = getattr(e, "path", None) or str(case.images[0])
@@ -300,6 +305,7 @@ def _predict_one(
     options: PredictOptions,
     protected: Sequence[Path],
     result: CaseResult,
+    seg_writer: Any = None,
 ) -> None:
     from medattn.data.transforms import invert_to_input
 
@@ -322,9 +328,34 @@ def _predict_one(
             probs, data, transform, case, header, out, options.save_probabilities, options.output_format, protected, lut
         )
     del probs
-    result.output = str(write_mask(back, lut, header, case, out, options.output_format, protected))
+    result.output = str(write_mask(back, lut, header, case, out, options.output_format, protected, seg_writer))
     del back
     result.seconds["invert_write"] = round(time.perf_counter() - t, 3)
+
+
+def _require_series(cases: Sequence[InputCase]) -> None:
+    """``--format dicom-seg``: every case must be a DICOM series (a SEG references its source instances).
+
+    Raises:
+        ConfigError: naming the inputs that are not DICOM series folders (before the model is loaded).
+    """
+    from medattn.data.dicom import is_series_folder
+
+    others = [c for c in cases if len(c.images) != 1 or not is_series_folder(c.images[0])]
+    if others:
+        names = ", ".join(f"{c.case_id} ({c.images[0].name})" for c in others[:5])
+        raise ConfigError(
+            f"--format dicom-seg needs DICOM series inputs (a DICOM-SEG references its source slices); "
+            f"{len(others)} input(s) are not: {names}{' ...' if len(others) > 5 else ''}"
+        )
+
+
+def _seg_writer(model_path: str | Path, loaded: Any, cases: Sequence[InputCase]) -> Any:
+    """The DICOM-SEG writer of a ``--format dicom-seg`` run (:class:`~medattn.infer.dicom_seg.SegWriter`)."""
+    from medattn.infer.dicom_seg import SegWriter
+
+    _require_series(cases)
+    return SegWriter.for_model(model_path, loaded.plan.labels, type(loaded.model).__name__)
 
 
 def _remove_stale(
