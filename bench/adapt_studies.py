@@ -16,7 +16,8 @@ before it starts, and skipped when its folder already holds a finished run), so 
   replay, scored on the test splits; then N = 3 and 5 labelled by ``medattn drift``'s ranking of B's training
   images (``--label-order``) against N drawn at random with seeds 0, 1 and 2 (replay).
 * **labelfree**: per scanner (B, C, D), original -> that scanner with no label of it (``--labelled 0``), selftrain
-  against replay with every label, on the test splits; ``--eval-split val`` runs choose the confidence first.
+  without and with ``style_share`` (:data:`STYLE_SHARE`), against replay with every label, on the test splits;
+  ``--eval-split val`` runs chose the confidence and the style share first.
 * **sweep**: original -> B, each method's main weight at three values, scored on the **val** splits (the test
   cases choose nothing); the default is the value with the best final average Dice (BWT breaks ties within 0.005).
 * **table**: original -> B, every method at the chosen defaults, one process each (its CPU time from
@@ -53,6 +54,9 @@ SWEEP = {
 }
 TABLE_METHODS = ("naive", "replay", "ewc", "si", "lwf", "mib", "cumulative", "joint")
 BUDGETS = (1, 3, 5, 10)
+#: selftrain's ``style_share`` in the label-free study: the better of 0 and 1 on scanner C's val split
+#: (docs/results.md, "Few labels and none").
+STYLE_SHARE = 1.0
 
 
 def _adapt(out: Path, domains: str, *extra: str) -> dict[str, Any]:
@@ -132,19 +136,20 @@ def run_few(out: Path) -> None:
             )
 
 
-def run_labelfree(out: Path, confidence: float) -> None:
-    for scanner in ("B", "C", "D"):
+def run_labelfree(out: Path, confidence: float, style_share: float = STYLE_SHARE) -> None:
+    for scanner in ("C", "D", "B"):
         stream = f"vumc,vumc_{scanner}"
-        _adapt(
-            out / f"free_{scanner}",
-            stream,
-            "--strategies",
-            "selftrain",
-            "--labelled",
-            "0",
-            "--methods",
-            f"{{selftrain: {{confidence: {confidence}}}}}",
-        )
+        for name, style in ((f"free_{scanner}", 0.0), (f"free_style_{scanner}", style_share)):
+            _adapt(
+                out / name,
+                stream,
+                "--strategies",
+                "selftrain",
+                "--labelled",
+                "0",
+                "--methods",
+                f"{{selftrain: {{confidence: {confidence}, style_share: {style}}}}}",
+            )
         _adapt(out / f"sup_{scanner}", stream, "--strategies", "replay")
 
 
@@ -268,15 +273,17 @@ def report(out: Path, figures: Path) -> str:
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
     free = {
-        x: (_matrix(out, f"free_{x}", "selftrain"), _load(out, f"sup_{x}") or _load(out, "few_Nall")) for x in "BCD"
+        (x, label): (_matrix(out, name, "selftrain"), _load(out, f"sup_{x}") or _load(out, "few_Nall"))
+        for x in "BCD"
+        for name, label in ((f"free_{x}", "0"), (f"free_style_{x}", f"{STYLE_SHARE:g}"))
     }
     if any(mat for mat, _ in free.values()):
         lines += [
-            "| new scanner | unadapted | selftrain, no labels | replay, every label | gap recovered | selftrain BWT "
-            "| worst change against unadapted | decision |",
-            "|---|---|---|---|---|---|---|---|",
+            "| new scanner | style_share | unadapted | selftrain, no labels | replay, every label | gap recovered "
+            "| selftrain BWT | worst change against unadapted | decision |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
-        for x, (mat, sup) in free.items():
+        for (x, label), (mat, sup) in free.items():
             if mat is None:
                 continue
             before, final = mat["before"]["overall"], mat["matrix"]["overall"][-1]
@@ -294,7 +301,7 @@ def report(out: Path, figures: Path) -> str:
                 f"{worst:+.3f}",
                 decision,
             ]
-            lines.append(f"| {x} | " + " | ".join(cells) + " |")
+            lines.append(f"| {x} | {label} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 

@@ -191,7 +191,7 @@ def run_predict(
     started = time.perf_counter()
     progress = _Progress(out, rank, lambda rs: _summary(model_path, input_spec, out, options, rank, rs, 0.0))
     results = []
-    for r in _predict_cases(mine, plan, predictor, out, options, protected, rank, seg_writer):
+    for r in predict_cases(mine, plan, predictor, out, options, protected, rank, seg_writer):
         results.append(r)
         progress.update([asdict(x) for x in results])
     with process_group(rank) as dist:
@@ -254,7 +254,7 @@ def make_predictor(model: torch.nn.Module, plan: Any, options: PredictOptions, d
 # ---- per case --------------------------------------------------------------------------------------------------
 
 
-def _predict_cases(
+def predict_cases(
     cases: Sequence[InputCase],
     plan: Any,
     predictor: Any,
@@ -264,6 +264,9 @@ def _predict_cases(
     rank: Rank,
     seg_writer: Any = None,
 ) -> Iterator[CaseResult]:
+    """Predict ``cases`` one by one into ``out`` (the input gate, preprocessing, the sliding window, inversion to
+    each input's grid, the writers); a case that fails is recorded in its result and the others go on. What
+    ``medattn predict`` and :mod:`medattn.api` both run."""
     from medattn.data.transforms import inference_transforms
 
     transform = inference_transforms(plan, replace_nonfinite=options.replace_nonfinite)

@@ -1,0 +1,224 @@
+"""medattn from Python: load a model file, segment images in memory or on disk, test two sets for drift.
+
+    import medattn
+
+    model = medattn.load_model("runs/mine/model.pt")
+    mask = model.predict("scan.nii.gz")              # a nibabel image on the scan's grid
+    mask = model.predict(nib.load("scan.nii.gz"))    # nibabel in, nibabel out
+    mask = model.predict(sitk.ReadImage("scan.mha")) # SimpleITK in, SimpleITK out (same origin, spacing, direction)
+    mask = model.predict(array, affine=affine)       # NumPy (X, Y, Z[, C]) with its voxel-to-RAS affine: NumPy out
+    mask = model.predict("dicom/t1_axial")           # a DICOM series folder: a nibabel image on the series' grid
+    probs = model.predict_proba(image)               # the same kinds, classes on the last axis (float32)
+    report = model.drift(reference=[...], target=[...])   # lists of any of the above; a DriftReport
+
+These run what ``medattn predict`` and ``medattn drift`` run, not a copy of it: each image passes the same input
+gate (a NaN voxel, an unreadable file, a wrong channel count is refused with a :class:`~medattn.errors.DataError`
+naming it), goes through the same preprocessing, sliding window and inversion, and the mask is written by the same
+writer that puts a mask on its input's grid. In-memory images are handed to that path as files in a temporary
+folder (nibabel images as NIfTI with their own header, SimpleITK images as MHA, arrays as NIfTI from their affine)
+and the result is read back into the kind that came in; the temporary folder is removed afterwards. A path is read
+where it is, and nothing is ever written next to it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medattn.errors import ConfigError, DataError
+
+#: What :meth:`Model.predict` accepts: a path (image file or DICOM series folder), a nibabel image, a SimpleITK
+#: image, or a NumPy array (with ``affine=``).
+ImageLike = Any
+
+
+class Model:
+    """A loaded model file (see :func:`load_model`).
+
+    Attributes:
+        path: the model file.
+        plan: its preprocessing plan (:class:`~medattn.data.plan.Plan`): spacing, channels, labels.
+        options: the prediction options every call uses (:class:`~medattn.infer.predict.PredictOptions`).
+    """
+
+    def __init__(self, path: Path, loaded: Any, options: Any, device: Any) -> None:
+        from medattn.infer.predict import make_predictor
+
+        self.path = path
+        self.device = device
+        self.plan = loaded.plan
+        self.options = options
+        self._predictor = make_predictor(loaded.model, loaded.plan, options, device)
+
+    @property
+    def labels(self) -> dict[int, str]:
+        """Label value on disk -> name."""
+        return dict(self.plan.labels)
+
+    @property
+    def channels(self) -> list[str]:
+        """The input channels the model expects, in order."""
+        return [ch.name for ch in self.plan.channels]
+
+    def __repr__(self) -> str:
+        return f"medattn.Model({str(self.path)!r}, channels={self.channels}, labels={self.labels})"
+
+    def predict(self, image: ImageLike, affine: np.ndarray | None = None) -> Any:
+        """The label mask of ``image`` on its own grid, as the same kind of object (a path gives a nibabel image).
+
+        Raises:
+            DataError: the image is refused by the input gate or cannot be read, naming it and why.
+        """
+        return self._run(image, affine, probabilities=False)
+
+    def predict_proba(self, image: ImageLike, affine: np.ndarray | None = None) -> Any:
+        """Softmax probabilities of every class on ``image``'s grid (float32, classes last, in label order), as the
+        same kind of object as the input."""
+        return self._run(image, affine, probabilities=True)
+
+    def drift(
+        self,
+        reference: Sequence[ImageLike],
+        target: Sequence[ImageLike],
+        *,
+        options: Any = None,
+        progress: bool = False,
+    ) -> Any:
+        """``medattn drift`` on two lists of images (each item anything :meth:`predict` accepts; arrays as
+        ``(array, affine)`` pairs): a :class:`~medattn.drift.analysis.DriftReport` (``.drift``, ``.to_dict()``).
+
+        Raises:
+            TooFewVolumesError: fewer readable volumes than the tests need.
+        """
+        from medattn.drift.run import run_drift
+
+        with tempfile.TemporaryDirectory(prefix="medattn-api-") as tmp:
+            folders = []
+            for name, images in (("reference", reference), ("target", target)):
+                folder = Path(tmp) / name
+                folder.mkdir()
+                for i, item in enumerate(images):
+                    image, affine = item if isinstance(item, tuple) else (item, None)
+                    _stage(image, affine, folder, f"{i:05d}")
+                folders.append(str(folder))
+            return run_drift(
+                self.path,
+                folders[0],
+                folders[1],
+                options=options,
+                device=str(self.device),
+                progress=progress,
+            )
+
+    def _run(self, image: ImageLike, affine: np.ndarray | None, *, probabilities: bool) -> Any:
+        from medattn.infer.outputs import PROBABILITY_DIR
+        from medattn.infer.predict import predict_cases
+        from medattn.runtime import Rank
+
+        with tempfile.TemporaryDirectory(prefix="medattn-api-") as tmp:
+            case, kind = _stage(image, affine, Path(tmp) / "in", "image")
+            out = Path(tmp) / "out"
+            out.mkdir()
+            fmt = "mha" if kind == "sitk" else "nii.gz"
+            options = replace(self.options, output_format=fmt, save_probabilities="4d" if probabilities else None)
+            (result,) = predict_cases([case], self.plan, self._predictor, out, options, case.images, Rank())
+            if result.status != "ok":
+                raise DataError(result.reason or "prediction failed", _shown(image), None)
+            path = Path(result.probabilities[0]) if probabilities else Path(result.output or "")
+            if probabilities:
+                assert path.parent.name == PROBABILITY_DIR
+            return _read_back(path, kind)
+
+
+def load_model(path: str | Path, device: str | None = None, **options: Any) -> Model:
+    """Load a model file written by ``medattn train`` (or ``adapt``) for prediction from Python.
+
+    Args:
+        path: the model file (weights are loaded with ``weights_only=True``).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``; ``None``: CUDA if available, else CPU.
+        **options: :class:`~medattn.infer.predict.PredictOptions` fields (``mirror_axes=(0, 1, 2)`` for TTA,
+            ``overlap``, ``window``...), the same as ``medattn predict``'s options.
+
+    Raises:
+        DataError: the file is missing or not a medattn model file.
+        ConfigError: an unknown or invalid option.
+    """
+    from medattn.infer.predict import PredictOptions
+    from medattn.models.model_file import load_model as load_model_file
+    from medattn.runtime import resolve_device
+
+    unknown = sorted(set(options) - set(PredictOptions.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"unknown prediction option(s) {unknown}; see medattn.infer.predict.PredictOptions")
+    opts = PredictOptions(**{"progress": False, **options, "device": device})
+    resolved = resolve_device(device)
+    return Model(Path(path), load_model_file(path, resolved), opts, resolved)
+
+
+# ---- staging inputs and reading outputs back -------------------------------------------------------------------------
+
+
+def _stage(image: ImageLike, affine: np.ndarray | None, folder: Path, stem: str) -> tuple[Any, str]:
+    """``image`` as an :class:`~medattn.infer.inputs.InputCase` on disk (in ``folder`` unless it is a path already)
+    and its kind: ``"path"``, ``"nibabel"``, ``"sitk"`` or ``"numpy"``."""
+    import nibabel as nib
+
+    from medattn.infer.inputs import InputCase, case_name
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(image, (str, Path)):
+        p = Path(image)
+        if not p.exists():
+            raise DataError("no such image file or DICOM series folder", p)
+        if folder.name in ("reference", "target"):  # drift reads a folder: link the input into it
+            link = folder / f"{stem}_{p.name}"
+            link.symlink_to(p.resolve(), target_is_directory=p.is_dir())
+            return InputCase(case_name(link), (link,)), "path"
+        return InputCase(case_name(p), (p.resolve(),)), "path"
+    if affine is not None and not isinstance(image, np.ndarray):
+        raise ConfigError("affine= is for NumPy arrays; nibabel and SimpleITK images carry their own geometry")
+    if isinstance(image, nib.spatialimages.SpatialImage):
+        path = folder / f"{stem}.nii.gz"
+        nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine, header=image.header), str(path))
+        return InputCase(stem, (path,)), "nibabel"
+    if type(image).__module__.startswith("SimpleITK"):
+        import SimpleITK as sitk
+
+        path = folder / f"{stem}.mha"
+        sitk.WriteImage(image, str(path))
+        return InputCase(stem, (path,)), "sitk"
+    if isinstance(image, np.ndarray):
+        if affine is None:
+            raise ConfigError("a NumPy image needs its voxel-to-RAS affine: model.predict(array, affine=affine)")
+        from medattn.data.io import write_volume
+
+        path = write_volume(np.asarray(image), np.asarray(affine, dtype=float), folder / f"{stem}.nii.gz")
+        return InputCase(stem, (path,)), "numpy"
+    raise ConfigError(
+        f"cannot segment a {type(image).__name__}: give a path, a nibabel or SimpleITK image, or a NumPy array"
+        " with affine="
+    )
+
+
+def _read_back(path: Path, kind: str) -> Any:
+    """The written mask or probability file as ``kind`` (fully in memory: the file is about to be removed)."""
+    import nibabel as nib
+
+    if kind == "sitk":
+        import SimpleITK as sitk
+
+        return sitk.ReadImage(str(path))
+    img: Any = nib.load(str(path))
+    data = np.asanyarray(img.dataobj)
+    if kind == "numpy":
+        return np.array(data)
+    return nib.Nifti1Image(np.array(data), img.affine, header=img.header)
+
+
+def _shown(image: ImageLike) -> str | None:
+    return str(image) if isinstance(image, (str, Path)) else None
