@@ -80,6 +80,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(classes last; the default when given without a value) or one file per class (<case>_<label value>)",
     )
     o.add_argument(
+        "--save-uncertainty",
+        action="store_true",
+        default=None,
+        help="also write voxel-wise uncertainty to OUTPUT/uncertainty/: softmax entropy / log K, and with --tta the"
+        " share of mirrored passes that disagree with the mask (about doubles inference time); predictions.json gets"
+        " a per-case summary and the cases in checking order",
+    )
+    o.add_argument(
         "--format",
         choices=("nii.gz", "nii", "nrrd", "mha", "input", "dicom-seg"),
         default="nii.gz",
@@ -117,6 +125,7 @@ def predict_options(args: argparse.Namespace) -> PredictOptions:
         workers=int(args.workers or 0),
         progress=not getattr(args, "quiet", False),
         replace_nonfinite=bool(getattr(args, "replace_nonfinite", False)),
+        save_uncertainty=bool(getattr(args, "save_uncertainty", False)),
     )
 
 

@@ -125,6 +125,39 @@ def write_probabilities(
     return paths
 
 
+def write_uncertainty(
+    maps: dict[str, torch.Tensor],
+    data: dict[str, Any],
+    transform: Any,
+    case: InputCase,
+    header: Any,
+    out: Path,
+    protected: Sequence[Path],
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Invert the uncertainty maps ((1, X', Y', Z') each, :mod:`medattn.infer.uncertainty`) to the input grid with
+    interpolation and write them as NIfTI under ``OUTPUT/uncertainty/``; returns the maps on the input grid and the
+    paths written."""
+    from medattn.data.transforms import invert_to_input
+
+    paths = uncertainty_paths(case, out)
+    on_input: dict[str, np.ndarray] = {}
+    for name, value in maps.items():
+        back = np.asarray(invert_to_input(value.float(), data, transform, nearest=False), dtype=np.float32)[0]
+        on_input[name] = np.clip(back, 0.0, 1.0)
+        write_volume(
+            on_input[name], header.affine, paths[name], dtype=np.float32, like=case.images[0], protected=protected
+        )
+    return on_input, [str(paths[name]) for name in maps]
+
+
+def uncertainty_paths(case: InputCase, out: Path) -> dict[str, Path]:
+    """``OUTPUT/uncertainty/<case>_entropy.nii.gz`` and ``..._disagreement.nii.gz`` (NIfTI whatever ``--format``)."""
+    from medattn.infer.uncertainty import UNCERTAINTY_DIR
+
+    folder = out / UNCERTAINTY_DIR
+    return {name: folder / f"{case.case_id}_{name}.nii.gz" for name in ("entropy", "disagreement")}
+
+
 def probability_paths(case: InputCase, out: Path, lut: np.ndarray, output_format: str) -> list[Path]:
     """Where a case's probability maps go: the 4D file first, then one file per class (``<case>_<label value>``)."""
     folder = out / PROBABILITY_DIR

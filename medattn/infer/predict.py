@@ -41,10 +41,12 @@ from medattn.infer.outputs import (
     label_lookup,
     output_path,
     probability_paths,
+    uncertainty_paths,
     write_mask,
     write_probabilities,
     write_summary,
 )
+from medattn.infer.uncertainty import UNCERTAINTY_DIR, check_first
 from medattn.progress import progress_bar
 from medattn.runtime import Rank, resolve_device
 from medattn.typing import Triple
@@ -72,6 +74,8 @@ class PredictOptions:
         progress: show progress bars.
         replace_nonfinite: replace NaN/Inf image voxels by the channel's lowest finite value (counted per case in
             ``predictions.json``) instead of refusing the case.
+        save_uncertainty: also write voxel-wise uncertainty maps (entropy; with mirroring, the passes'
+            disagreement) to ``OUTPUT/uncertainty/`` and a per-case summary (:mod:`medattn.infer.uncertainty`).
     """
 
     window: Triple | None = None
@@ -87,6 +91,7 @@ class PredictOptions:
     workers: int = 0
     progress: bool = True
     replace_nonfinite: bool = False
+    save_uncertainty: bool = False
 
     def __post_init__(self) -> None:
         if self.window is not None and (len(self.window) != 3 or min(self.window) < 1):
@@ -128,6 +133,8 @@ class CaseResult:
     nonfinite_replaced: int = 0  # NaN/Inf voxels replaced (``--replace-nonfinite``)
     warnings: list[str] = field(default_factory=list)  # the input gate's warnings for this case
     removed_stale: list[str] = field(default_factory=list)  # an earlier run's outputs of a case that failed now
+    uncertainty_maps: list[str] = field(default_factory=list)  # ``--save-uncertainty``: the maps written
+    uncertainty: dict[str, Any] | None = None  # and their summary (medattn.infer.uncertainty.summarise)
 
 
 def run_predict(
@@ -171,6 +178,9 @@ def run_predict(
     prepare_output_dir(out, "OUTPUT")
     if options.save_probabilities is not None:
         prepare_output_dir(out / PROBABILITY_DIR, "OUTPUT")
+    if options.save_uncertainty:
+        guard.check_dir(out / UNCERTAINTY_DIR, "OUTPUT")
+        prepare_output_dir(out / UNCERTAINTY_DIR, "OUTPUT")
     device = resolve_device(options.device, local_rank=rank.local_rank)
     loaded = load_model(model_path, device)
     plan = loaded.plan
@@ -318,9 +328,11 @@ def _predict_one(
     result.preprocessed_shape = [int(s) for s in image.shape[1:]]
 
     t = time.perf_counter()
-    pred = predictor(image, return_probabilities=options.save_probabilities is not None)
+    want = options.save_probabilities is not None or options.save_uncertainty
+    pred = predictor(image, return_probabilities=want)
     labels, probs, result.windows = pred.labels.cpu(), pred.probabilities, pred.num_windows
     del pred
+    maps = _uncertainty(image, predictor, probs, labels) if options.save_uncertainty else None
     result.seconds["inference"] = round(time.perf_counter() - t, 3)
 
     t = time.perf_counter()
@@ -331,9 +343,25 @@ def _predict_one(
             probs, data, transform, case, header, out, options.save_probabilities, options.output_format, protected, lut
         )
     del probs
+    if maps is not None:
+        from medattn.infer.outputs import write_uncertainty
+        from medattn.infer.uncertainty import summarise
+
+        on_input, result.uncertainty_maps = write_uncertainty(maps, data, transform, case, header, out, protected)
+        result.uncertainty = summarise(on_input, np.asarray(back[0]) > 0)
     result.output = str(write_mask(back, lut, header, case, out, options.output_format, protected, seg_writer))
     del back
     result.seconds["invert_write"] = round(time.perf_counter() - t, 3)
+
+
+def _uncertainty(image: Any, predictor: Any, probs: Any, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The uncertainty maps of one prediction on the preprocessed grid (:mod:`medattn.infer.uncertainty`)."""
+    from medattn.infer.uncertainty import disagreement_map, entropy_map
+
+    maps = {"entropy": entropy_map(probs.cpu())}
+    if getattr(predictor, "mirror_axes", ()):
+        maps["disagreement"] = disagreement_map(image, predictor, labels)
+    return maps
 
 
 def _require_series(cases: Sequence[InputCase]) -> None:
@@ -367,6 +395,7 @@ def _remove_stale(
     """Remove what an earlier run wrote for a case that failed in this one, so no old mask passes for a new one."""
     stale = [output_path(case, out, options.output_format)]
     stale += probability_paths(case, out, label_lookup(plan), options.output_format)
+    stale += uncertainty_paths(case, out).values()
     keep = {Path(p).resolve() for p in protected}
     removed = []
     for p in stale:
@@ -457,5 +486,6 @@ def _summary(
         "complete": False,
         "seconds": round(seconds, 3),
         "failed": failed,
+        "check_first": check_first(results) if options.save_uncertainty else None,
         "cases": results,
     }
