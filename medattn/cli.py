@@ -26,6 +26,7 @@ from medattn.commands import (
     demo,
     drift,
     evaluate,
+    export,
     manifest,
     models,
     plan,
@@ -45,7 +46,7 @@ Handler = Callable[[argparse.Namespace], int]
 #: Subcommand name -> (its ``run``, the function that adds its arguments, its one-line help), in ``--help`` order.
 _COMMANDS: dict[str, tuple[Handler, Callable[[argparse.ArgumentParser], None], str]] = {
     m.NAME: (m.run, m.add_arguments, m.HELP)
-    for m in (validate, manifest, plan, synth, models, train, predict, evaluate, drift, adapt, demo)
+    for m in (validate, manifest, plan, synth, models, train, predict, evaluate, drift, adapt, export, demo)
 }
 
 

@@ -22,6 +22,7 @@ predict     ``medattn predict MODEL INPUT OUT``      :func:`medattn.infer.predic
 evaluate    ``medattn evaluate PRED DATA``           :func:`medattn.evaluate.folder.evaluate_dataset`
 drift       ``medattn drift MODEL ...``              :func:`medattn.drift.run.drift_report`
 adapt       ``medattn adapt MODEL DATA --out RUN``   :func:`medattn.continual.adapt.adapt`
+export      ``medattn export MODEL OUT``             :func:`medattn.export.export_model`
 demo        ``medattn demo``                         :func:`medattn.demo.run`
 =========== ======================================== ==================================================
 """

@@ -1,0 +1,66 @@
+"""``medattn export``: TorchScript and ONNX (run by ONNX Runtime on the CPU) networks reproduce PyTorch on a window
+and, through the sliding window, on a whole volume (labels equal); the plan travels beside them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medattn.cli import main
+from medattn.data.transforms import inference_transforms
+from medattn.export import load_exported, plan_path
+from medattn.infer.sliding import sliding_window_predict
+from medattn.models.model_file import load_model
+from tests.conftest import blob_case, write_nifti
+from tests.infer.conftest import small_plan
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from medattn.models import build_model
+    from medattn.models.model_file import save_model
+
+    torch.manual_seed(0)
+    plan = small_plan(patch=(16, 24, 16))
+    net = build_model("ag_unet", 1, 3, channels=(4, 8, 16))
+    return save_model(tmp_path_factory.mktemp("m") / "model.pt", net, plan)
+
+
+@pytest.mark.parametrize("fmt,name", [("torchscript", "net.ts"), ("onnx", "net.onnx")])
+def test_exported_network_matches_pytorch_on_a_window_and_a_volume(model: Path, tmp_path: Path, fmt, name) -> None:
+    out = tmp_path / name
+    assert main(["export", str(model), str(out), "--format", fmt]) == 0
+    doc = json.loads(plan_path(out).read_text())
+    record = doc["export"]
+    assert record["format"] == fmt and record["input"]["shape"] == [1, 1, 16, 24, 16]
+    assert record["max_abs_diff_vs_pytorch"] < 1e-4  # measured 1.0e-6 (TorchScript) and 1.1e-6 (ONNX), Xeon CPU
+    assert doc["labels"] == {"0": "background", "1": "core", "2": "rim"} and doc["patch_size"] == [16, 24, 16]
+
+    loaded = load_model(model)
+    exported = load_exported(out)
+    window = torch.randn(2, 1, 16, 24, 16, generator=torch.Generator().manual_seed(5))  # two windows, one by one
+    with torch.inference_mode():
+        ref = loaded.model(window)
+    ref = ref[0] if isinstance(ref, (list, tuple)) else ref
+    assert float((exported(window) - ref).abs().max()) < 1e-4
+
+    image = write_nifti(tmp_path / "scan.nii.gz", blob_case((41, 37, 29), seed=2)[0])
+    data = inference_transforms(loaded.plan)({"image": str(image)})["image"].as_tensor()
+    kwargs = {"overlap": 0.5, "return_probabilities": True, "num_classes": 3}
+    with torch.inference_mode():
+        torch_result = sliding_window_predict(data, loaded.model, (16, 24, 16), **kwargs)
+        export_result = sliding_window_predict(data, exported, (16, 24, 16), **kwargs)
+    assert torch_result.num_windows > 8
+    assert torch.equal(torch_result.labels, export_result.labels)
+    diff = float((torch_result.probabilities - export_result.probabilities).abs().max())
+    assert diff < 1e-4, diff
+    assert len(np.unique(torch_result.labels.numpy())) >= 2
+
+
+def test_export_refuses_to_write_over_its_model(model: Path, capsys) -> None:
+    assert main(["export", str(model), str(model), "--format", "torchscript"]) != 0
+    assert load_model(model).plan.patch_size == (16, 24, 16)  # still the model file
