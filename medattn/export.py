@@ -66,8 +66,7 @@ def export_model(model_path: str | Path, out: str | Path, fmt: str, seed: int = 
     Raises:
         ConfigError: an unknown format, a missing ONNX package, or an export that does not reproduce PyTorch.
     """
-    from medattn.data.io import atomic_path, atomic_write_text
-    from medattn.infer.dicom_seg import file_sha256
+    from medattn.data.io import atomic_path, atomic_write_text, file_sha256
     from medattn.models.model_file import load_model
 
     if fmt not in FORMATS:

@@ -12,6 +12,7 @@ maps voxel indices to RAS world coordinates in mm. SimpleITK stores LPS; the rea
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import socket
@@ -214,6 +215,16 @@ def read_volume(path: str | Path, dtype: Any = np.float32) -> tuple[np.ndarray, 
     except (EOFError, OSError, zlib.error, ValueError, RuntimeError) as e:
         raise DataError(f"cannot read voxel data ({reader_error(e)}); the file may be truncated", path) from e
     return arr, header
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB blocks: what identifies a model file in drift caches,
+    DICOM-SEG objects and exports."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # ---- writing ---------------------------------------------------------------------------------------------------

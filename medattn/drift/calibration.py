@@ -33,7 +33,6 @@ not independent draws from the scanner: the interval describes the split-to-spli
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -44,6 +43,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from medattn.data.io import file_sha256
 from medattn.drift.analysis import DECISION_RULE, decide
 from medattn.drift.features import VolumeFeatures, mean_dice
 from medattn.drift.options import DriftOptions
@@ -136,15 +136,6 @@ def load_features(path: str | Path) -> tuple[list[VolumeFeatures], list[dict[str
     return feats, failures, info
 
 
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cached_features(
     cache: str | Path,
     model_path: str | Path,
@@ -165,7 +156,7 @@ def cached_features(
 
     cache = Path(cache)
     key = {
-        "model_sha256": file_digest(model_path),
+        "model_sha256": file_sha256(model_path),
         "cases": [str(it.get("case_id")) for it in items],
         "images": [list(it["image"]) if isinstance(it["image"], (list, tuple)) else [it["image"]] for it in items],
         "overlap": overlap,

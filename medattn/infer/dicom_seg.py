@@ -17,7 +17,6 @@ disk is kept as its tracking id (``label 2``).
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,18 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from medattn.data.io import file_sha256
 from medattn.errors import DataError
 
 #: The SEG's series number (scanners number their series; derived objects conventionally take a high one).
 SERIES_NUMBER = 9901
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ def test_every_command_is_registered_in_order() -> None:
         "evaluate",
         "drift",
         "adapt",
+        "export",
         "demo",
     ]
 
