@@ -15,7 +15,7 @@ border; and the replay memory of :mod:`~medattn.continual.methods.replay` (Avala
 parameters and defaults) keeps drawing the stored labelled patches of the domains learned before, so the old
 domains' ground truth stays in every step. Only labelled patches are stored, never pseudo-labels.
 
-The new scanner on old labels (``style_share`` > 0, off by default). Pseudo-labels carry the model's errors on
+The new scanner on old labels (``style_share``, default 1). Pseudo-labels carry the model's errors on
 the new scanner; the replay memory holds true labels, but shown as the old scanners showed them. With
 ``style_share`` > 0 the new scanner's acquisition is measured on its unlabelled images (resolution, intensity
 curve, noise: :mod:`~medattn.continual.methods._acquisition`) and ``style_share`` x as many stored labelled patches
@@ -418,7 +418,7 @@ METHOD = Method(
         ),
         Param(
             "style_share",
-            0.0,
+            1.0,
             "stored labelled patches shown as the new scanner would show them (its measured resolution, intensity"
             " curve and noise), as a share of its pseudo-labelled volumes (0: none)",
         ),
