@@ -147,10 +147,11 @@ def touch_pages(t: torch.Tensor) -> None:
 def contenders(path: Path, device: torch.device) -> dict[str, Callable[[], torch.Tensor]]:
     from monai.transforms import EnsureChannelFirst, LoadImage
 
-    from medattn.data.readers import make_loader
+    from medattn.data.readers import make_loader, quiet_default_readers
 
     ours, to_channel_first = make_loader(image_only=True), EnsureChannelFirst()
-    theirs = LoadImage(image_only=True)
+    with quiet_default_readers():  # MONAI's own defaults, minus a CPU machine's nvImageCodec notice
+        theirs = LoadImage(image_only=True)
     calls: dict[str, Callable[[], torch.Tensor]] = {
         "medattn": lambda: to_channel_first(ours(str(path)))[0],
         "monai": lambda: theirs(str(path)),
