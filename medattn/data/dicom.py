@@ -195,8 +195,19 @@ def scan_series(folder: str | Path) -> SeriesInfo:
     """Check that ``folder`` holds one regular 3D image series and work out its geometry (see the module docstring).
 
     Raises:
-        DataError: naming the folder and what is wrong (which files, which series, which positions).
+        DataError: naming the folder and what is wrong (which files, which series, which positions); a header
+            whose geometry values cannot be read as numbers (an ImagePositionPatient of two values, an empty
+            RescaleSlope) is one too, never a raw exception.
     """
+    try:
+        return _scan_series(Path(folder))
+    except DataError:
+        raise
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        raise DataError(f"malformed DICOM header values ({type(e).__name__}: {e})", folder) from e
+
+
+def _scan_series(folder: Path) -> SeriesInfo:
     import pydicom
     from pydicom.errors import InvalidDicomError
 

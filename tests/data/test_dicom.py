@@ -237,3 +237,16 @@ def test_real_series_have_the_geometry_and_voxels_of_their_dcm2niix_reference(sh
         ours_on_ref = arr[tuple(mapped)].reshape(ref.shape[:3])
         np.testing.assert_allclose(ours_on_ref, ref_arr * _EXPECTED[name], rtol=1e-5, atol=1e-3, err_msg=name)
         assert sorted(header.shape) == sorted(ref.shape[:3])
+
+
+def test_malformed_geometry_values_are_a_refusal_not_a_traceback(tmp_path: Path) -> None:
+    from pydicom import dcmread
+
+    from medattn.data.io import read_header
+
+    paths = write_dicom_series(tmp_path / "s", _volume(10), np.eye(4))
+    ds = dcmread(paths[2])
+    ds.ImagePositionPatient = ["1.0", "2.0"]  # two values where three belong
+    ds.save_as(paths[2])
+    with pytest.raises(DataError, match="malformed DICOM header values"):
+        read_header(tmp_path / "s")
