@@ -184,7 +184,10 @@ def _stage(image: ImageLike, affine: np.ndarray | None, folder: Path, stem: str)
         raise ConfigError("affine= is for NumPy arrays; nibabel and SimpleITK images carry their own geometry")
     if isinstance(image, nib.spatialimages.SpatialImage):
         path = folder / f"{stem}.nii.gz"
-        nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine, header=image.header), str(path))
+        data = np.asanyarray(image.dataobj)
+        stored = _storable(data)
+        header = image.header if stored.dtype == data.dtype else None
+        nib.save(nib.Nifti1Image(stored, image.affine, header=header), str(path))
         return InputCase(stem, (path,)), "nibabel"
     if type(image).__module__.startswith("SimpleITK"):
         import SimpleITK as sitk
@@ -197,12 +200,27 @@ def _stage(image: ImageLike, affine: np.ndarray | None, folder: Path, stem: str)
             raise ConfigError("a NumPy image needs its voxel-to-RAS affine: model.predict(array, affine=affine)")
         from medattn.data.io import write_volume
 
-        path = write_volume(np.asarray(image), np.asarray(affine, dtype=float), folder / f"{stem}.nii.gz")
+        path = write_volume(_storable(np.asarray(image)), np.asarray(affine, dtype=float), folder / f"{stem}.nii.gz")
         return InputCase(stem, (path,)), "numpy"
     raise ConfigError(
         f"cannot segment a {type(image).__name__}: give a path, a nibabel or SimpleITK image, or a NumPy array"
         " with affine="
     )
+
+
+def _storable(array: np.ndarray) -> np.ndarray:
+    """``array`` in a dtype NIfTI stores without loss where possible (nibabel refuses bool and float16, and int64
+    without an explicit header type): bool as uint8, float16 as float32, 64-bit integers as int32 when their values
+    fit, else float64. Voxel values are what the model sees, so no value changes."""
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if array.dtype == np.float16:
+        return array.astype(np.float32)
+    if array.dtype.kind in "iu" and array.dtype.itemsize == 8:
+        info = np.iinfo(np.int32)
+        lo, hi = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        return array.astype(np.int32 if info.min <= lo and hi <= info.max else np.float64)
+    return array
 
 
 def _read_back(path: Path, kind: str) -> Any:

@@ -85,10 +85,9 @@ def export_model(model_path: str | Path, out: str | Path, fmt: str, seed: int = 
         else:
             _to_torchscript(net, window, Path(tmp))
         got = load_exported(tmp, fmt)(window)
-    diff = float((got - reference).abs().max())
-    if not diff <= MAX_ABS_DIFF:
-        out.unlink(missing_ok=True)
-        raise ConfigError(f"the {fmt} export differs from PyTorch by {diff:.2e} (> {MAX_ABS_DIFF}); not kept")
+        diff = float((got - reference).abs().max())
+        if not diff <= MAX_ABS_DIFF:  # raised inside: the temporary file goes, a previous export at OUT stays
+            raise ConfigError(f"the {fmt} export differs from PyTorch by {diff:.2e} (> {MAX_ABS_DIFF}); not kept")
     record = {
         "format": fmt,
         "network_file": out.name,
@@ -157,7 +156,7 @@ def load_exported(path: str | Path, fmt: str | None = None) -> Callable[[torch.T
                 session.run(None, {name: x[i : i + 1].detach().cpu().numpy().astype(np.float32)})[0]
                 for i in range(x.shape[0])
             ]
-            return torch.from_numpy(np.concatenate(outs, axis=0))
+            return torch.from_numpy(np.concatenate(outs, axis=0)).to(x.device)
 
         return run_onnx
     if not path.is_file():
@@ -168,6 +167,7 @@ def load_exported(path: str | Path, fmt: str | None = None) -> Callable[[torch.T
 
     def run_ts(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return torch.cat([module(x[i : i + 1]) for i in range(x.shape[0])], dim=0)
+            # The module was loaded on the CPU: windows go there and the logits come back to the caller's device.
+            return torch.cat([module(x[i : i + 1].cpu()) for i in range(x.shape[0])], dim=0).to(x.device)
 
     return run_ts

@@ -110,3 +110,38 @@ def test_the_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.Monk
     assert nib.load(str(tmp_path / "scan_mask.nii.gz")).shape == SHAPE
     assert sorted(os.listdir(tmp_path)) == sorted([*before, "scan_mask.nii.gz"])  # nothing else written here
     assert re.search(r"^(no drift|drift) 0\.\d+", capsys.readouterr().out, re.M)
+
+
+def test_arrays_of_any_numeric_dtype_are_segmented_like_float32(setup: dict) -> None:
+    """NIfTI cannot hold bool or float16, nor int64 without a declared type: the API stores them losslessly and
+    predicts what it predicts on the same values as float32."""
+    model = medattn.load_model(setup["model"], device="cpu")
+    ints = np.round(setup["image"] * 100)
+    ints -= ints.min()  # unsigned types too
+    expected = model.predict(ints.astype(np.float32), affine=AFFINE)
+    for dtype in (np.int64, np.uint64, np.int32):
+        np.testing.assert_array_equal(model.predict(ints.astype(dtype), affine=AFFINE), expected, err_msg=str(dtype))
+    halves = setup["image"].astype(np.float16)
+    np.testing.assert_array_equal(
+        model.predict(halves, affine=AFFINE), model.predict(halves.astype(np.float32), affine=AFFINE)
+    )
+    mask = setup["image"] > setup["image"].mean()
+    np.testing.assert_array_equal(
+        model.predict(mask, affine=AFFINE), model.predict(mask.astype(np.float32), affine=AFFINE)
+    )
+    np.testing.assert_array_equal(
+        np.asarray(model.predict(nib.Nifti1Image(ints.astype(np.int64), AFFINE, dtype=np.int64)).dataobj), expected
+    )
+
+
+def test_drift_takes_two_files_with_the_same_name(setup: dict) -> None:
+    """Files from different folders often share a name (``image.nii.gz``): each is its own volume."""
+    tmp = setup["tmp"]
+    paths = []
+    for i in range(7):
+        paths.append(write_nifti(tmp / f"site{i}" / "image.nii.gz", blob_case(SHAPE, seed=20 + i)[0], AFFINE))
+    model = medattn.load_model(setup["model"], device="cpu")
+    report = model.drift(paths[:4], paths[4:])
+    doc = report.to_dict()
+    assert doc["n_reference"] == 4 and doc["n_target"] == 3 and not doc["failures"]
+    assert len(doc["volume_level"]["target_scores"]) == 3

@@ -64,3 +64,16 @@ def test_exported_network_matches_pytorch_on_a_window_and_a_volume(model: Path, 
 def test_export_refuses_to_write_over_its_model(model: Path, capsys) -> None:
     assert main(["export", str(model), str(model), "--format", "torchscript"]) != 0
     assert load_model(model).plan.patch_size == (16, 24, 16)  # still the model file
+
+
+def test_a_refused_export_leaves_the_previous_one_in_place(model: Path, tmp_path: Path, monkeypatch) -> None:
+    """An export that does not reproduce PyTorch is not kept, and the good one already at OUT stays."""
+    import medattn.export as export
+
+    out = tmp_path / "net.ts"
+    assert main(["export", str(model), str(out), "--format", "torchscript"]) == 0
+    before, plan_before = out.read_bytes(), plan_path(out).read_bytes()
+    monkeypatch.setattr(export, "MAX_ABS_DIFF", -1.0)  # every export now differs too much
+    assert main(["export", str(model), str(out), "--format", "torchscript"]) != 0
+    assert out.read_bytes() == before and plan_path(out).read_bytes() == plan_before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.ts", "net.ts.plan.json"]  # no temporary left

@@ -94,6 +94,8 @@ GAP_TOLERANCE = 0.01
 TILT_TOLERANCE_DEG = 0.1
 #: Orientation cosines of two slices may differ by this much.
 ORIENTATION_ATOL = 1e-4
+#: The row and column cosines must be unit vectors and perpendicular within this (they are stored rounded).
+ORTHONORMAL_ATOL = 1e-3
 #: SimpleITK's grid and the headers' grid must agree within this (mm) at the volume's corners.
 GRID_AGREEMENT_MM = 0.02
 
@@ -137,7 +139,7 @@ def is_series_folder(path: str | Path) -> bool:
         return False
     seen = 0
     for entry in sorted(p.iterdir()):
-        if entry.name.startswith(".") or not entry.is_file():
+        if entry.name.startswith(".") or entry.name.upper() in _IGNORED_NAMES or not entry.is_file():
             continue
         if entry.suffix.lower() == ".dcm" or _has_dicm_marker(entry):
             return True
@@ -217,7 +219,7 @@ def _scan_series(folder: Path) -> SeriesInfo:
     headers: list[tuple[Path, Any]] = []
     unreadable: list[str] = []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.name in _IGNORED_NAMES or path.is_dir():
+        if path.name.startswith(".") or path.name.upper() in _IGNORED_NAMES or path.is_dir():
             continue
         try:
             headers.append((path, pydicom.dcmread(path, stop_before_pixels=True)))
@@ -242,6 +244,23 @@ def _scan_series(folder: Path) -> SeriesInfo:
             + f", e.g. {not_images[0][0].name}); a series folder must hold only the image slices of one series",
             folder,
         )
+    frames = [(p, int(ds.get("NumberOfFrames", 1) or 1)) for p, ds in headers]
+    multi = [p.name for p, n in frames if n > 1]
+    if multi:
+        raise DataError(
+            f"multi-frame (enhanced) DICOM is not supported yet ({multi[0]}: {dict(frames)[folder / multi[0]]} frames);"
+            " export the series as classic single-frame DICOM or convert it with dcm2niix",
+            folder,
+        )
+    no_geometry = [(p, [k for k in _GEOMETRY_KEYS if k not in ds]) for p, ds in headers]
+    no_geometry = [(p, missing) for p, missing in no_geometry if missing]
+    if no_geometry:
+        p, missing = no_geometry[0]
+        raise DataError(
+            f"{len(no_geometry)} slice(s) lack the geometry a volume needs ({p.name} has no {', '.join(missing)});"
+            " without it the voxels cannot be placed in the patient",
+            folder,
+        )
     series = Counter(str(ds.get("SeriesInstanceUID", "")) for _, ds in headers)
     if len(series) > 1:
         listed = []
@@ -254,14 +273,6 @@ def _scan_series(folder: Path) -> SeriesInfo:
             f"the folder holds {len(series)} series, one is expected: "
             + "; ".join(rows)
             + "; put each series in a folder of its own",
-            folder,
-        )
-    frames = [(p, int(ds.get("NumberOfFrames", 1) or 1)) for p, ds in headers]
-    multi = [p.name for p, n in frames if n > 1]
-    if multi:
-        raise DataError(
-            f"multi-frame (enhanced) DICOM is not supported yet ({multi[0]}: {dict(frames)[folder / multi[0]]} frames);"
-            " export the series as classic single-frame DICOM or convert it with dcm2niix",
             folder,
         )
     first = headers[0][1]
@@ -286,7 +297,18 @@ def _scan_series(folder: Path) -> SeriesInfo:
             folder,
         )
     row, col = iops[0][:3], iops[0][3:]
+    lengths, dot = (float(np.linalg.norm(row)), float(np.linalg.norm(col))), float(row @ col)
+    if max(abs(n - 1.0) for n in lengths) > ORTHONORMAL_ATOL or abs(dot) > ORTHONORMAL_ATOL:
+        raise DataError(
+            f"ImageOrientationPatient {_describe([tuple(np.round(iops[0], 6))])} is not two perpendicular unit"
+            f" vectors (lengths {lengths[0]:.4f} and {lengths[1]:.4f}, dot product {dot:.4f}): the slice"
+            " orientation is undefined",
+            folder,
+        )
+    # The stored cosines are decimal strings: normalise before taking the normal, or rounding reads as a tilt.
+    row, col = row / lengths[0], col / lengths[1]
     normal = np.cross(row, col)
+    normal /= np.linalg.norm(normal)
     positions = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in headers], dtype=float)
     along = positions @ normal
     order = np.argsort(along, kind="stable")
@@ -310,10 +332,15 @@ def _scan_series(folder: Path) -> SeriesInfo:
     stack = positions[-1] - positions[0]
     cos = float(np.clip(abs(stack @ normal) / max(np.linalg.norm(stack), 1e-12), 0.0, 1.0))
     tilt = math.degrees(math.acos(cos))
+    # How far the last slice sits beside the line through the first along the normal: SimpleITK builds its grid
+    # along the normal, so this is how far its grid and the headers' would part (read_series checks that too, but
+    # only after reading every voxel, and with a less telling message).
+    lateral = float(np.linalg.norm(stack - (stack @ normal) * normal))
     declared = _number(first.get("GantryDetectorTilt"))
-    if tilt > TILT_TOLERANCE_DEG:
+    if tilt > TILT_TOLERANCE_DEG or lateral > GRID_AGREEMENT_MM / 2:
         raise DataError(
-            f"the slices are not stacked along their normal: tilted by {tilt:.2f} degrees"
+            f"the slices are not stacked along their normal: tilted by {tilt:.2f} degrees, the last slice"
+            f" {lateral:.3f} mm beside the normal through the first"
             + (f" (GantryDetectorTilt {declared})" if declared else "")
             + "; a gantry-tilted or sheared stack does not make a regular voxel grid (resample it first, e.g. with"
             " dcm2niix, which corrects gantry tilt)",
@@ -340,11 +367,16 @@ def _scan_series(folder: Path) -> SeriesInfo:
     )
 
 
+#: What places a slice in the patient (checked once the objects are known to be images).
+_GEOMETRY_KEYS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
+
+
 def _is_image(ds: Any) -> bool:
+    """An object with pixels that is not a segmentation, report or presentation object."""
     name = _sop_name(ds).lower()
     if any(w in name for w in ("segmentation", "structured report", "presentation state", "key object", "rt struct")):
         return False
-    return all(k in ds for k in ("Rows", "Columns", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"))
+    return all(k in ds for k in ("Rows", "Columns"))
 
 
 def _sop_name(ds: Any) -> str:

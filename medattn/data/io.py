@@ -145,7 +145,9 @@ def series_info(folder: str | Path) -> Any:
     files changes: every command reads a case's header several times (gate, plan, loader)."""
     folder = Path(folder)
     stamp = tuple((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in sorted(folder.iterdir()) if e.is_file())
-    key = (str(folder.resolve()), stamp)
+    # Keyed on the spelling given (made absolute), not the resolved path: SeriesInfo keeps the caller's paths, and
+    # a series reached through a link must report the link's names.
+    key = (str(folder.absolute()), stamp)
     if key not in _SERIES_CACHE:
         from medattn.data.dicom import scan_series
 

@@ -13,6 +13,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from monai.data import ImageReader, NibabelReader
 from monai.transforms import LoadImage
 
 from medattn.data.io import ITK_SUFFIXES, has_suffix, sitk_to_array
+from medattn.errors import DataError
 from medattn.typing import PathLike
 
 
@@ -73,12 +75,20 @@ class DicomSeriesReader(ImageReader):
         from medattn.data.io import series_info
 
         names = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-        infos = [series_info(os.fspath(n)) for n in names]
+        try:
+            infos = [series_info(os.fspath(n)) for n in names]
+        except DataError as e:
+            # LoadImage swallows what read() raises and tries its next reader: a refused series must not be read
+            # by another one (MONAI's PydicomReader would stack a series with a missing slice). get_data's errors
+            # reach the caller.
+            return _Refused(e)
         return infos if len(infos) > 1 else infos[0]
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict[str, Any]]:
         from medattn.data.dicom import read_series
 
+        if isinstance(img, _Refused):
+            raise img.error
         infos = img if isinstance(img, (list, tuple)) else [img]
         arrays: list[np.ndarray] = []
         header: dict[str, Any] = {}
@@ -87,6 +97,13 @@ class DicomSeriesReader(ImageReader):
             arrays.append(arr)
         header["original_channel_dim"] = 0 if len(arrays) > 1 else float("nan")
         return (np.stack(arrays, axis=0) if len(arrays) > 1 else arrays[0]), header
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """What :meth:`DicomSeriesReader.read` returns for a series its checks refuse."""
+
+    error: DataError
 
 
 class NiftiReader(NibabelReader):
@@ -118,9 +135,21 @@ def make_readers() -> list[ImageReader]:
 
 
 def make_loader(image_only: bool = False, dtype: Any = np.float32) -> LoadImage:
-    """A MONAI ``LoadImage`` that reads NIfTI with nibabel and ITK formats with SimpleITK."""
+    """A MONAI ``LoadImage`` that reads NIfTI with nibabel, ITK formats with SimpleITK and DICOM series with
+    :class:`DicomSeriesReader`, and nothing else (:func:`only_our_readers`)."""
     with quiet_default_readers():
-        return LoadImage(reader=make_readers(), image_only=image_only, dtype=dtype)
+        return only_our_readers(LoadImage(reader=make_readers(), image_only=image_only, dtype=dtype))
+
+
+def only_our_readers(loader: LoadImage) -> LoadImage:
+    """Drop the default readers ``LoadImage`` registers beside the explicit ones.
+
+    When an explicit reader fails, ``LoadImage`` logs it and tries the next one, its defaults included (PIL,
+    NumPy, pydicom): a file our readers cannot read would be read by another reader with other geometry rules.
+    With only ours, it is an error.
+    """
+    loader.readers = make_readers()
+    return loader
 
 
 @contextlib.contextmanager

@@ -62,7 +62,7 @@ from monai.transforms import (
 
 from medattn.data.body import body_mask, union_body_mask
 from medattn.data.plan import ChannelNorm, Plan
-from medattn.data.readers import make_readers, quiet_default_readers
+from medattn.data.readers import make_readers, only_our_readers, quiet_default_readers
 
 IMAGE = "image"
 LABEL = "label"
@@ -225,6 +225,7 @@ def _load(keys: Sequence[str]) -> list[Any]:
             image_only=True,
             dtype=np.float32,
         )
+    only_our_readers(load._loader)  # LoadImaged keeps its LoadImage there (MONAI 1.x); see only_our_readers
     return [load, EnsureChannelFirstd(keys=list(keys))]
 
 

@@ -189,15 +189,18 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _folder_cases(folder: Path, num_channels: int) -> list[InputCase]:
-    files = [p.resolve() for p in _image_files(folder)]
-    matches = [_CHANNEL_SUFFIX.match(case_name(p)) for p in files]
+    # A case is named by its entry in the folder, a symbolic link's own name included (a folder of links into shared
+    # storage names its cases, not the files they point to), and read from the resolved path.
+    entries = _image_files(folder)
+    names, files = [case_name(p) for p in entries], [p.resolve() for p in entries]
+    matches = [_CHANNEL_SUFFIX.match(n) for n in names]
     if not all(matches):
-        return [InputCase(case_name(p), (p,)) for p in files]
+        return [InputCase(n, (p,)) for n, p in zip(names, files)]
     groups: dict[str, list[tuple[int, Path]]] = {}
     for p, m in zip(files, matches):
         assert m is not None
         groups.setdefault(m["case"], []).append((int(m["channel"]), p))
     if num_channels == 1 and any(len(g) > 1 for g in groups.values()):
         # Several numbered files per stem but a one-channel model: they are separate cases, not channels.
-        return [InputCase(case_name(p), (p,)) for p in files]
+        return [InputCase(n, (p,)) for n, p in zip(names, files)]
     return [InputCase(case, tuple(p for _, p in sorted(g))) for case, g in sorted(groups.items())]

@@ -93,6 +93,29 @@ def _write_case(tmp_path: Path, problem: str) -> Path:
     elif problem == "single_slice":
         for p in paths[1:]:
             p.unlink()
+    elif problem == "small_shear":
+        # 0.004 mm a slice sideways: 0.09 degrees (under the angle tolerance) but 0.024 mm over the stack, more
+        # than the grid agreement SimpleITK's grid is held to
+        lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff
+        shift = lps[:3, 1] / np.linalg.norm(lps[:3, 1]) * 0.004
+        positions = [lps[:3, 3] + k * lps[:3, 2] + k * shift for k in range(SHAPE[2])]
+        for p in paths:
+            p.unlink()
+        write_dicom_series(folder, vol, aff, positions=positions)
+    elif problem in ("not_orthonormal", "zero_orientation"):
+        iop = ["1", "0", "0", "0.1", "1", "0"] if problem == "not_orthonormal" else ["0"] * 6
+        for p in paths:
+            ds = dcmread(p)
+            ds.ImageOrientationPatient = iop
+            ds.save_as(p)
+    elif problem == "no_pixel_spacing":
+        ds = dcmread(paths[4])
+        del ds.PixelSpacing
+        ds.save_as(paths[4])
+    elif problem == "enhanced":
+        ds = dcmread(paths[0])
+        ds.NumberOfFrames = 2
+        ds.save_as(paths[0])
     return folder
 
 
@@ -106,6 +129,11 @@ REFUSALS = {
     "not_an_image": r"non-image DICOM objects \(1 x Segmentation Storage, e\.g\. seg\.dcm\)",
     "not_dicom": r"not readable DICOM: notes\.txt",
     "single_slice": r"a single slice: not a 3D volume",
+    "small_shear": r"not stacked along their normal: tilted by 0\.0\d degrees, the last slice 0\.024 mm beside",
+    "not_orthonormal": r"not two perpendicular unit vectors \(lengths 1\.0000 and 1\.0050, dot product 0\.1000\)",
+    "zero_orientation": r"not two perpendicular unit vectors \(lengths 0\.0000 and 0\.0000",
+    "no_pixel_spacing": r"1 slice\(s\) lack the geometry a volume needs \(slice004\.dcm has no PixelSpacing\)",
+    "enhanced": r"multi-frame \(enhanced\) DICOM is not supported yet \(slice000\.dcm: 2 frames\)",
 }
 
 
@@ -250,3 +278,67 @@ def test_malformed_geometry_values_are_a_refusal_not_a_traceback(tmp_path: Path)
     ds.save_as(paths[2])
     with pytest.raises(DataError, match="malformed DICOM header values"):
         read_header(tmp_path / "s")
+
+
+def test_orientation_stored_with_few_decimals_is_not_read_as_a_tilt(tmp_path: Path) -> None:
+    """Scanners store the direction cosines rounded (5 decimals here): they are not quite unit vectors, which must
+    not read as a tilted stack; the grid is the written one within the rounding."""
+    from medattn.data.dicom import scan_series
+
+    vol, aff = _volume(11, (12, 10, 40)), _oblique_affine()  # 40 slices: a 97.5 mm stack
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff
+    cosines = [*(lps[:3, 0] / np.linalg.norm(lps[:3, 0])), *(lps[:3, 1] / np.linalg.norm(lps[:3, 1]))]
+    write_dicom_series(tmp_path / "s", vol, aff, extra={"ImageOrientationPatient": [f"{v:.5f}" for v in cosines]})
+    info = scan_series(tmp_path / "s")
+    np.testing.assert_allclose(info.affine, aff, atol=2e-4)
+
+
+def test_a_refused_series_is_not_read_by_another_monai_reader(tmp_path: Path) -> None:
+    """MONAI's LoadImage tries its next reader when one fails: a series with a missing slice must still be refused
+    by the loader every pipeline uses, not stacked by MONAI's own DICOM reader."""
+    from medattn.data.readers import make_loader
+    from medattn.data.transforms import _load
+
+    folder = _write_case(tmp_path, "missing_slice")
+    with pytest.raises(DataError, match="a slice may be missing"):
+        make_loader()(str(folder))
+    with pytest.raises(DataError, match="a slice may be missing"):
+        _load(["image"])[0]({"image": str(folder)})
+
+
+def test_a_dicomdir_beside_series_folders_is_not_a_series(tmp_path: Path) -> None:
+    """A DICOM export's root holds DICOMDIR (a DICOM file) and the series below it: the root is no series."""
+    from medattn.data.dicom import is_series_folder
+    from medattn.data.importers.dicom import find_series_folders
+
+    write_dicom_series(tmp_path / "export" / "S1", _volume(12), np.eye(4))
+    shutil.copy(next((tmp_path / "export" / "S1").iterdir()), tmp_path / "export" / "DICOMDIR")
+    assert not is_series_folder(tmp_path / "export")
+    assert find_series_folders(tmp_path / "export") == [tmp_path / "export" / "S1"]
+
+
+def test_a_series_reached_through_a_link_reports_the_links_paths(tmp_path: Path) -> None:
+    """The header cache is keyed on the path given: the same series through a link and directly gives each
+    caller its own spelling of the files."""
+    from medattn.data.io import series_info
+
+    write_dicom_series(tmp_path / "s", _volume(13), np.eye(4))
+    (tmp_path / "link").symlink_to(tmp_path / "s", target_is_directory=True)
+    direct, linked = series_info(tmp_path / "s"), series_info(tmp_path / "link")
+    assert all(p.parent == tmp_path / "s" for p in direct.files)
+    assert all(p.parent == tmp_path / "link" for p in linked.files)
+    assert linked.folder == tmp_path / "link"
+
+
+def test_a_root_that_is_itself_a_series_leaves_the_label_beside_it_out(tmp_path: Path, caplog) -> None:
+    """``medattn manifest pacs/s2`` where ``pacs/s2_seg.nii.gz`` lies beside the root: a one-case manifest without
+    a label (the label is outside the data root), said in the log, not a ManifestError."""
+    aff = np.diag([1.0, 1.0, 3.0, 1.0])
+    write_dicom_series(tmp_path / "pacs" / "s2", _volume(14), aff)
+    write_nifti(tmp_path / "pacs" / "s2_seg.nii.gz", np.zeros(SHAPE, np.uint8), aff)
+    out = tmp_path / "m.json"
+    with caplog.at_level("WARNING"):
+        assert main(["manifest", str(tmp_path / "pacs" / "s2"), "-o", str(out)]) == 0
+    (domain,) = json.loads(out.read_text())["domains"]
+    assert [c["id"] for c in domain["cases"]] == ["s2"] and "label" not in domain["cases"][0]
+    assert "s2_seg.nii.gz: left out, it lies outside the data root" in caplog.text

@@ -240,3 +240,19 @@ def test_predict_on_real_hippocampus_scans_keeps_their_geometry(tmp_path: Path, 
         assert out.shape == src.shape
         np.testing.assert_allclose(out.affine, src.affine, atol=1e-5)
         assert set(np.unique(np.asarray(out.dataobj))) <= set(plan.labels)
+
+
+def test_a_folder_of_links_names_its_cases_by_the_links(tmp_path: Path, model_file) -> None:
+    """A folder assembled from shared storage with links (``case7.nii.gz -> store/ab12.nii.gz``): each mask is named
+    after the link, in the target's geometry, and nothing is written beside the target."""
+    store = tmp_path / "store"
+    targets = [write_nifti(store / f"blob{i}.nii.gz", blob_case((20, 18, 14), seed=i)[0]) for i in range(2)]
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i, target in enumerate(targets):
+        (inp / f"case{i + 7}.nii.gz").symlink_to(target)
+    assert [c.case_id for c in collect_inputs(inp)] == ["case7", "case8"]
+    assert main(["predict", str(model_file()), str(inp), str(tmp_path / "out"), "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["case7.nii.gz", "case8.nii.gz"]
+    assert nib.load(str(tmp_path / "out" / "case7.nii.gz")).shape == (20, 18, 14)
+    assert sorted(p.name for p in store.iterdir()) == ["blob0.nii.gz", "blob1.nii.gz"]

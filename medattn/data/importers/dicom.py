@@ -91,7 +91,11 @@ def import_dicom(root: Path, *, domain_from: str | None = None, modality: str | 
         else:
             domain = root.name
         case_id = slug("_".join(under) if under else folder.name)
+        # A root that is itself the series has no label inside the root: one beside it would leave the data root.
         label = _label_beside(folder)
+        if label is not None and folder == root:
+            log.warning("%s: left out, it lies outside the data root; import the folder above to use it", label)
+            label = None
         by_domain[slug(domain)].append(
             Case(case_id, (rel(folder, root),), rel(label, root) if label is not None else None, meta)
         )
