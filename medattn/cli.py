@@ -23,6 +23,7 @@ from pathlib import Path
 
 from medattn.commands import (
     adapt,
+    crossval,
     demo,
     drift,
     evaluate,
@@ -46,7 +47,7 @@ Handler = Callable[[argparse.Namespace], int]
 #: Subcommand name -> (its ``run``, the function that adds its arguments, its one-line help), in ``--help`` order.
 _COMMANDS: dict[str, tuple[Handler, Callable[[argparse.ArgumentParser], None], str]] = {
     m.NAME: (m.run, m.add_arguments, m.HELP)
-    for m in (validate, manifest, plan, synth, models, train, predict, evaluate, drift, adapt, export, demo)
+    for m in (validate, manifest, plan, synth, models, train, predict, evaluate, crossval, drift, adapt, export, demo)
 }
 
 

@@ -18,8 +18,9 @@ plan        ``medattn plan DATA``                    :func:`medattn.data.plan.ma
 synth       ``medattn synth OUT [--from DATA]``      :func:`medattn.data.synth.synth_phantom`, ``synth_from``
 models      ``medattn models``                       :func:`medattn.models.registry.models_table`
 train       ``medattn train DATA --out RUN``         :func:`medattn.train.trainer.train`
-predict     ``medattn predict MODEL INPUT OUT``      :func:`medattn.infer.predict.run_predict`
+predict     ``medattn predict MODEL.. INPUT OUT``    :func:`medattn.infer.predict.run_predict`
 evaluate    ``medattn evaluate PRED DATA``           :func:`medattn.evaluate.folder.evaluate_dataset`
+crossval    ``medattn crossval RUN DATA``            :func:`medattn.evaluate.crossval.run_crossval`
 drift       ``medattn drift MODEL ...``              :func:`medattn.drift.run.drift_report`
 adapt       ``medattn adapt MODEL DATA --out RUN``   :func:`medattn.continual.adapt.adapt`
 export      ``medattn export MODEL OUT``             :func:`medattn.export.export_model`

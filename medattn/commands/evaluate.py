@@ -28,6 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
     add_seed(p)
+    p.add_argument(
+        "--postprocessing",
+        metavar="RULE",
+        help="also score the predictions with this postprocessing rule applied (RUN/postprocessing.json of"
+        " `medattn crossval`), beside the raw scores",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         resamples=int(args.bootstrap),
         confidence=float(args.confidence),
         seed=int(args.seed),
+        postprocessing=getattr(args, "postprocessing", None),
     )
     manifest = load_data(args)
     out = Path(args.out)
@@ -57,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
         progress=not getattr(args, "quiet", False),
     )
     print(format_summary(doc))
+    if "postprocessed" in doc:
+        print(f"with postprocessing ({doc['postprocessed']['description']}):")
+        print(format_summary(doc["postprocessed"]))
     if doc["failed"]:
         print_cases(f"{len(doc['failed'])} case(s) failed:", doc["failed"])
     print(f"metrics written to {out} and {csv_path}")

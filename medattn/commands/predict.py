@@ -1,5 +1,6 @@
-"""``medattn predict MODEL INPUT OUTPUT``: sliding-window inference on a file, folder or dataset; masks in each
-input's geometry (:func:`medattn.infer.predict.run_predict`). Exit code 1 when any case failed."""
+"""``medattn predict MODEL [MODEL ...] INPUT OUTPUT``: sliding-window inference on a file, folder or dataset, by
+one model or an ensemble; masks in each input's geometry (:func:`medattn.infer.predict.run_predict`). Exit code 1
+when any case failed."""
 
 from __future__ import annotations
 
@@ -18,7 +19,12 @@ HELP = "sliding-window inference on a file, folder or manifest; masks in the inp
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model file (model.pt written by `medattn train`)")
+    p.add_argument(
+        "model",
+        nargs="+",
+        help="model file (model.pt written by `medattn train`); several, or a run folder holding fold_*/model.pt,"
+        " make an ensemble: their probabilities are averaged window by window",
+    )
     p.add_argument(
         "input",
         help="an image file, a folder of images (nnU-Net style case_0000.nii.gz channel files are grouped), "
@@ -88,6 +94,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         " a per-case summary and the cases in checking order",
     )
     o.add_argument(
+        "--postprocessing",
+        metavar="RULE",
+        help="postprocessing rule to apply to each mask (a postprocessing.json from `medattn crossval`); default:"
+        " the run folder's postprocessing.json when MODEL is a run folder that holds one",
+    )
+    o.add_argument(
+        "--no-postprocessing", action="store_true", help="write the raw masks, even if the run folder holds a rule"
+    )
+    o.add_argument(
         "--format",
         choices=("nii.gz", "nii", "nrrd", "mha", "input", "dicom-seg"),
         default="nii.gz",
@@ -126,6 +141,7 @@ def predict_options(args: argparse.Namespace) -> PredictOptions:
         progress=not getattr(args, "quiet", False),
         replace_nonfinite=bool(getattr(args, "replace_nonfinite", False)),
         save_uncertainty=bool(getattr(args, "save_uncertainty", False)),
+        postprocessing="none" if getattr(args, "no_postprocessing", False) else getattr(args, "postprocessing", None),
     )
 
 
@@ -165,5 +181,7 @@ def run(args: argparse.Namespace) -> int:
         )
         for f in summary["failed"]:
             print(f"  {f['case']}: {f['file']}: {f['reason']}")
+        if summary.get("postprocessing"):
+            print(f"postprocessing: {summary['postprocessing']['description']}")
         print(f"summary written to {Path(args.output) / SUMMARY_NAME}")
     return EXIT_PROBLEMS if summary["num_failed"] else EXIT_OK

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,11 +46,13 @@ def evaluate_case(
     labels: Mapping[int, str],
     tolerance: float | Mapping[int, float],
     declared: Mapping[int, str] | None = None,
+    postprocess: Any = None,
 ) -> CaseRow:
     """Check (the input gate), read, check the grid, score. A problem with the files fails the row (never raises).
 
     ``declared``: every label value the dataset declares (background included); the label map must hold only
-    those, and so must the prediction. Default: ``labels`` and background.
+    those, and so must the prediction. Default: ``labels`` and background. ``postprocess``: a
+    :class:`~medattn.infer.postprocess.Rule` applied to the prediction before scoring.
     """
     from medattn.data.gate import check_image_case, raise_if_refused
     from medattn.data.io import read_volume, spacing_from_affine
@@ -80,7 +83,12 @@ def evaluate_case(
             )
         spacing = [float(s) for s in spacing_from_affine(gt_hdr.affine)]
         row.spacing = [round(s, 6) for s in spacing]
-        row.scores = segmentation_scores(_as_int(pred), _as_int(gt), list(labels), spacing, tolerance)
+        pred = _as_int(pred)
+        if postprocess is not None:  # a postprocessing rule (medattn.infer.postprocess), as predict would apply it
+            from medattn.infer.postprocess import apply_rule
+
+            pred = apply_rule(pred, postprocess, spacing)
+        row.scores = segmentation_scores(pred, _as_int(gt), list(labels), spacing, tolerance)
     except DataError as e:
         row.status, row.reason, row.file = "failed", e.problem, e.path or str(pred_path)
         log.warning("case %s failed: %s: %s", case, row.file, row.reason)

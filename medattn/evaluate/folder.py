@@ -146,11 +146,23 @@ def evaluate_folder(
         )
     if missing:
         log.warning("%d case(s) have no prediction in %s: %s", len(missing), folder, missing[:5])
-    rows = []
     declared = {0: "background", **labels}
+    rule = None
+    if options.postprocessing:
+        from medattn.infer.postprocess import load_rule
+
+        rule = load_rule(options.postprocessing, declared)
+    rows, post_rows = [], []
     for case in _bar(matched, progress):
-        rows.append(evaluate_case(case, preds[case], Path(by_case[case]["label"]), labels, tol, declared))
-    return build_report(rows, labels, options, folder, missing, unmatched)
+        args = (case, preds[case], Path(by_case[case]["label"]), labels, tol, declared)
+        rows.append(evaluate_case(*args))
+        if rule is not None:
+            post_rows.append(evaluate_case(*args, postprocess=rule))
+    doc = build_report(rows, labels, options, folder, missing, unmatched)
+    if rule is not None:  # the same predictions with the rule applied, beside the raw scores
+        post = build_report(post_rows, labels, options, folder, missing, unmatched)
+        doc["postprocessed"] = {"rule": str(options.postprocessing), "description": rule.describe(), **post}
+    return doc
 
 
 def _prediction_files(folder: Path) -> dict[str, Path]:

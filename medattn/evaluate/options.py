@@ -19,12 +19,15 @@ class EvaluateOptions:
         resamples: bootstrap resamples for the confidence intervals.
         confidence: level of the intervals.
         seed: bootstrap seed.
+        postprocessing: a postprocessing rule file (``medattn crossval``'s): the report then also scores the
+            predictions with the rule applied, under ``postprocessed``.
     """
 
     nsd_tolerance: float | Mapping[int, float] = DEFAULT_NSD_TOLERANCE_MM
     resamples: int = 1000
     confidence: float = 0.95
     seed: int = 0
+    postprocessing: str | None = None
 
     def __post_init__(self) -> None:
         if self.resamples < 0 or not 0 < self.confidence < 1:

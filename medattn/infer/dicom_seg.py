@@ -49,8 +49,13 @@ class SegWriter:
     architecture: str
 
     @classmethod
-    def for_model(cls, model_path: str | Path, labels: Mapping[int, str], architecture: str) -> SegWriter:
-        return cls(dict(labels), Path(model_path).name, file_sha256(model_path), architecture)
+    def for_model(
+        cls, model_path: str | Path | Sequence[str | Path], labels: Mapping[int, str], architecture: str
+    ) -> SegWriter:
+        """The writer for one model file, or an ensemble's (names and SHA-256 of every member, ``;``-joined)."""
+        paths = [Path(model_path)] if isinstance(model_path, (str, Path)) else [Path(p) for p in model_path]
+        names = ";".join(str(p.name if len(paths) == 1 else p) for p in paths)
+        return cls(dict(labels), names, ";".join(file_sha256(p) for p in paths), architecture)
 
     def write(self, mask: np.ndarray, series_folder: Path, path: Path, protected: Sequence[Path] = ()) -> Path:
         """Write ``mask`` (label values on the series' grid, X, Y, Z) as a DICOM-SEG at ``path``, atomically.

@@ -64,15 +64,22 @@ def write_mask(
     output_format: str,
     protected: Sequence[Path],
     seg_writer: Any = None,
+    postprocess: Any = None,
 ) -> Path:
-    """Map inverted class indices ``back`` (1, X, Y, Z) to label values and write ``OUTPUT/<case><suffix>``
-    (``dicom-seg``: a DICOM Segmentation of the case's series by ``seg_writer``,
+    """Map inverted class indices ``back`` (1, X, Y, Z) to label values, apply the ``postprocess`` rule
+    (:class:`~medattn.infer.postprocess.Rule`, in the input's geometry: volumes in its voxel size) and write
+    ``OUTPUT/<case><suffix>`` (``dicom-seg``: a DICOM Segmentation of the case's series by ``seg_writer``,
     :class:`~medattn.infer.dicom_seg.SegWriter`)."""
     check_grid(back, tuple(header.spatial_shape), np.asarray(header.affine, dtype=float), case)
     index_dtype = torch.uint8 if len(lut) <= 256 else torch.int32  # 1 byte per voxel, not int64's 8
     classes = torch.as_tensor(back[0]).round().to(index_dtype).numpy()
     mask = lut[classes]
     del classes
+    if postprocess is not None:
+        from medattn.infer.postprocess import apply_rule
+
+        spacing = np.linalg.norm(np.asarray(header.affine, dtype=float)[:3, :3], axis=0)
+        mask = apply_rule(mask, postprocess, spacing)
     path = output_path(case, out, output_format)
     if output_format == "dicom-seg":
         return seg_writer.write(mask, case.images[0], path, protected)

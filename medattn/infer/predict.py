@@ -76,6 +76,8 @@ class PredictOptions:
             ``predictions.json``) instead of refusing the case.
         save_uncertainty: also write voxel-wise uncertainty maps (entropy; with mirroring, the passes'
             disagreement) to ``OUTPUT/uncertainty/`` and a per-case summary (:mod:`medattn.infer.uncertainty`).
+        postprocessing: a rule file (:mod:`medattn.infer.postprocess`) applied to each mask; ``"none"``: never;
+            ``None``: the run folder's ``postprocessing.json`` when the model is given as a run folder holding one.
     """
 
     window: Triple | None = None
@@ -92,6 +94,7 @@ class PredictOptions:
     progress: bool = True
     replace_nonfinite: bool = False
     save_uncertainty: bool = False
+    postprocessing: str | None = None
 
     def __post_init__(self) -> None:
         if self.window is not None and (len(self.window) != 3 or min(self.window) < 1):
@@ -138,7 +141,7 @@ class CaseResult:
 
 
 def run_predict(
-    model_path: str | Path,
+    model_path: str | Path | Sequence[str | Path],
     input_spec: str | Path,
     output_dir: str | Path,
     options: PredictOptions | None = None,
@@ -151,7 +154,9 @@ def run_predict(
     """Predict every case of ``input_spec`` (this rank's share of them) into ``output_dir``.
 
     Returns the summary document (all ranks' cases); rank 0 also writes it to ``OUTPUT/predictions.json``.
-    ``split`` keeps only the cases of that split of a dataset input.
+    ``split`` keeps only the cases of that split of a dataset input. Several model files, or a run folder of folds,
+    predict as an ensemble (:mod:`medattn.models.ensemble`); a postprocessing rule is applied to each mask
+    (``options.postprocessing``).
 
     Raises:
         DataError, ManifestError: the model or the input cannot be read at all (not per-case failures).
@@ -159,17 +164,20 @@ def run_predict(
     """
     from medattn.data.gate import channel_mismatch
     from medattn.data.guard import InputGuard, prepare_output_dir
-    from medattn.models.model_file import load_model
+    from medattn.models.ensemble import load_models, model_paths
 
     options = options or PredictOptions()
     rank = rank or Rank()
     out = Path(output_dir)
+    specs = [model_path] if isinstance(model_path, (str, Path)) else list(model_path)
+    members = model_paths(specs)
+    rule_path = _rule_path(specs, options.postprocessing)
     # The inputs (and a wrong --split) are known before anything is written or loaded; OUTPUT is checked against
     # every file of the dataset, not only the cases selected.
     collect = {"data_root": data_root, "import_options": import_options, "split": split}
     cases = collect_inputs(input_spec, num_channels=1, **collect)  # type: ignore[arg-type]
     files, dataset = input_files(input_spec, data_root=data_root, import_options=import_options)
-    guard = InputGuard.of(files, [model_path], dataset)
+    guard = InputGuard.of(files, [*members, *([rule_path] if rule_path else [])], dataset)
     guard.check_dir(out, "OUTPUT")
     if options.output_format == "dicom-seg":
         _require_series(cases)
@@ -182,8 +190,9 @@ def run_predict(
         guard.check_dir(out / UNCERTAINTY_DIR, "OUTPUT")
         prepare_output_dir(out / UNCERTAINTY_DIR, "OUTPUT")
     device = resolve_device(options.device, local_rank=rank.local_rank)
-    loaded = load_model(model_path, device)
+    loaded = load_models(members, device)
     plan = loaded.plan
+    rule = _load_rule(rule_path, plan.labels)
     if plan.num_channels != 1:  # nnU-Net-style channel files group into cases only for a multi-channel model
         cases = collect_inputs(input_spec, num_channels=plan.num_channels, **collect)  # type: ignore[arg-type]
     names = [ch.name for ch in plan.channels]
@@ -193,20 +202,25 @@ def run_predict(
         if why:
             raise DataError(why, dataset)
     protected = sorted(guard.files)
-    seg_writer = _seg_writer(model_path, loaded, cases) if options.output_format == "dicom-seg" else None
+    seg_writer = _seg_writer(members, loaded, cases) if options.output_format == "dicom-seg" else None
     mine = shard(cases, rank.rank, rank.world_size)
     log.info("rank %d/%d: %d of %d cases on %s", rank.rank, rank.world_size, len(mine), len(cases), device)
 
-    predictor = make_predictor(loaded.model, plan, options, device)
+    predictor = make_predictor(loaded.model, plan, options, device, members=loaded.members)
     started = time.perf_counter()
-    progress = _Progress(out, rank, lambda rs: _summary(model_path, input_spec, out, options, rank, rs, 0.0))
+    extra = _provenance(members, rule_path, rule)
+
+    def build(rs: list[dict[str, Any]], seconds: float = 0.0) -> dict[str, Any]:
+        return {**_summary(model_path, input_spec, out, options, rank, rs, seconds), **extra}
+
+    progress = _Progress(out, rank, build)
     results = []
-    for r in predict_cases(mine, plan, predictor, out, options, protected, rank, seg_writer):
+    for r in predict_cases(mine, plan, predictor, out, options, protected, rank, seg_writer, postprocess=rule):
         results.append(r)
         progress.update([asdict(x) for x in results])
     with process_group(rank) as dist:
         all_results = gather(dist, [asdict(r) for r in results], rank.world_size)
-    summary = _summary(model_path, input_spec, out, options, rank, all_results, time.perf_counter() - started)
+    summary = build(all_results, time.perf_counter() - started)
     summary["complete"] = True
     if rank.is_main:
         write_summary(out / SUMMARY_NAME, summary, protected)
@@ -242,8 +256,45 @@ class _Progress:
                 (self.out / f"predictions.rank{r}.json").unlink(missing_ok=True)
 
 
-def make_predictor(model: torch.nn.Module, plan: Any, options: PredictOptions, device: torch.device) -> Any:
-    """The :class:`SlidingWindowPredictor` for ``model`` under ``options`` (window defaults to the plan's patch)."""
+def _rule_path(specs: Sequence[str | Path], choice: str | None) -> Path | None:
+    """The postprocessing rule file to apply: ``choice`` (a path), none (``"none"``), or by default the
+    ``postprocessing.json`` of the one run folder given as the model."""
+    from medattn.infer.postprocess import RULE_NAME
+
+    if choice == "none":
+        return None
+    if choice is not None:
+        if not Path(choice).is_file():
+            raise DataError("no such postprocessing rule file", choice)
+        return Path(choice)
+    if len(specs) == 1 and Path(specs[0]).is_dir() and (Path(specs[0]) / RULE_NAME).is_file():
+        return Path(specs[0]) / RULE_NAME
+    return None
+
+
+def _load_rule(path: Path | None, labels: Any) -> Any:
+    from medattn.infer.postprocess import load_rule
+
+    return load_rule(path, labels) if path is not None else None
+
+
+def _provenance(members: Sequence[Path], rule_path: Path | None, rule: Any) -> dict[str, Any]:
+    """What ``predictions.json`` says about the models and the postprocessing beyond the options."""
+    doc: dict[str, Any] = {"models": [str(p) for p in members], "postprocessing": None}
+    if rule is not None:
+        doc["postprocessing"] = {
+            "rule": str(rule_path),
+            "classes": {str(k): r.to_dict() for k, r in sorted(rule.classes.items())},
+            "description": rule.describe(),
+        }
+    return doc
+
+
+def make_predictor(
+    model: torch.nn.Module, plan: Any, options: PredictOptions, device: torch.device, members: int = 1
+) -> Any:
+    """The :class:`SlidingWindowPredictor` for ``model`` under ``options`` (window defaults to the plan's patch);
+    ``members`` > 1 for an :class:`~medattn.models.ensemble.EnsembleNetwork`."""
     from medattn.infer.sliding import SlidingWindowPredictor
 
     window = options.window or tuple(plan.patch_size)
@@ -258,6 +309,7 @@ def make_predictor(model: torch.nn.Module, plan: Any, options: PredictOptions, d
         stitch_device=options.stitch_device,
         accumulator_dtype=torch.float16 if options.accumulator_dtype == "float16" else torch.float32,
         num_classes=plan.num_classes,
+        members=members,
     )
 
 
@@ -273,10 +325,13 @@ def predict_cases(
     protected: Sequence[Path],
     rank: Rank,
     seg_writer: Any = None,
+    *,
+    postprocess: Any = None,
 ) -> Iterator[CaseResult]:
     """Predict ``cases`` one by one into ``out`` (the input gate, preprocessing, the sliding window, inversion to
-    each input's grid, the writers); a case that fails is recorded in its result and the others go on. What
-    ``medattn predict`` and :mod:`medattn.api` both run."""
+    each input's grid, the postprocessing ``postprocess`` (a :class:`~medattn.infer.postprocess.Rule`), the
+    writers); a case that fails is recorded in its result and the others go on. What ``medattn predict`` and
+    :mod:`medattn.api` both run."""
     from medattn.data.transforms import inference_transforms
 
     transform = inference_transforms(plan, replace_nonfinite=options.replace_nonfinite)
@@ -292,7 +347,9 @@ def predict_cases(
             data, checked = loaded
             result.warnings = [f"[{p.check}] {p.message}" for p in checked.warnings]
             result.nonfinite_replaced = int(checked.stats.get("nonfinite", 0)) if options.replace_nonfinite else 0
-            _predict_one(case, data, transform, lut, predictor, out, options, protected, result, seg_writer)
+            _predict_one(
+                case, data, transform, lut, predictor, out, options, protected, result, seg_writer, postprocess
+            )
         except Exception as e:  # one bad case must not stop the others; the reason is recorded
             result.status = "failed"
             result.file = getattr(e, "path", None) or str(case.images[0])
@@ -319,6 +376,7 @@ def _predict_one(
     protected: Sequence[Path],
     result: CaseResult,
     seg_writer: Any = None,
+    postprocess: Any = None,
 ) -> None:
     from medattn.data.transforms import invert_to_input
 
@@ -349,7 +407,9 @@ def _predict_one(
 
         on_input, result.uncertainty_maps = write_uncertainty(maps, data, transform, case, header, out, protected)
         result.uncertainty = summarise(on_input, np.asarray(back[0]) > 0)
-    result.output = str(write_mask(back, lut, header, case, out, options.output_format, protected, seg_writer))
+    result.output = str(
+        write_mask(back, lut, header, case, out, options.output_format, protected, seg_writer, postprocess)
+    )
     del back
     result.seconds["invert_write"] = round(time.perf_counter() - t, 3)
 
@@ -381,12 +441,12 @@ def _require_series(cases: Sequence[InputCase]) -> None:
         )
 
 
-def _seg_writer(model_path: str | Path, loaded: Any, cases: Sequence[InputCase]) -> Any:
+def _seg_writer(members: Sequence[Path], loaded: Any, cases: Sequence[InputCase]) -> Any:
     """The DICOM-SEG writer of a ``--format dicom-seg`` run (:class:`~medattn.infer.dicom_seg.SegWriter`)."""
     from medattn.infer.dicom_seg import SegWriter
 
     _require_series(cases)
-    return SegWriter.for_model(model_path, loaded.plan.labels, type(loaded.model).__name__)
+    return SegWriter.for_model(members, loaded.plan.labels, type(loaded.loaded[0].model).__name__)
 
 
 def _remove_stale(
@@ -462,7 +522,7 @@ def _preprocessed(
 
 
 def _summary(
-    model_path: str | Path,
+    model_path: str | Path | Sequence[str | Path],
     input_spec: str | Path,
     out: Path,
     options: PredictOptions,
@@ -475,7 +535,7 @@ def _summary(
     return {
         "format": "medattn-predictions",
         "version": 1,
-        "model": str(model_path),
+        "model": str(model_path) if isinstance(model_path, (str, Path)) else [str(p) for p in model_path],
         "input": str(input_spec),
         "output": str(out),
         "options": asdict(options),

@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import torch
 
-from medattn.infer.stitch import SlabStitcher, argmax_classes, stitch_memory_bytes
+from medattn.infer.stitch import SlabStitcher, argmax_classes, member_mean_probabilities, stitch_memory_bytes
 from medattn.infer.windows import Window, choose_slab_axis, mirror_combinations, rows_along, window_layout
 from medattn.typing import DeviceLike, Triple
 
@@ -107,6 +107,7 @@ def sliding_window_predict(
     slab_axis: int | None = None,
     importance_map: torch.Tensor | None = None,
     progress: bool = False,
+    members: int = 1,
 ) -> SlidingWindowResult:
     """Segment a whole volume window by window, stitching in slabs so only labels need a full-volume buffer.
 
@@ -141,6 +142,10 @@ def sliding_window_predict(
         importance_map: precomputed blending weights of shape ``window`` (the cached one of
             :class:`SlidingWindowPredictor`); computed with MONAI's ``compute_importance_map`` when ``None``.
         progress: show a progress bar over windows.
+        members: M > 1 for an ensemble (:class:`medattn.models.ensemble.EnsembleNetwork`): the network returns the
+            M members' K class logits one after another (M x K channels); each member's logits are blended (and
+            mirrored) as one model's would be, and the result is the mean of the members' probabilities
+            (:func:`~medattn.infer.stitch.member_mean_probabilities`). Needs ``num_classes``; no ``return_blended``.
 
     Returns:
         :class:`SlidingWindowResult`.
@@ -178,6 +183,8 @@ def sliding_window_predict(
         raise ValueError(f"mirror_axes: spatial axes are 0, 1, 2; got {list(mirror_axes)}")
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
         raise ValueError(f"num_classes: expected an integer >= 2 (the class channels), got {num_classes!r}")
+    if members < 1 or (members > 1 and (num_classes is None or return_blended)):
+        raise ValueError(f"members: an ensemble of {members} needs num_classes and no return_blended")
     axis = choose_slab_axis(size, win) if slab_axis is None else int(slab_axis)
     if axis not in (0, 1, 2):
         raise ValueError(f"slab_axis: expected 0, 1 or 2, got {slab_axis}")
@@ -192,8 +199,8 @@ def sliding_window_predict(
     weights = importance_map.to(device=sw_dev, dtype=accumulator_dtype)[None, None]
 
     flips = mirror_combinations(mirror_axes)
-    min_channels = 2 if num_classes is None else num_classes
-    keep = None if return_blended else num_classes  # channels to stitch (None: all)
+    min_channels = 2 if num_classes is None else num_classes * members
+    keep = None if return_blended else (None if num_classes is None else num_classes * members)  # None: all
     if len(windows) == 1:  # one window: its logits are the blend (w * l / w), no buffer needed
         with torch.inference_mode():
             return _single_window(
@@ -210,6 +217,7 @@ def sliding_window_predict(
                 axis,
                 num_classes,
                 return_blended,
+                members,
             )
 
     stitcher = SlabStitcher(
@@ -222,6 +230,7 @@ def sliding_window_predict(
         probability_dtype,
         with_blended=return_blended,
         num_classes=num_classes,
+        members=members,
     )
     rows = rows_along(windows, axis)
     bar = _progress(len(windows), progress)
@@ -270,15 +279,28 @@ def _single_window(
     axis: int,
     num_classes: int | None,
     with_blended: bool,
+    members: int = 1,
 ) -> SlidingWindowResult:
     if window.inside:
         x = image[(slice(None), *window.src)][None]
     else:
         x = image.new_zeros((1, image.shape[0], *win))
         _extract_into(x[0], image, window)
-    min_channels = 2 if num_classes is None else num_classes
+    min_channels = 2 if num_classes is None else num_classes * members
     out = _predict(network, x.to(sw_dev), flips, acc_dtype, win, min_channels)[0][(slice(None), *window.crop)].to(dev)
     blended = out.contiguous() if with_blended else None
+    if members > 1:
+        assert num_classes is not None
+        mean = member_mean_probabilities(out[: num_classes * members], members)
+        labels = torch.empty(mean.shape[1:], dtype=torch.uint8 if num_classes <= 256 else torch.int32, device=dev)
+        argmax_classes(mean, labels)
+        return SlidingWindowResult(
+            labels=labels,
+            probabilities=mean.to(prob_dtype) if with_probs else None,
+            num_windows=1,
+            stitch_device=dev,
+            slab_axis=axis,
+        )
     logits = out if num_classes is None else out[:num_classes]
     labels = torch.empty(logits.shape[1:], dtype=torch.uint8 if logits.shape[0] <= 256 else torch.int32, device=dev)
     argmax_classes(logits, labels)
@@ -382,8 +404,9 @@ class SlidingWindowPredictor:
             probabilities) fits in half of that device's free memory, and otherwise on the CPU; on the CPU it is
             always the CPU. If stitching on a GPU runs out of memory, the volume is redone with CPU stitching and a
             warning.
-        num_classes: K, used only to estimate stitching memory for ``"auto"`` (default 2 if unknown).
+        num_classes: K, used to estimate stitching memory for ``"auto"`` (default 2 if unknown), and by an ensemble.
         progress: show a progress bar over windows.
+        members: M > 1 when ``network`` is an ensemble of M models (see :func:`sliding_window_predict`).
 
     Example::
 
@@ -408,8 +431,10 @@ class SlidingWindowPredictor:
         slab_axis: int | None = None,
         num_classes: int | None = None,
         progress: bool = False,
+        members: int = 1,
     ) -> None:
         self.network = network
+        self.members = int(members)
         self.window = _triple(window, "window")
         self.overlap = _overlap(overlap)
         if window_batch < 1:
@@ -456,6 +481,7 @@ class SlidingWindowPredictor:
             return_probabilities,
             self.accumulator_dtype,
             self.probability_dtype,
+            members=self.members,
         )
         free, _total = torch.cuda.mem_get_info(self.sw_device)
         return self.sw_device if need <= free // 2 else torch.device("cpu")
@@ -478,6 +504,8 @@ class SlidingWindowPredictor:
             "importance_map": self.importance_map(),
             "progress": self.progress,
         }
+        if self.members > 1:
+            kwargs.update(num_classes=self.num_classes, members=self.members)
         try:
             return sliding_window_predict(image, self.network, self.window, device=dev, **kwargs)
         except torch.OutOfMemoryError:

@@ -32,6 +32,15 @@ def argmax_classes(scores: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def member_mean_probabilities(logits: torch.Tensor, members: int) -> torch.Tensor:
+    """The mean over ``members`` of the soft-maxed logits (M x K, ...) -> (K, ...): an ensemble's probabilities."""
+    k = logits.shape[0] // members
+    probs = torch.softmax(logits[:k], dim=0)
+    for m in range(1, members):
+        probs += torch.softmax(logits[m * k : (m + 1) * k], dim=0)
+    return probs.div_(members)
+
+
 class SlabStitcher:
     """Ring buffers one window deep along the slab axis; finished planes go to the full-volume outputs.
 
@@ -42,6 +51,11 @@ class SlabStitcher:
     The ring holds every channel it is given. Labels (and probabilities) are computed from its first
     ``num_classes`` channels (default: all); with ``with_blended`` each finished plane's weighted mean of all
     channels is also kept, in the full-volume ``blended`` buffer (``acc_dtype``).
+
+    With ``members`` M > 1 (an ensemble), the ring holds M x K channels, the logits of each member in turn; a
+    finished plane is each member's blended logits soft-maxed, then the M probabilities averaged (nnU-Net v1's rule:
+    the mean of the members' probability maps), and the labels are that mean's arg-max. Memory grows by M slabs,
+    never by a full volume per member.
     """
 
     def __init__(
@@ -56,11 +70,14 @@ class SlabStitcher:
         *,
         with_blended: bool = False,
         num_classes: int | None = None,
+        members: int = 1,
     ) -> None:
+        if members > 1 and (num_classes is None or with_blended):
+            raise ValueError("an ensemble (members > 1) needs num_classes and no blended outputs")
         self.size, self.axis, self.device = size, axis, device
         self.depth = min(window[axis], size[axis])
         self.acc_dtype, self.with_probs, self.prob_dtype = acc_dtype, with_probs, prob_dtype
-        self.with_blended, self.num_classes = with_blended, num_classes
+        self.with_blended, self.num_classes, self.members = with_blended, num_classes, members
         self.ring: torch.Tensor | None = None  # (C, *size with depth on the slab axis), allocated at first window
         self.wring: torch.Tensor | None = None  # (1, ...) weight sums, only with probabilities or blended outputs
         self.labels: torch.Tensor | None = None
@@ -75,7 +92,7 @@ class SlabStitcher:
         self.ring = torch.zeros((c, *ring_shape), dtype=self.acc_dtype, device=self.device)
         label_dtype = torch.uint8 if k <= 256 else torch.int32
         self.labels = torch.zeros(self.size, dtype=label_dtype, device=self.device)
-        if self.with_probs or self.with_blended:
+        if self.with_probs or self.with_blended or self.members > 1:
             self.wring = torch.zeros((1, *ring_shape), dtype=self.acc_dtype, device=self.device)
         if self.with_probs:
             self.probabilities = torch.empty((k, *self.size), dtype=self.prob_dtype, device=self.device)
@@ -133,6 +150,12 @@ class SlabStitcher:
                 summed = self.ring[ring_idx]
                 if self.wring is None:  # labels only
                     argmax_classes(summed, self.labels[tuple(out_idx)])
+                elif self.members > 1:
+                    probs = member_mean_probabilities(summed / self.wring[ring_idx], self.members)
+                    if self.probabilities is not None:
+                        self.probabilities[(slice(None), *out_idx)] = probs.to(self.prob_dtype)
+                    argmax_classes(probs, self.labels[tuple(out_idx)])
+                    self.wring[ring_idx] = 0
                 else:
                     mean = summed / self.wring[ring_idx]
                     if self.blended is not None:
@@ -165,6 +188,7 @@ def stitch_memory_bytes(
     probability_dtype: torch.dtype = torch.float32,
     return_blended: bool = False,
     output_channels: int | None = None,
+    members: int = 1,
 ) -> int:
     """Bytes :func:`sliding_window_predict` allocates on the stitch device (labels, ring buffers, probabilities,
     blended outputs); ``output_channels`` is the network's channel count C (default ``num_classes``), which only
@@ -175,9 +199,9 @@ def stitch_memory_bytes(
     voxels = math.prod(size)
     slab = voxels // size[axis] * min(win[axis], size[axis])
     acc = torch.empty((), dtype=accumulator_dtype).element_size()
-    ring_channels = (output_channels or num_classes) if return_blended else num_classes
+    ring_channels = (output_channels or num_classes) if return_blended else num_classes * members
     total = voxels * (1 if num_classes <= 256 else 4) + slab * ring_channels * acc
-    if return_probabilities or return_blended:
+    if return_probabilities or return_blended or members > 1:
         total += slab * acc  # the weight-sum ring
     if return_probabilities:
         total += voxels * num_classes * torch.empty((), dtype=probability_dtype).element_size()

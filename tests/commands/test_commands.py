@@ -52,6 +52,7 @@ def test_every_command_is_registered_in_order() -> None:
         "train",
         "predict",
         "evaluate",
+        "crossval",
         "drift",
         "adapt",
         "export",
@@ -69,7 +70,7 @@ def test_shared_options_read_the_same_in_every_command() -> None:
                 users[opt].append(name)
     for opt, variants in seen.items():
         assert len(variants) == 1, f"{opt} is defined {len(variants)} ways: {variants}"
-    assert len(users["--data-root"]) == 10 and "models" not in users["--data-root"]
+    assert len(users["--data-root"]) == 11 and "models" not in users["--data-root"]
     assert next(iter(seen["--data-root"]))[1] == DATA_ROOT_HELP
     assert len(users["--config"]) == len(_COMMANDS)
     outs = [_options(p).get("--out") for p in _subparsers(build_parser()).values()]
