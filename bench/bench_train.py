@@ -24,6 +24,15 @@ do the same computation. Then the contenders alternate, one epoch each per round
 seconds is taken per round, on the wall clock and on this process's CPU time.
 
 Goal (issue 7): avalanche / plain <= 1.05.
+
+**The training step itself** (issue 16): ``medattn train``'s step on ``ag_unet_fullres`` (widths 16-128, two
+deep-supervision outputs, batch 2, patch 40x56x40 as the hippocampus plan gives, float32, AdamW, the same loss and
+clipping) with medattn's group/instance-norm backward and gated skip addition (:mod:`medattn.models.norm`) against
+the same step with PyTorch's ``native_group_norm_backward`` and in-place ``addcmul_``, the step as it was before.
+Identical copies train on identical batches; the per-step losses of the two are compared (equal numerics within
+float32 rounding), then the two alternate, a few steps each per round, and the ratio before / after is taken per
+round. Goal: >= 1.5. Where the CPU computes bfloat16 natively (``avx512_bf16`` or ``amx_bf16``), bf16 autocast of
+the new step is timed too (a ratio against float32, no goal: measured, never assumed).
 """
 
 from __future__ import annotations
@@ -61,6 +70,15 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "full": {"patch": 64, "batches": 6, "batch": 2, "rounds": 7, "channels": (16, 32, 64, 128, 256)},
     "quick": {"patch": 48, "batches": 4, "batch": 2, "rounds": 3, "channels": (16, 32, 64, 128, 256)},
     "smoke": {"patch": 16, "batches": 2, "batch": 2, "rounds": 1, "channels": (4, 8, 16)},
+}
+
+
+TARGET_STEP_SPEEDUP = 1.5
+#: Per mode, the training-step comparison: patch, batch, widths, steps per timed call, rounds, steps compared.
+STEP_SETTINGS: dict[str, dict[str, Any]] = {
+    "full": {"patch": (40, 56, 40), "batch": 2, "channels": (16, 32, 64, 128), "steps": 3, "rounds": 7, "check": 8},
+    "quick": {"patch": (40, 56, 40), "batch": 2, "channels": (16, 32, 64, 128), "steps": 2, "rounds": 3, "check": 4},
+    "smoke": {"patch": (16, 16, 16), "batch": 2, "channels": (4, 8, 16), "steps": 1, "rounds": 1, "check": 2},
 }
 
 
@@ -191,6 +209,119 @@ def same_computation(cfg: dict[str, Any], items: list[dict[str, Any]], device: A
     }
 
 
+def step_runner(cfg: dict[str, Any], device: Any, *, fast_norm: bool, bf16: bool = False) -> Callable[[], list[float]]:
+    """``cfg["steps"]`` training steps of ``ag_unet_fullres`` per call (fixed batches; the model and optimiser
+    persist between calls), with medattn's norm backward (``fast_norm``) or PyTorch's; returns the losses."""
+    import medattn.models.norm as norm
+    from medattn.models import build_model
+    from medattn.train.losses import DeepSupervisionLoss
+
+    torch.manual_seed(0)
+    depth = min(2, len(cfg["channels"]) - 2)  # two extra outputs, as medattn train sets them (fewer on tiny nets)
+    model = build_model("ag_unet_fullres", 1, len(CLASSES), channels=cfg["channels"], deep_supervision=depth)
+    model = model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss_fn = DeepSupervisionLoss()
+    g = torch.Generator().manual_seed(1)
+    shape = (cfg["batch"], 1, *cfg["patch"])
+    batches = [
+        (
+            torch.randn(shape, generator=g).to(device),
+            torch.randint(0, len(CLASSES), shape, generator=g).float().to(device),
+        )
+        for _ in range(cfg["steps"])
+    ]
+    import medattn.models.unet as unet
+
+    own, own_add = norm.use_fast_backward, unet.gated_add
+
+    def run() -> list[float]:
+        if not fast_norm:  # PyTorch's norm backward and in-place addcmul_: the step as it was
+            norm.use_fast_backward = lambda x: False
+            unet.gated_add = lambda up, skip, alpha: up.addcmul_(skip, alpha)
+        model.train()
+        losses = []
+        try:
+            for x, y in batches:
+                opt.zero_grad()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    loss = loss_fn(model(x), y)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+                opt.step()
+                losses.append(loss.detach())
+        finally:
+            norm.use_fast_backward, unet.gated_add = own, own_add
+        return [float(v) for v in losses]
+
+    return run
+
+
+def step_speed(mode: str, rounds: int | None, device: Any, dev_name: str) -> tuple[dict[str, Any], Any]:
+    """The training-step comparison of the module docstring: (its document, its headline)."""
+    from medattn.train.precision import cpu_has_native_bf16
+
+    cfg = STEP_SETTINGS[mode]
+    rounds = rounds or cfg["rounds"]
+    check_cfg = {**cfg, "steps": cfg["check"]}
+    before = step_runner(check_cfg, device, fast_norm=False)()
+    after = step_runner(check_cfg, device, fast_norm=True)()
+    loss_diff = max(abs(a - b) for a, b in zip(before, after))
+    print(
+        f"training step: {cfg['check']} steps from one seed, largest loss difference {loss_diff:.1e} "
+        f"(losses {after[0]:.4f} .. {after[-1]:.4f})",
+        flush=True,
+    )
+    contenders = {
+        "PyTorch norm backward (before)": step_runner(cfg, device, fast_norm=False),
+        "medattn norm backward (now)": step_runner(cfg, device, fast_norm=True),
+    }
+    bf16 = device.type == "cpu" and cpu_has_native_bf16()
+    if bf16:
+        contenders["now, bf16 autocast"] = step_runner(cfg, device, fast_norm=True, bf16=True)
+    print(f"timing: {cfg['steps']} steps per call, {rounds} interleaved rounds ...", flush=True)
+    raw = time_interleaved_clocks(contenders, rounds=rounds, sync=synchronizer(device))
+    names = list(contenders)
+    speedup = paired_ratio(raw["wall"], names[0], names[1])
+    cpu = paired_ratio(raw["cpu"], names[0], names[1])
+    per_step = {k: Stats.of([t / cfg["steps"] for t in v]) for k, v in raw["wall"].items()}
+    print(
+        format_table(
+            ["step", "median ms", "best ms"],
+            [[k, f"{v.median * 1e3:.0f}", f"{v.best * 1e3:.0f}"] for k, v in per_step.items()],
+        )
+    )
+    bf16_ratio = paired_ratio(raw["wall"], names[2], names[1]) if bf16 else None
+    print(
+        f"before / now: wall {speedup.median:.3f} [{speedup.q1:.3f}, {speedup.q3:.3f}], CPU time {cpu.median:.3f} "
+        f"(goal >= {TARGET_STEP_SPEEDUP})"
+        + (f"; bf16 / fp32 time {bf16_ratio.median:.3f}" if bf16_ratio else "; no native bf16 on this CPU")
+    )
+    head = headline(
+        "training step",
+        "medattn norm backward",
+        "PyTorch native_group_norm_backward (the step before)",
+        "speed-up x (before s / now s)",
+        speedup,
+        f">= {TARGET_STEP_SPEEDUP}",
+        f"ag_unet_fullres, batch {cfg['batch']}, patch {cfg['patch']}, fp32; losses equal within {loss_diff:.1e}"
+        + (f"; bf16 autocast {bf16_ratio.median:.2f}x the fp32 time" if bf16_ratio else ""),
+        dev_name,
+    )
+    doc = {
+        "settings": cfg,
+        "rounds": rounds,
+        "losses_before": before,
+        "losses_now": after,
+        "max_loss_difference": loss_diff,
+        "seconds": raw,
+        "speedup_wall": speedup,
+        "speedup_cpu": cpu,
+        "bf16_over_fp32_wall": bf16_ratio,
+    }
+    return doc, head
+
+
 def main(argv: list[str] | None = None) -> int:
     p = common_parser(__doc__, "runs/bench/bench_train.json")
     args = p.parse_args(argv)
@@ -240,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         f"same losses within {check['max_loss_difference']:.1e}",
         dev_name,
     )
+    print()
+    step_doc, step_head = step_speed(mode, args.rounds, torch.device(device), dev_name)
     doc = {
         "environment": env,
         "mode": mode,
@@ -250,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": raw,
         "ratio_wall": wall,
         "ratio_cpu": cpu,
-        "headlines": [head],
+        "training_step": step_doc,
+        "headlines": [head, step_head],
     }
     finish(args.out, doc)
     return 0

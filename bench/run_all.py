@@ -16,7 +16,8 @@ question    script                       headline ratio (goal)
 inference   bench_inference.py           medattn ag_unet + inferer vs MONAI AttentionUnet + sliding_window_inference:
                                          throughput (>= 3, at equal or better Dice after the same training); vs
                                          MONAI UNet; achieved GFLOP/s against plain Conv3d on this machine
-training    bench_train.py               Avalanche SegmentationStrategy vs a plain PyTorch loop (<= 1.05)
+training    bench_train.py               Avalanche SegmentationStrategy vs a plain PyTorch loop (<= 1.05); the
+                                         training step now vs before medattn's norm backward (>= 1.5)
 memory      bench_predict.py --only      peak bytes/voxel of ``predict`` vs MONAI's stitching, largest volume of a
             memory                       sweep (<= 0.5)
 loading     bench_loading.py             NIfTI to tensor: medattn's loader vs MONAI LoadImage (and the raw floor)

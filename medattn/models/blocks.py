@@ -13,15 +13,17 @@ from torch import nn
 
 from medattn.models.config import ActName, ModelConfigError, NormName, UpsampleName
 from medattn.models.conv import Conv3d, ConvTranspose3d
+from medattn.models.norm import GroupNorm
 from medattn.typing import Triple
 
 
-class InstanceNorm3dGN(nn.GroupNorm):
+class InstanceNorm3dGN(GroupNorm):
     """Affine instance normalisation computed as a group norm with one group per channel.
 
     Numerically the same as ``nn.InstanceNorm3d(channels, affine=True)`` (per sample and channel: zero mean, unit
     variance over X, Y, Z; then a learned scale and shift), but PyTorch's CPU group-norm kernel is several times
-    faster than its instance-norm path (which reshapes to a batch norm) and keeps ``channels_last_3d`` layouts.
+    faster than its instance-norm path (which reshapes to a batch norm) and keeps ``channels_last_3d`` layouts; the
+    backward is :mod:`medattn.models.norm`'s.
     """
 
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
@@ -44,7 +46,7 @@ def make_norm(kind: NormName, channels: int, groups: int = 8) -> nn.Module:
     if kind == "instance":
         return InstanceNorm3dGN(channels)
     if kind == "group":
-        return nn.GroupNorm(_largest_divisor(channels, groups), channels, affine=True)
+        return GroupNorm(_largest_divisor(channels, groups), channels, affine=True)
     if kind == "batch":
         return nn.BatchNorm3d(channels)
     raise ModelConfigError(f"norm: {kind!r} is not one of 'instance', 'group', 'batch'")

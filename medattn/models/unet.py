@@ -40,6 +40,7 @@ from medattn.models.attention import make_attention
 from medattn.models.blocks import AttentionGate, ConvBlock, Upsample
 from medattn.models.config import AttentionName, UNetConfig
 from medattn.models.conv import Conv3d, ConvTranspose3d
+from medattn.models.norm import gated_add
 from medattn.models.padding import (
     check_input,
     crop_to,
@@ -212,7 +213,7 @@ class AttentionGatedUNet(nn.Module):
                 alpha = cast(AttentionGate, self.gates[i]).coefficients(skip, h)
                 alphas.append(alpha)
                 if cfg.fusion == "add":
-                    fused = up.addcmul_(skip, alpha)
+                    fused = gated_add(up, skip, alpha)
                 else:
                     fused = torch.cat([up, skip * alpha], dim=1)
             else:

@@ -38,3 +38,22 @@ def test_epoch_dice_matches_an_argmax_reference_and_reads_the_finest_output() ->
     assert metric.result() == pytest.approx(_pooled_dice(logits, labels, 3), abs=1e-12)
     metric.before_training_epoch(None)
     assert metric.result() != metric.result()  # NaN: nothing seen since the reset
+
+
+def test_joint_histogram_counts_equal_the_per_class_counts() -> None:
+    """The training Dice's one-histogram counts are :func:`medattn.dice.confusion_counts`'s (float labels too),
+    and a reference outside 0..K-1 takes the per-class path."""
+    import numpy as np
+    import torch
+
+    from medattn.continual.plugin_metrics import class_index_counts
+    from medattn.dice import confusion_counts
+
+    g = torch.Generator().manual_seed(3)
+    pred = torch.randint(0, 4, (2, 9, 8, 7), generator=g, dtype=torch.uint8)
+    ref = torch.randint(0, 4, (2, 9, 8, 7), generator=g).float()
+    want = np.stack(confusion_counts(pred, ref, range(1, 4)))
+    np.testing.assert_array_equal(class_index_counts(pred, ref, 4), want)
+    assert want.sum() > 0
+    ref[0, 0, 0, 0] = 7  # not a class index of a 4-class model
+    np.testing.assert_array_equal(class_index_counts(pred, ref, 4), np.stack(confusion_counts(pred, ref, range(1, 4))))
