@@ -4,7 +4,8 @@ PyTorch training loop doing the same work.
     .venv/bin/python bench/bench_train.py            # sized for about 2 minutes on 2 idle cores
     .venv/bin/python bench/bench_train.py --quick    # smaller patches, fewer rounds
 
-Both contenders train the same network object with the same optimiser object (AdamW) on the same mini-batches
+Both contenders train the same network object with the same optimiser object (``medattn adapt``'s: fused AdamW,
+:func:`~medattn.train.optim.make_optimizer`) on the same mini-batches
 (identical tensors, in the same order: a fixed set of random patches, not shuffled), with the same loss
 (:class:`~medattn.train.losses.DeepSupervisionLoss`), the same gradient clipping (norm 12, the strategy's default)
 and float32 throughout (also on a GPU, where the strategy would otherwise autocast):
@@ -27,8 +28,9 @@ Goal (issue 7): avalanche / plain <= 1.05.
 
 **The training step itself** (issue 16): ``medattn train``'s step on ``ag_unet_fullres`` (widths 16-128, two
 deep-supervision outputs, batch 2, patch 40x56x40 as the hippocampus plan gives, float32, AdamW, the same loss and
-clipping) with medattn's group/instance-norm backward and gated skip addition (:mod:`medattn.models.norm`) against
-the same step with PyTorch's ``native_group_norm_backward`` and in-place ``addcmul_``, the step as it was before.
+clipping) with medattn's group/instance-norm backward and gated skip addition (:mod:`medattn.models.norm`) and the
+fused AdamW of :func:`medattn.train.optim.make_optimizer` against the same step with PyTorch's
+``native_group_norm_backward``, in-place ``addcmul_`` and AdamW's default per-tensor loop, the step as it was before.
 Identical copies train on identical batches; the per-step losses of the two are compared (equal numerics within
 float32 rounding), then the two alternate, a few steps each per round, and the ratio before / after is taken per
 round. Goal: >= 1.5. Where the CPU computes bfloat16 natively (``avx512_bf16`` or ``amx_bf16``), bf16 autocast of
@@ -177,6 +179,8 @@ def same_computation(cfg: dict[str, Any], items: list[dict[str, Any]], device: A
     """Train identical copies for one epoch with each loop; compare the losses and the final weights."""
     from avalanche.core import SupervisedPlugin
 
+    from medattn.train.optim import make_optimizer
+
     class Losses(SupervisedPlugin):
         def __init__(self) -> None:
             super().__init__()
@@ -187,7 +191,7 @@ def same_computation(cfg: dict[str, Any], items: list[dict[str, Any]], device: A
 
     base = make_model(cfg["channels"]).to(device)
     models = {k: copy.deepcopy(base) for k in ("avalanche", "plain")}
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-3) for k, m in models.items()}
+    opts = {k: make_optimizer(m, "adamw", 1e-3, 1e-2) for k, m in models.items()}
     run_a, strategy = avalanche_epoch(models["avalanche"], opts["avalanche"], items, cfg, device)
     recorder = Losses()
     strategy.plugins.append(recorder)
@@ -209,18 +213,21 @@ def same_computation(cfg: dict[str, Any], items: list[dict[str, Any]], device: A
     }
 
 
-def step_runner(cfg: dict[str, Any], device: Any, *, fast_norm: bool, bf16: bool = False) -> Callable[[], list[float]]:
+def step_runner(cfg: dict[str, Any], device: Any, *, now: bool, bf16: bool = False) -> Callable[[], list[float]]:
     """``cfg["steps"]`` training steps of ``ag_unet_fullres`` per call (fixed batches; the model and optimiser
-    persist between calls), with medattn's norm backward (``fast_norm``) or PyTorch's; returns the losses."""
+    persist between calls), as medattn's step is now (``now``: its norm backward, gated addition and fused AdamW) or
+    as it was (PyTorch's norm backward, ``addcmul_``, AdamW's per-tensor loop); returns the losses."""
     import medattn.models.norm as norm
     from medattn.models import build_model
     from medattn.train.losses import DeepSupervisionLoss
+    from medattn.train.optim import make_optimizer
 
     torch.manual_seed(0)
     depth = min(2, len(cfg["channels"]) - 2)  # two extra outputs, as medattn train sets them (fewer on tiny nets)
     model = build_model("ag_unet_fullres", 1, len(CLASSES), channels=cfg["channels"], deep_supervision=depth)
     model = model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    # now: medattn's optimiser (PyTorch's fused AdamW); before: AdamW's default per-tensor loop on the CPU
+    opt = make_optimizer(model, "adamw", 1e-3, 1e-2) if now else torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = DeepSupervisionLoss()
     g = torch.Generator().manual_seed(1)
     shape = (cfg["batch"], 1, *cfg["patch"])
@@ -236,7 +243,7 @@ def step_runner(cfg: dict[str, Any], device: Any, *, fast_norm: bool, bf16: bool
     own, own_add = norm.use_fast_backward, unet.gated_add
 
     def run() -> list[float]:
-        if not fast_norm:  # PyTorch's norm backward and in-place addcmul_: the step as it was
+        if not now:  # PyTorch's norm backward and in-place addcmul_: the step as it was
             norm.use_fast_backward = lambda x: False
             unet.gated_add = lambda up, skip, alpha: up.addcmul_(skip, alpha)
         model.train()
@@ -264,8 +271,8 @@ def step_speed(mode: str, rounds: int | None, device: Any, dev_name: str) -> tup
     cfg = STEP_SETTINGS[mode]
     rounds = rounds or cfg["rounds"]
     check_cfg = {**cfg, "steps": cfg["check"]}
-    before = step_runner(check_cfg, device, fast_norm=False)()
-    after = step_runner(check_cfg, device, fast_norm=True)()
+    before = step_runner(check_cfg, device, now=False)()
+    after = step_runner(check_cfg, device, now=True)()
     loss_diff = max(abs(a - b) for a, b in zip(before, after))
     print(
         f"training step: {cfg['check']} steps from one seed, largest loss difference {loss_diff:.1e} "
@@ -273,12 +280,12 @@ def step_speed(mode: str, rounds: int | None, device: Any, dev_name: str) -> tup
         flush=True,
     )
     contenders = {
-        "PyTorch norm backward (before)": step_runner(cfg, device, fast_norm=False),
-        "medattn norm backward (now)": step_runner(cfg, device, fast_norm=True),
+        "before (PyTorch norm backward, per-tensor AdamW)": step_runner(cfg, device, now=False),
+        "now (medattn norm backward, fused AdamW)": step_runner(cfg, device, now=True),
     }
     bf16 = device.type == "cpu" and cpu_has_native_bf16()
     if bf16:
-        contenders["now, bf16 autocast"] = step_runner(cfg, device, fast_norm=True, bf16=True)
+        contenders["now, bf16 autocast"] = step_runner(cfg, device, now=True, bf16=True)
     print(f"timing: {cfg['steps']} steps per call, {rounds} interleaved rounds ...", flush=True)
     raw = time_interleaved_clocks(contenders, rounds=rounds, sync=synchronizer(device))
     names = list(contenders)
@@ -299,8 +306,8 @@ def step_speed(mode: str, rounds: int | None, device: Any, dev_name: str) -> tup
     )
     head = headline(
         "training step",
-        "medattn norm backward",
-        "PyTorch native_group_norm_backward (the step before)",
+        "medattn norm backward + fused AdamW",
+        "PyTorch native_group_norm_backward + per-tensor AdamW (the step before)",
         "speed-up x (before s / now s)",
         speedup,
         f">= {TARGET_STEP_SPEEDUP}",
@@ -338,8 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         f"weight difference {check['max_weight_difference']:.2e}"
     )
 
+    from medattn.train.optim import make_optimizer
+
     model = make_model(cfg["channels"]).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = make_optimizer(model, "adamw", 1e-3, 1e-2)
     run_a, _ = avalanche_epoch(model, opt, items, cfg, device)
     run_p = plain_epoch(model, opt, items, cfg, device)
     print(

@@ -90,7 +90,8 @@ def add_fold(p: Options) -> None:
         default=None,
         help="cross-validation fold (0..k-1) of a deterministic k-fold split of the cases outside the test split, or "
         "'fixed' for the manifest's train/val split (validation from a held-back slice of train when there is no val; "
-        "a test split is never read); default: fixed when the manifest has a train split, else fold 0 of 5",
+        "a test split is never read), 'all' (every non-test case, no validation) or 'all-folds' (each fold in turn, "
+        "into OUT/fold_0 ..); default: fixed when the manifest has a train split, else fold 0 of 5",
     )
 
 

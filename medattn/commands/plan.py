@@ -28,6 +28,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="activation-memory budget for one training patch (batch 2), in MiB (default 2048)",
     )
     p.add_argument("--max-cases", type=int, default=None, help="fingerprint at most this many cases per domain")
+    p.add_argument(
+        "--spacing",
+        type=_spacing,
+        default=None,
+        help="target voxel size X,Y,Z in mm instead of the fingerprint's median (e.g. 2,2,2 for a low-resolution plan "
+        "of large volumes); patch and network topology follow from it",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         max_cases=args.max_cases,
         seed=args.seed,
         progress=not args.quiet,
+        target_spacing=args.spacing,
     )
     plan.save(args.out)
     print(format_plan(plan))
@@ -52,3 +60,16 @@ def run(args: argparse.Namespace) -> int:
         for line in skipped:
             print(f"  {line}")
     return EXIT_PROBLEMS if skipped else EXIT_OK
+
+
+def _spacing(text: str) -> tuple[float, float, float]:
+    """``--spacing 2,2,2`` (or one number for all three axes) as checked voxel sizes; a bad value is a usage error
+    (exit 2, argparse's message)."""
+    from medattn.data.plan import check_spacing
+    from medattn.errors import DataError
+
+    try:
+        parts = [float(v) for v in text.split(",")]
+        return check_spacing(parts * 3 if len(parts) == 1 else parts)
+    except (ValueError, DataError) as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None

@@ -78,7 +78,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     v = p.add_argument_group("split and validation")
     add_fold(p)
-    v.add_argument("--folds", type=int, help="k of the k-fold split (default 5); --fold all trains on every case")
+    v.add_argument(
+        "--folds",
+        type=int,
+        help="k of the k-fold split (default 5); --fold all trains on every case, --fold all-folds trains each of "
+        "the k folds into OUT/fold_0 .. OUT/fold_{k-1} (an ensemble for predict, out-of-fold cases for crossval)",
+    )
     v.add_argument(
         "--split-seed", type=int, help="seed of the k-fold shuffle and of the held-back validation slice (default 0)"
     )
@@ -119,8 +124,48 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return resumed_config(given, set(values), Path(args.out)) if args.resume else given
 
 
+ALL_FOLDS = "all-folds"
+
+
 def run(args: argparse.Namespace) -> int:
-    """Parse, join a torchrun job if any, train, print a summary (rank 0)."""
+    """Parse, join a torchrun job if any, train, print a summary (rank 0); ``--fold all-folds``: every fold."""
+    if getattr(args, "fold", None) == ALL_FOLDS:
+        return run_all_folds(args)
+    return train_one(args)
+
+
+def run_all_folds(args: argparse.Namespace) -> int:
+    """Train folds 0 .. k-1 one after another into ``OUT/fold_k`` (nnU-Net's five folds, in one command).
+
+    Every fold uses one plan: ``--plan`` when given, else the one fold 0 computed (``OUT/fold_0/plan.json``), so the
+    folds are one ensemble that :mod:`medattn.models.ensemble` accepts. With ``--resume`` a fold that has a run
+    folder continues it (a finished one returns at once) and a fold without one starts; without it, an existing
+    fold folder is refused as any run folder is. Exit code: the worst of the folds'.
+    """
+    import copy
+
+    from medattn.train.config import TrainConfig
+
+    out = Path(args.out)
+    k = args.folds or TrainConfig.folds
+    codes = []
+    for fold in range(k):
+        fold_args = copy.copy(args)
+        fold_args.fold, fold_args.out = str(fold), str(out / f"fold_{fold}")
+        fold_args.resume = bool(args.resume) and (out / f"fold_{fold}" / "config.json").is_file()
+        if fold and not args.plan and not fold_args.resume:
+            fold_args.plan = str(out / "fold_0" / "plan.json")
+        if not args.quiet:
+            print(f"fold {fold} of {k}: {fold_args.out}", flush=True)
+        codes.append(train_one(fold_args))
+    if not args.quiet:
+        print(f"{k} folds in {out}: `medattn crossval {out} DATA` learns the postprocessing on their validation")
+        print(f"cases; `medattn predict {out} IMAGES OUT` predicts with the {k}-fold ensemble")
+    return max(codes)
+
+
+def train_one(args: argparse.Namespace) -> int:
+    """One run: ``args.out`` with ``args.fold``."""
     import math
 
     from medattn.data.plan import Plan

@@ -185,6 +185,14 @@ def _t3i(v: Sequence[Any] | np.ndarray) -> Triple:
 # ---- planning rules --------------------------------------------------------------------------------------------
 
 
+def check_spacing(spacing: Sequence[float]) -> Spacing:
+    """Three finite, positive voxel sizes in mm, or a :class:`DataError` naming the value."""
+    values = [float(v) for v in spacing]
+    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise DataError(f"target spacing must be three positive voxel sizes in mm (X, Y, Z), got {list(spacing)}")
+    return _t3f(values)
+
+
 def choose_target_spacing(spacings: np.ndarray) -> tuple[Spacing, bool]:
     """Median spacing per axis; on anisotropic data the coarse axis takes its 10th percentile.
 
@@ -283,6 +291,7 @@ def make_plan(
     seed: int = 0,
     progress: bool = False,
     checked: bool = False,
+    target_spacing: Sequence[float] | None = None,
 ) -> Plan:
     """Fingerprint ``manifest`` and derive a :class:`Plan`.
 
@@ -291,6 +300,11 @@ def make_plan(
     the input gate first (the checks of ``medattn validate``; ``checked=True`` when the caller has already run it,
     as ``medattn train`` does): a refused case, or one that cannot be read, is skipped with a warning naming it and
     its reason and listed in ``fingerprint["skipped_cases"]``; planning fails only when no case is left.
+
+    ``target_spacing`` (mm, RAS axis order) replaces the fingerprint's choice, like nnU-Net's low-resolution
+    configuration: coarser voxels make a large field of view (whole brains) fit a CPU budget. The patch, the
+    network's topology and the anisotropy flag are then derived from it as from a chosen spacing; the fingerprint
+    records both (``spacing_override``).
     """
     from tqdm.auto import tqdm
 
@@ -339,6 +353,10 @@ def make_plan(
     }
     spacings = np.array([f.spacing for f in fps])
     target, aniso = choose_target_spacing(spacings)
+    chosen = target
+    if target_spacing is not None:
+        target = check_spacing(target_spacing)
+        aniso = bool(max(target) > ANISOTROPY_THRESHOLD * min(target))
     resampled = np.array([np.array(f.shape) * np.array(f.spacing) / np.array(target) for f in fps])
     median_shape = np.median(resampled, axis=0)
     patch, strides, kernels, mem = choose_patch(median_shape, target, memory_budget_mb, batch_size, len(names))
@@ -368,6 +386,8 @@ def make_plan(
         "test_cases_left_out": left_out,
         "seed": seed,
     }
+    if target_spacing is not None:
+        fingerprint["spacing_override"] = {"fingerprint_choice": list(chosen), "used": list(target)}
     return Plan(
         dataset=manifest.name,
         channels=tuple(norms),

@@ -9,6 +9,11 @@ cases, so each case is predicted by the one model that never trained on it (the 
 ``medattn predict RUN ...`` then applies. The test split never takes part: a fold whose validation cases include a
 test case is refused.
 
+A single run with a validation split (``--fold fixed``: the manifest's ``val`` cases) is a one-fold
+cross-validation: its model predicts its val cases and they choose the rule. That is what a dataset too small for
+k folds can afford; those cases also picked the run's checkpoint, so their Dice is a little optimistic, but the
+test split still takes no part.
+
 Outputs: ``RUN/crossval/<case>.nii.gz`` (the out-of-fold masks, raw), ``RUN/crossval/predictions.json``,
 ``RUN/crossval/summary.json`` (per fold and over all folds: mean Dice per class, raw and postprocessed, and the
 rule's evidence) and ``RUN/postprocessing.json``.
@@ -34,16 +39,17 @@ CROSSVAL_DIR = "crossval"
 
 
 def fold_runs(run: Path) -> list[Path]:
-    """The fold run folders of ``run`` (``fold_*`` holding ``model.pt`` and ``split.json``), in fold order.
+    """The fold run folders of ``run`` (``fold_*`` holding ``model.pt`` and ``split.json``), in fold order; or
+    ``[run]`` for a single run (its own ``model.pt`` and ``split.json``).
 
     Raises:
-        DataError: fewer than two folds, or a fold without its model or split.
+        DataError: one fold folder only, or a fold without its model or split.
     """
     from medattn.models.ensemble import model_paths
 
     folds = [p.parent for p in model_paths([run])]
-    if len(folds) < 2 or folds[0] == run:
-        raise DataError("cross-validation needs a run folder holding fold_*/model.pt (two folds or more)", run)
+    if len(folds) < 2 and folds[0] != run:
+        raise DataError("cross-validation needs two folds or more (RUN/fold_*/model.pt), or a single run", run)
     for f in folds:
         if not (f / "split.json").is_file():
             raise DataError("the fold has no split.json (its validation cases are unknown)", f)

@@ -189,3 +189,27 @@ def test_plan_leaves_out_cases_the_input_checks_refuse(make_msd, tmp_path: Path,
     assert "1 case(s) failed the input checks" in printed and "case 'blob_002'" in printed and "1 NaN" in printed
     plan = json.loads(out.read_text())
     assert plan["fingerprint"]["cases_used"] == 3 and len(plan["fingerprint"]["skipped_cases"]) == 1
+
+
+def test_plan_spacing_override_coarsens_the_grid(make_msd, tmp_path: Path, capsys) -> None:
+    """``plan --spacing`` (a low-resolution plan of large volumes): the plan resamples to the given voxel size, the
+    patch and topology follow from it (a coarser grid: a smaller median shape in voxels) and the fingerprint keeps
+    its own choice beside the override; a bad value is a usage error."""
+    root = make_msd(n=4)
+    native, coarse = tmp_path / "native.json", tmp_path / "coarse.json"
+    assert main(["plan", str(root), "-o", str(native), "--quiet"]) == 0
+    assert main(["plan", str(root), "-o", str(coarse), "--quiet", "--spacing", "2,2,3"]) == 0
+    a, b = Plan.load(native), Plan.load(coarse)
+    assert b.target_spacing == (2.0, 2.0, 3.0)
+    expected = np.round(np.array(a.median_shape) * np.array(a.target_spacing) / np.array([2.0, 2.0, 3.0]))
+    np.testing.assert_allclose(b.median_shape, expected, atol=1)
+    assert b.fingerprint["spacing_override"] == {"fingerprint_choice": list(a.target_spacing), "used": [2.0, 2.0, 3.0]}
+    assert main(["plan", str(root), "-o", str(tmp_path / "one.json"), "--quiet", "--spacing", "1.5"]) == 0
+    assert Plan.load(tmp_path / "one.json").target_spacing == (1.5, 1.5, 1.5)
+    capsys.readouterr()
+    for bad in ("0,1,1", "a,b,c", "1,2"):
+        with pytest.raises(SystemExit) as e:
+            main(["plan", str(root), "-o", str(tmp_path / "bad.json"), "--spacing", bad])
+        assert e.value.code == 2
+        assert "--spacing" in capsys.readouterr().err
+    assert not (tmp_path / "bad.json").exists()

@@ -164,3 +164,34 @@ def test_crossval_refuses_a_fold_that_validates_on_a_test_case(tmp_path: Path, c
     assert main(["crossval", str(tmp_path / "run"), str(data), "--quiet"]) != 0
     assert "validation case 'c7' is in the dataset's test split" in capsys.readouterr().err
     assert not (tmp_path / "run" / "postprocessing.json").exists()
+
+
+def test_crossval_of_a_single_run_uses_its_val_cases_only(tmp_path: Path, capsys) -> None:
+    """A dataset too small for folds: ``crossval RUN`` on one ``--fold fixed`` run predicts the manifest's val
+    cases (never train, never test) and writes ``RUN/postprocessing.json``, which ``predict RUN`` applies; a run
+    folder with a single fold folder is refused."""
+    data = blob_dataset(tmp_path / "blobs")
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), "--config", str(_tiny(tmp_path)), "--quiet"]) == 0
+    assert main(["crossval", str(run), str(data), "--quiet"]) == 0
+    summary = json.loads((run / "crossval" / "summary.json").read_text())
+    assert summary["cases"] == 2 and summary["folds"] == ["run"]
+    assert sorted(p.name for p in (run / "crossval").glob("*.nii.gz")) == ["c5.nii.gz", "c6.nii.gz"]  # the val split
+    load_rule(run / "postprocessing.json")
+    out = tmp_path / "pred"
+    assert main(["predict", str(run), str(data), str(out), "--split", "test", "--quiet"]) == 0
+    assert json.loads((out / "predictions.json").read_text())["postprocessing"]["rule"] == str(
+        run / "postprocessing.json"
+    )
+    (tmp_path / "one" / "fold_0").mkdir(parents=True)
+    for name in ("model.pt", "split.json"):
+        (tmp_path / "one" / "fold_0" / name).write_bytes((run / name).read_bytes())
+    capsys.readouterr()
+    assert main(["crossval", str(tmp_path / "one"), str(data), "--quiet"]) != 0
+    assert "two folds or more" in capsys.readouterr().err
+
+
+def _tiny(tmp_path: Path) -> Path:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "epochs": 3}))
+    return config

@@ -161,3 +161,28 @@ def test_unwritable_run_folder_fails_in_one_line_before_any_data_is_read(
     assert main(["train", str(data), "--out", str(read_only_dir / "run"), "--epochs", "1", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("medattn train: error: --out") and "cannot write" in err and err.count("\n") == 1
+
+
+def test_all_folds_trains_every_fold_with_one_plan_and_resumes(data: Path, config_file: Path, tmp_path: Path) -> None:
+    """``--fold all-folds`` (nnU-Net's k folds in one command): OUT/fold_k for each k, disjoint validation cases
+    that together cover every non-test case, one plan for all (so they are one ensemble); ``--resume`` returns at
+    once on finished folds and starts a missing one; without it an existing run is refused."""
+    from medattn.models.ensemble import load_models
+
+    out = tmp_path / "cv"
+    args = ["train", str(data), "--out", str(out), "--config", str(config_file), "--quiet", "--epochs", "1"]
+    assert main([*args, "--fold", "all-folds", "--folds", "3"]) == 0
+    folds = sorted(out.glob("fold_*"))
+    assert [f.name for f in folds] == ["fold_0", "fold_1", "fold_2"]
+    vals = [json.loads((f / "split.json").read_text())["val"] for f in folds]
+    assert sorted(v for val in vals for v in val) == [f"c{i}" for i in range(7)]  # c7, c8: test, never read
+    plans = {(f / "plan.json").read_text() for f in folds}
+    assert len(plans) == 1
+    assert load_models([out], "cpu").members == 3
+    mtime = (folds[1] / "model.pt").stat().st_mtime_ns
+    import shutil
+
+    shutil.rmtree(folds[2])
+    assert main([*args, "--fold", "all-folds", "--folds", "3", "--resume"]) == 0
+    assert (folds[1] / "model.pt").stat().st_mtime_ns == mtime and (folds[2] / "model.pt").is_file()
+    assert main([*args, "--fold", "all-folds", "--folds", "3"]) == 2
