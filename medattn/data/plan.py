@@ -193,6 +193,11 @@ def check_spacing(spacing: Sequence[float]) -> Spacing:
     return _t3f(values)
 
 
+def is_anisotropic(spacing: Sequence[float] | np.ndarray) -> bool:
+    """Whether the coarsest axis of ``spacing`` is over ``ANISOTROPY_THRESHOLD`` times the finest."""
+    return bool(max(spacing) > ANISOTROPY_THRESHOLD * min(spacing))
+
+
 def choose_target_spacing(spacings: np.ndarray) -> tuple[Spacing, bool]:
     """Median spacing per axis; on anisotropic data the coarse axis takes its 10th percentile.
 
@@ -204,7 +209,7 @@ def choose_target_spacing(spacings: np.ndarray) -> tuple[Spacing, bool]:
     """
     median = np.median(spacings, axis=0)
     coarse = int(np.argmax(median))
-    anisotropic = bool(median[coarse] > ANISOTROPY_THRESHOLD * median.min())
+    anisotropic = is_anisotropic(median)
     target = median.copy()
     if anisotropic:
         p10 = float(np.percentile(spacings[:, coarse], 10))
@@ -356,7 +361,7 @@ def make_plan(
     chosen = target
     if target_spacing is not None:
         target = check_spacing(target_spacing)
-        aniso = bool(max(target) > ANISOTROPY_THRESHOLD * min(target))
+        aniso = is_anisotropic(target)
     resampled = np.array([np.array(f.shape) * np.array(f.spacing) / np.array(target) for f in fps])
     median_shape = np.median(resampled, axis=0)
     patch, strides, kernels, mem = choose_patch(median_shape, target, memory_budget_mb, batch_size, len(names))

@@ -16,9 +16,9 @@ stream the channels-last memory in order:
     Q_g = sum_{c in g} gamma_c r_g (sum_s dy x - mu_g sum_s dy), B = -r_g^2 Q_g / M, C = -r_g P_g / M - B mu_g
 
 (``M`` = voxels per group: channels per group x spatial size). It is used for float32 CPU tensors in
-``channels_last_3d`` that need a gradient; anything else (CUDA, contiguous tensors, inference, double backward not
-needed) goes through ``F.group_norm`` unchanged. The gradients equal PyTorch's within float32 rounding (checked
-against float64 in ``tests/models/test_norm.py``).
+``channels_last_3d`` that need a gradient; anything else (CUDA, contiguous tensors, inference) goes through
+``F.group_norm`` unchanged. The backward is once-differentiable: a second derivative through it raises. The
+gradients equal PyTorch's within float32 rounding (checked against float64 in ``tests/models/test_norm.py``).
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ def make_optimizer(
 
     PyTorch picks the per-tensor loop on the CPU by default, which launches a dozen elementwise operations per
     parameter tensor: an AdamW step of ``ag_unet_fullres`` (51 tensors, 1.0 M parameters) took 16.4 ms that way and
-    6.0 ms fused, and of ``ag_unet`` (72 tensors, 4.8 M) 35.8 against 12.4 ms (one thread of a 2-core AMD EPYC).
+    6.0 ms fused, and of ``ag_unet`` (72 tensors, 4.8 M) 35.8 against 12.4 ms (one thread of a 2-core AMD EPYC that
+    a training run shared; interleaved rounds, median).
     The update is the same within float32 rounding. The model must be on its device before this is called.
     """
     ps = list(params.parameters()) if isinstance(params, nn.Module) else list(params)

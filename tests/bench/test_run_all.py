@@ -49,6 +49,10 @@ def test_smoke_suite_writes_machine_versions_commit_and_finite_ratios(tmp_path: 
         assert entry["exit_status"] == 0 and "error" not in entry, (question, entry.get("error"))
         assert entry["seconds"] > 0 and entry["results"]["mode"] == "smoke"
 
+    step = doc["scripts"]["training"]["results"]["training_step"]
+    assert len(step["losses_now"]) == len(step["losses_before"]) >= 2  # the step before and now: the same numerics
+    assert step["max_loss_difference"] <= 1e-4 * max(step["losses_now"])
+
     heads = doc["headlines"]
     assert {h["question"] for h in heads} == QUESTIONS | {"training step"}  # bench_train answers two
     for h in heads:
