@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/adapt_studies.py run few --out runs/studies        # label budgets and the ranking
     .venv/bin/python bench/adapt_studies.py run labelfree --out runs/studies  # selftrain without labels
+    .venv/bin/python bench/adapt_studies.py run styleval --out runs/studies   # selftrain's style_share (val)
     .venv/bin/python bench/adapt_studies.py run sweep --out runs/studies      # three values per main weight (val)
     .venv/bin/python bench/adapt_studies.py run table --out runs/studies      # every method at its default (test)
     .venv/bin/python bench/adapt_studies.py report --out runs/studies         # Markdown tables, docs/figures/*.png
@@ -16,8 +17,8 @@ before it starts, and skipped when its folder already holds a finished run), so 
   replay, scored on the test splits; then N = 3 and 5 labelled by ``medattn drift``'s ranking of B's training
   images (``--label-order``) against N drawn at random with seeds 0, 1 and 2 (replay).
 * **labelfree**: per scanner (B, C, D), original -> that scanner with no label of it (``--labelled 0``), selftrain
-  without and with ``style_share`` (:data:`STYLE_SHARE`), against replay with every label, on the test splits;
-  ``--eval-split val`` runs chose the confidence and the style share first.
+  without and with ``style_share`` (:data:`STYLE_SHARE`), against replay with every label, on the test splits.
+* **styleval**: selftrain's ``style_share`` at 0, 1 and 2 on the val splits of C and B, which chose the default.
 * **sweep**: original -> B, each method's main weight at three values, scored on the **val** splits (the test
   cases choose nothing); the default is the value with the best final average Dice (BWT breaks ties within 0.005).
 * **table**: original -> B, every method at the chosen defaults, one process each (its CPU time from
@@ -54,8 +55,8 @@ SWEEP = {
 }
 TABLE_METHODS = ("naive", "replay", "ewc", "si", "lwf", "mib", "cumulative", "joint")
 BUDGETS = (1, 3, 5, 10)
-#: selftrain's ``style_share`` in the label-free study: the better of 0 and 1 on scanner C's val split
-#: (docs/results.md, "Few labels and none").
+#: selftrain's ``style_share`` in the label-free study and its default: the best of 0, 1 and 2 on the val splits of
+#: scanners B and C (their mean) by the sweep's rule (docs/results.md, "Few labels and none").
 STYLE_SHARE = 1.0
 
 
@@ -153,12 +154,30 @@ def run_labelfree(out: Path, confidence: float, style_share: float = STYLE_SHARE
         _adapt(out / f"sup_{scanner}", stream, "--strategies", "replay")
 
 
+def run_styleval(out: Path) -> None:
+    """selftrain's ``style_share`` at 0, 1 and 2 on the val splits of scanners C and B (the default's choice)."""
+    for scanner in ("C", "B"):
+        for share in (0, 1, 2):
+            _adapt(
+                out / f"styleval_{scanner}_s{share}",
+                f"vumc,vumc_{scanner}",
+                "--strategies",
+                "selftrain",
+                "--labelled",
+                "0",
+                "--eval-split",
+                "val",
+                "--methods",
+                f"{{selftrain: {{style_share: {share}}}}}",
+            )
+
+
 def run_sweep(out: Path) -> None:
     for i in range(3):
         methods = ", ".join(f"{m}: {{{p}: {vals[i]}}}" for m, (p, vals) in SWEEP.items())
         _adapt(
             out / f"sweep_v{i + 1}",
-            "vumc,vumc_B,vumc_C",
+            "vumc,vumc_B",
             "--strategies",
             ",".join(SWEEP),
             "--eval-split",
@@ -235,6 +254,25 @@ def report(out: Path, figures: Path) -> str:
             for v, row in got:
                 mark = "**yes**" if v == best else ""
                 lines.append(f"| {method} | {param} | {v:g} | {row['average_dice']:.4f} | {row['bwt']:+.4f} | {mark} |")
+        lines.append("")
+    styles = {(x, v): _load(out, f"styleval_{x}_s{v}") for x in "CB" for v in (0, 1, 2)}
+    if all(styles.values()):
+        lines += [
+            "| style_share | C: final average (val) | C: BWT | B: final average (val) | B: BWT | mean | chosen |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        got = []
+        for v in (0, 1, 2):
+            rows = [styles[x, v]["rows"]["selftrain"] for x in "CB"]  # type: ignore[index]
+            mean = {k: sum(r[k] for r in rows) / 2 for k in ("average_dice", "bwt")}
+            got.append((float(v), mean))
+        best = _choose(got)
+        for v, mean in got:
+            c, b = (styles[x, int(v)]["rows"]["selftrain"] for x in "CB")  # type: ignore[index]
+            lines.append(
+                f"| {v:g} | {c['average_dice']:.4f} | {c['bwt']:+.4f} | {b['average_dice']:.4f} | {b['bwt']:+.4f} "
+                f"| {mean['average_dice']:.4f} | {'**yes**' if v == best else ''} |"
+            )
         lines.append("")
     table = {m: _matrix(out, f"table_{m}", m) for m in TABLE_METHODS}
     if any(table.values()):
@@ -327,6 +365,13 @@ def _matrix(out: Path, name: str, method: str) -> dict[str, Any] | None:
     if decisions.is_file():
         skipped = [d for d in json.loads(decisions.read_text()) if not d["adapt"]]
         doc["decision"] = "skipped: " + skipped[0]["reason"][:60] + "..." if skipped else "trained"
+    passes = out / name / method / "pseudo_labels.json"
+    if passes.is_file() and doc.get("decision", "trained") == "trained":
+        used = [r for r in json.loads(passes.read_text()) if r.get("used")]
+        if used and used[0].get("teacher", "as stored") != "as stored":
+            ratios = ", ".join(f"{v:.2f}x" for v in used[0].get("volume_ratio", []))
+            teacher = used[0]["teacher"]
+            doc["decision"] = f"trained; pseudo-labels through its intensities {teacher} ({ratios} the volumes)"
     return doc
 
 
@@ -365,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
     r = sub.add_parser("run")
-    r.add_argument("study", choices=("few", "labelfree", "sweep", "table"))
+    r.add_argument("study", choices=("few", "labelfree", "styleval", "sweep", "table"))
     r.add_argument("--out", type=Path, default=ROOT / "runs" / "studies")
     r.add_argument("--confidence", type=float, default=0.9, help="labelfree: selftrain's confidence")
     r.add_argument("--only", default=",".join(TABLE_METHODS), help="table: these methods (comma-separated)")
@@ -382,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.study == "labelfree":
         run_labelfree(args.out, args.confidence)
     else:
-        {"few": run_few, "sweep": run_sweep}[args.study](args.out)
+        {"few": run_few, "styleval": run_styleval, "sweep": run_sweep}[args.study](args.out)
     return 0
 
 

@@ -3,6 +3,8 @@
     import medattn
 
     model = medattn.load_model("runs/mine/model.pt")
+    model = medattn.load_model("runs/mine_cv")      # a run folder of folds: their ensemble, with its postprocessing
+    model = medattn.load_model(["a/model.pt", "b/model.pt"])   # several model files: their ensemble
     mask = model.predict("scan.nii.gz")              # a nibabel image on the scan's grid
     mask = model.predict(nib.load("scan.nii.gz"))    # nibabel in, nibabel out
     mask = model.predict(sitk.ReadImage("scan.mha")) # SimpleITK in, SimpleITK out (same origin, spacing, direction)
@@ -38,22 +40,27 @@ ImageLike = Any
 
 
 class Model:
-    """A loaded model file (see :func:`load_model`).
+    """A loaded model file, or an ensemble of them (see :func:`load_model`).
 
     Attributes:
-        path: the model file.
+        path: the model file (an ensemble's first member).
+        paths: every member's model file (one for a single model).
         plan: its preprocessing plan (:class:`~medattn.data.plan.Plan`): spacing, channels, labels.
         options: the prediction options every call uses (:class:`~medattn.infer.predict.PredictOptions`).
+        postprocessing: the postprocessing rule applied to every mask (:class:`~medattn.infer.postprocess.Rule`),
+            or None.
     """
 
-    def __init__(self, path: Path, loaded: Any, options: Any, device: Any) -> None:
+    def __init__(self, paths: Sequence[Path], loaded: Any, options: Any, device: Any, rule: Any = None) -> None:
         from medattn.infer.predict import make_predictor
 
-        self.path = path
+        self.paths = list(paths)
+        self.path = self.paths[0]
         self.device = device
         self.plan = loaded.plan
         self.options = options
-        self._predictor = make_predictor(loaded.model, loaded.plan, options, device)
+        self.postprocessing = rule
+        self._predictor = make_predictor(loaded.model, loaded.plan, options, device, members=loaded.members)
 
     @property
     def labels(self) -> dict[int, str]:
@@ -66,7 +73,8 @@ class Model:
         return [ch.name for ch in self.plan.channels]
 
     def __repr__(self) -> str:
-        return f"medattn.Model({str(self.path)!r}, channels={self.channels}, labels={self.labels})"
+        shown = str(self.path) if len(self.paths) == 1 else [str(p) for p in self.paths]
+        return f"medattn.Model({shown!r}, channels={self.channels}, labels={self.labels})"
 
     def predict(self, image: ImageLike, affine: np.ndarray | None = None) -> Any:
         """The label mask of ``image`` on its own grid, as the same kind of object (a path gives a nibabel image).
@@ -94,8 +102,15 @@ class Model:
 
         Raises:
             TooFewVolumesError: fewer readable volumes than the tests need.
+            ConfigError: an ensemble (drift reads one model's features; load one member for it).
         """
         from medattn.drift.run import run_drift
+
+        if len(self.paths) > 1:
+            raise ConfigError(
+                f"drift tests one model's features; this is an ensemble of {len(self.paths)}: load one member "
+                f"(medattn.load_model({str(self.paths[0])!r})) for drift"
+            )
 
         with tempfile.TemporaryDirectory(prefix="medattn-api-") as tmp:
             folders = []
@@ -126,7 +141,9 @@ class Model:
             out.mkdir()
             fmt = "mha" if kind == "sitk" else "nii.gz"
             options = replace(self.options, output_format=fmt, save_probabilities="4d" if probabilities else None)
-            (result,) = predict_cases([case], self.plan, self._predictor, out, options, case.images, Rank())
+            (result,) = predict_cases(
+                [case], self.plan, self._predictor, out, options, case.images, Rank(), postprocess=self.postprocessing
+            )
             if result.status != "ok":
                 raise DataError(result.reason or "prediction failed", _shown(image), None)
             path = Path(result.probabilities[0]) if probabilities else Path(result.output or "")
@@ -135,21 +152,28 @@ class Model:
             return _read_back(path, kind)
 
 
-def load_model(path: str | Path, device: str | None = None, **options: Any) -> Model:
-    """Load a model file written by ``medattn train`` (or ``adapt``) for prediction from Python.
+def load_model(path: str | Path | Sequence[str | Path], device: str | None = None, **options: Any) -> Model:
+    """Load a model file written by ``medattn train`` (or ``adapt``), or an ensemble, for prediction from Python.
+
+    The same models ``medattn predict`` takes: several model files, or a run folder of folds (``medattn train
+    --fold all-folds``), are one ensemble whose probabilities are averaged window by window; a run folder's
+    ``postprocessing.json`` (``medattn crossval``) is applied to every mask unless ``postprocessing="none"``.
 
     Args:
-        path: the model file (weights are loaded with ``weights_only=True``).
+        path: a model file, a run folder (its ``fold_*/model.pt``, or its ``model.pt``), or a list of them
+            (weights are loaded with ``weights_only=True``).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``; ``None``: CUDA if available, else CPU.
         **options: :class:`~medattn.infer.predict.PredictOptions` fields (``mirror_axes=(0, 1, 2)`` for TTA,
             ``overlap``, ``window``...), the same as ``medattn predict``'s options.
 
     Raises:
-        DataError: the file is missing or not a medattn model file.
+        DataError: a file is missing or not a medattn model file, or an ensemble's members disagree (labels,
+            channels, preprocessing), naming both files.
         ConfigError: an unknown or invalid option.
     """
-    from medattn.infer.predict import PredictOptions
-    from medattn.models.model_file import load_model as load_model_file
+    from medattn.infer.postprocess import load_rule
+    from medattn.infer.predict import PredictOptions, rule_file
+    from medattn.models.ensemble import load_models, model_paths
     from medattn.runtime import resolve_device
 
     unknown = sorted(set(options) - set(PredictOptions.__dataclass_fields__))
@@ -157,7 +181,12 @@ def load_model(path: str | Path, device: str | None = None, **options: Any) -> M
         raise ConfigError(f"unknown prediction option(s) {unknown}; see medattn.infer.predict.PredictOptions")
     opts = PredictOptions(**{"progress": False, **options, "device": device})
     resolved = resolve_device(device)
-    return Model(Path(path), load_model_file(path, resolved), opts, resolved)
+    specs = [path] if isinstance(path, (str, Path)) else list(path)
+    members = model_paths(specs)
+    loaded = load_models(members, resolved)
+    rule_path = rule_file(specs, opts.postprocessing)
+    rule = None if rule_path is None else load_rule(rule_path, loaded.plan.labels)
+    return Model(members, loaded, opts, resolved, rule)
 
 
 # ---- staging inputs and reading outputs back -------------------------------------------------------------------------

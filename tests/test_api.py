@@ -145,3 +145,37 @@ def test_drift_takes_two_files_with_the_same_name(setup: dict) -> None:
     doc = report.to_dict()
     assert doc["n_reference"] == 4 and doc["n_target"] == 3 and not doc["failures"]
     assert len(doc["volume_level"]["target_scores"]) == 3
+
+
+def test_a_run_folder_of_folds_is_an_ensemble_with_its_postprocessing(tmp_path: Path) -> None:
+    """``load_model(RUN)`` with ``fold_*/model.pt`` and a ``postprocessing.json``: its probabilities are the NumPy
+    mean of the members' own, its mask is what ``medattn predict RUN`` writes (the rule applied: every label-1
+    component under 10^6 mm3 removed, so no label 1 is left), ``postprocessing="none"`` gives the raw mask, and
+    drift, which reads one model's features, refuses the ensemble."""
+    from medattn.errors import ConfigError
+    from medattn.infer.postprocess import ClassRule, Rule, save_rule
+
+    run = tmp_path / "run"
+    for i in range(2):
+        torch.manual_seed(i)
+        save_model(run / f"fold_{i}" / "model.pt", build_model("ag_unet", 1, 3, channels=(4, 8, 16)), small_plan())
+    save_rule(Rule({1: ClassRule("min_volume", 1.0e6)}), run / "postprocessing.json")
+    image, _ = blob_case(SHAPE, seed=4)
+    scan = write_nifti(tmp_path / "scan.nii.gz", image, AFFINE)
+    members = [medattn.load_model(run / f"fold_{i}" / "model.pt", device="cpu") for i in range(2)]
+    singles = [m.predict_proba(image, affine=AFFINE) for m in members]
+    assert np.abs(singles[0] - singles[1]).max() > 0.05  # the members differ, so the mean can be wrong
+    ensemble = medattn.load_model(run, device="cpu")
+    assert [p.name for p in ensemble.paths] == ["model.pt", "model.pt"] and ensemble.postprocessing is not None
+    np.testing.assert_allclose(ensemble.predict_proba(image, affine=AFFINE), np.mean(singles, axis=0), atol=2e-6)
+    assert main(["predict", str(run), str(scan), str(tmp_path / "cli"), "--quiet"]) == 0
+    cli = np.asarray(nib.load(str(tmp_path / "cli" / "scan.nii.gz")).dataobj)
+    mask = ensemble.predict(image, affine=AFFINE)
+    np.testing.assert_array_equal(mask, cli)
+    raw = medattn.load_model(run, device="cpu", postprocessing="none").predict(image, affine=AFFINE)
+    assert (raw == 1).any() and not (mask == 1).any()
+    np.testing.assert_array_equal(mask[raw != 1], raw[raw != 1])  # the rule touches label 1 only
+    same = medattn.load_model([run / "fold_0" / "model.pt", run / "fold_1" / "model.pt"], device="cpu")
+    np.testing.assert_array_equal(same.predict(image, affine=AFFINE), raw)  # files as a list: no run folder rule
+    with pytest.raises(ConfigError, match="ensemble of 2"):
+        ensemble.drift([scan] * 4, [scan] * 3)

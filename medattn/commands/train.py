@@ -144,10 +144,12 @@ def run_all_folds(args: argparse.Namespace) -> int:
     """
     import copy
 
+    from medattn.runtime import Rank
     from medattn.train.config import TrainConfig
 
     out = Path(args.out)
     k = args.folds or TrainConfig.folds
+    say = not args.quiet and Rank.from_env().is_main  # under torchrun every rank runs this loop; rank 0 speaks
     codes = []
     for fold in range(k):
         fold_args = copy.copy(args)
@@ -155,10 +157,10 @@ def run_all_folds(args: argparse.Namespace) -> int:
         fold_args.resume = bool(args.resume) and (out / f"fold_{fold}" / "config.json").is_file()
         if fold and not args.plan and not fold_args.resume:
             fold_args.plan = str(out / "fold_0" / "plan.json")
-        if not args.quiet:
+        if say:
             print(f"fold {fold} of {k}: {fold_args.out}", flush=True)
         codes.append(train_one(fold_args))
-    if not args.quiet:
+    if say:
         print(f"{k} folds in {out}: `medattn crossval {out} DATA` learns the postprocessing on their validation")
         print(f"cases; `medattn predict {out} IMAGES OUT` predicts with the {k}-fold ensemble")
     return max(codes)

@@ -16,7 +16,8 @@ Output::
     RUN/<method>/matrix.csv, summary.csv, matrix.png
     RUN/<method>/decisions.json          with --auto: per domain, adapted or skipped, and the drift evidence; also
                                          each domain a method skipped (no labelled case, pseudo-labels refused)
-    RUN/<method>/pseudo_labels.json      selftrain: each pseudo-labelling pass (share of voxels trusted, volumes)
+    RUN/<method>/pseudo_labels.json      selftrain: each pseudo-labelling pass (share of voxels trusted, volumes,
+                                         the teacher: the images as stored or translated, see ``translate``)
     RUN/comparison.json, .csv, .md       one row per method (always written; one row for a single method)
 
 With ``--auto`` (``AdaptConfig.auto``) each domain after the first is tested for drift against the domains the
@@ -113,6 +114,13 @@ def comparison_rows(runs: dict[str, MethodRun], naive: DiceMatrix | None) -> lis
             doms = run.matrix.domains[: len(run.matrix.rows)]
             row["adapted"] = ",".join(dom for dom in doms if dom not in skipped)
             row["skipped"] = ",".join(dom for dom in doms if dom in skipped)
+        through = [  # selftrain: the domains pseudo-labelled through translated intensities, and which way
+            f"{r['domain']}: {r['teacher']}"
+            for r in run.extras.get("pseudo_labels", [])
+            if r.get("used") and r.get("teacher", "as stored") != "as stored"
+        ]
+        if through:
+            row["pseudo_labels_through"] = ",".join(through)
         for dom, v in zip(run.matrix.domains, final):
             row[f"dice_{dom}"] = None if v != v else round(float(v), 6)
         rows.append(row)

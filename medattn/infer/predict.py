@@ -171,7 +171,7 @@ def run_predict(
     out = Path(output_dir)
     specs = [model_path] if isinstance(model_path, (str, Path)) else list(model_path)
     members = model_paths(specs)
-    rule_path = _rule_path(specs, options.postprocessing)
+    rule_path = rule_file(specs, options.postprocessing)
     # The inputs (and a wrong --split) are known before anything is written or loaded; OUTPUT is checked against
     # every file of the dataset, not only the cases selected.
     collect = {"data_root": data_root, "import_options": import_options, "split": split}
@@ -256,7 +256,7 @@ class _Progress:
                 (self.out / f"predictions.rank{r}.json").unlink(missing_ok=True)
 
 
-def _rule_path(specs: Sequence[str | Path], choice: str | None) -> Path | None:
+def rule_file(specs: Sequence[str | Path], choice: str | None) -> Path | None:
     """The postprocessing rule file to apply: ``choice`` (a path), none (``"none"``), or by default the
     ``postprocessing.json`` of the one run folder given as the model."""
     from medattn.infer.postprocess import RULE_NAME

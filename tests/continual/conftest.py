@@ -36,8 +36,9 @@ TINY_NET = {
 }
 
 
-def shift_case(seed: int, invert: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(image, label) of one case: a sphere split into left (1) and right (2) halves inside a body."""
+def shift_case(seed: int, invert: bool, dark_air: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(image, label) of one case: a sphere split into left (1) and right (2) halves inside a body; noise
+    everywhere, or with ``dark_air`` inside the body only (the air exact zeros)."""
     rng = np.random.default_rng(seed)
     shape = (SIZE, SIZE, SIZE)
     zz, yy, xx = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
@@ -51,8 +52,15 @@ def shift_case(seed: int, invert: bool) -> tuple[np.ndarray, np.ndarray]:
     image = 1.0 * body + 1.0 * (label == 1) + 2.0 * (label == 2)
     if invert:
         image = np.where(body, 5.0 - image, 0.0)
-    image = image + rng.normal(0, 0.3, shape)
+    image = image + rng.normal(0, 0.3, shape) * (body if dark_air else 1.0)
     return image.astype(np.float32), label
+
+
+def stored_dark_case(seed: int, invert: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A :func:`shift_case` volume with its air stored as exact zeros (noise inside the body only), as a scanner or
+    a skull-stripping tool writes it: the body is then what differs from the constant background, and an inverted
+    contrast (``invert``) is an encoding that a decreasing intensity curve undoes."""
+    return shift_case(seed, invert, dark_air=True)
 
 
 def bias_case(seed: int, shifted: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -98,6 +98,49 @@ def test_measure_and_style_turn_a_stored_patch_into_the_target_scanner() -> None
     assert abs(float((noisy - styled)[0][body].std()) - acq.noise[0]) < 0.02  # the noise that was measured
 
 
+def test_translate_undoes_a_monotone_curve_and_a_contrast_inversion_inside_the_body() -> None:
+    """A target volume is the reference anatomy through an increasing curve, or through a decreasing one (an
+    inverted contrast): translated onto the reference's body quantiles in the right direction it is the reference
+    again (NumPy's own values, within the quantile grid's error); in the wrong direction it is not; the background
+    is left as stored."""
+    from medattn.continual.methods._acquisition import body_quantiles, translate
+
+    rng = np.random.default_rng(0)
+    ref = torch.from_numpy(_anatomy(7))[None]
+    refq = body_quantiles(ref, rng)
+    body = ref[0] != 0
+    for direction, target in ((1, _curve(ref.numpy())), (-1, 3.0 - 2.0 * _curve(ref.numpy()))):
+        image = torch.from_numpy(np.where(body.numpy(), target, 0.0).astype(np.float32))
+        back = translate(image, refq, direction, rng)
+        error = (back[0][body] - ref[0][body]).abs().mean()
+        assert float(error) < 0.03, f"direction {direction}: {float(error):.3f} from the reference on average"
+        wrong = translate(image, refq, -direction, rng)
+        assert float(np.corrcoef(wrong[0][body].numpy(), ref[0][body].numpy())[0, 1]) < -0.9
+        assert float(back[0][~body].abs().max()) == 0.0
+
+
+def test_an_inverted_style_shows_stored_patches_through_a_decreasing_curve() -> None:
+    """``measure(direction=-1)``: the styled patch's body intensities fall where the stored patch's rise (rank
+    correlation near -1), and they cover the target's intensity range; the record names the contrast."""
+    from medattn.continual.methods._acquisition import TargetStyle, measure
+
+    targets = [
+        {"image": torch.from_numpy(np.where(_anatomy(s) != 0, 2.0 - _anatomy(s), 0.0))[None].float()}
+        for s in range(100, 104)
+    ]
+    patches = torch.stack([torch.from_numpy(_anatomy(s))[None] for s in range(4)])
+    acq = measure(targets, [(1.0, 1.0, 1.0)] * 4, (1.0, 1.0, 1.0), patches, seed=0, direction=-1)
+    assert acq.record()["contrast"] == "inverted"
+    patch = patches[0]
+    styled = TargetStyle(acq, seed=0)({"image": patch, "label": torch.zeros_like(patch)})["image"]
+    body = patch[0] != 0
+    a, b = patch[0][body].numpy(), styled[0][body].numpy()
+    rank = np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1]
+    assert rank < -0.95, rank
+    t = np.concatenate([t["image"][0][t["image"][0] != 0].numpy() for t in targets])
+    assert abs(np.median(b) - np.median(t)) < 0.1 * (t.max() - t.min())
+
+
 def test_selftrain_measures_a_thick_slice_site_and_trains_on_styled_labelled_patches(
     model_a: Path, tmp_path: Path
 ) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from tests.continual.conftest import bias_case, tiny_config, write_shift_dataset
+from tests.continual.conftest import bias_case, stored_dark_case, tiny_config, write_shift_dataset
 
 
 def _adapt(model: Path, manifest_path: str, out: Path, **overrides: object):  # type: ignore[no-untyped-def]
@@ -97,6 +98,26 @@ def test_without_labels_a_supervised_method_skips_the_domain_and_says_so(
     assert result.comparison[0]["skipped"] == "B"
 
 
+def _selftrain_against_replay(model: Path, manifest: Path, tmp_path: Path, forget: float, **schedule: Any) -> Any:
+    """selftrain on the stream with no label of B (its pseudo-labels alone, ``style_share: 0``), then replay with
+    every label of B on the same schedule. Asserts the issue's goal against that replay: B gains at least half of
+    what the labels give, and A ends no more than ``forget`` below replay's A. Returns selftrain's result."""
+    pseudo_only = {"selftrain": {"style_share": 0.0}}
+    result = _adapt(
+        model, str(manifest), tmp_path / "run", strategies="selftrain", labelled=0, methods=pseudo_only, **schedule
+    )
+    grid = result.runs["selftrain"].matrix.matrix()
+    supervised = _adapt(model, str(manifest), tmp_path / "labels", strategies="replay", **schedule)
+    labels = supervised.runs["replay"].matrix.matrix()
+    np.testing.assert_allclose(grid[0], labels[0], atol=1e-6)  # the same model after A: the streams part at B
+    gain, full = grid[1, 1] - grid[0, 1], labels[1, 1] - labels[0, 1]
+    assert full > 0.05 and gain >= 0.5 * full, (
+        f"B: {grid[0, 1]:.3f} after A, {grid[1, 1]:.3f} after selftrain, {labels[1, 1]:.3f} with labels"
+    )
+    assert grid[1, 0] >= labels[1, 0] - forget, f"A: {grid[1, 0]:.3f} after selftrain, {labels[1, 0]:.3f} after replay"
+    return result
+
+
 def test_selftrain_learns_a_bias_field_from_unlabelled_images(model_a: Path, tmp_path: Path) -> None:
     """B lies under a strong bias field: the model of A gets most of it right. With no label of B at all,
     self-training on its confident pseudo-labels recovers at least half of what replay with every label of B gains
@@ -105,27 +126,9 @@ def test_selftrain_learns_a_bias_field_from_unlabelled_images(model_a: Path, tmp
     all of B's labels; both lose A (0.94 after A to 0.77-0.91 for selftrain, 0.77-0.86 for replay: the tiny model
     trades the unbiased images for the biased ones), selftrain never more than replay by over 0.002."""
     manifest = write_shift_dataset(tmp_path / "data", {"A": (0, False), "B": (1000, True)}, make_case=bias_case)
-    pseudo_only = {"selftrain": {"style_share": 0.0}}  # the pseudo-labels alone, as measured on the nine streams
-    result = _adapt(
-        model_a,
-        str(manifest),
-        tmp_path / "run",
-        epochs=20,
-        lr=3e-3,
-        strategies="selftrain",
-        labelled=0,
-        methods=pseudo_only,
-    )
+    # the pseudo-labels alone, as measured on the nine streams
+    result = _selftrain_against_replay(model_a, manifest, tmp_path, forget=0.02, epochs=20, lr=3e-3)
     run = result.runs["selftrain"]
-    grid = run.matrix.matrix()
-    supervised = _adapt(model_a, str(manifest), tmp_path / "labels", epochs=20, lr=3e-3, strategies="replay")
-    labels = supervised.runs["replay"].matrix.matrix()
-    np.testing.assert_allclose(grid[0], labels[0], atol=1e-6)  # the same model after A: the streams part at B
-    gain, full = grid[1, 1] - grid[0, 1], labels[1, 1] - labels[0, 1]
-    assert full > 0.05 and gain >= 0.5 * full, (
-        f"B: {grid[0, 1]:.3f} after A, {grid[1, 1]:.3f} after selftrain, {labels[1, 1]:.3f} with labels"
-    )
-    assert grid[1, 0] >= labels[1, 0] - 0.02, f"A: {grid[1, 0]:.3f} after selftrain, {labels[1, 0]:.3f} after replay"
     assert not run.decisions  # B was trained on, although it has no label
     passes = [r for r in run.extras["pseudo_labels"] if r["domain"] == "B"]
     # the check's pass, the pass with the volume prior, then a fresh pass before every later epoch of B
@@ -135,6 +138,34 @@ def test_selftrain_learns_a_bias_field_from_unlabelled_images(model_a: Path, tmp
     assert all(0.5 < r["confident"] < 1.0 for r in passes)
     saved = json.loads((tmp_path / "run" / "selftrain" / "pseudo_labels.json").read_text())
     assert saved == run.extras["pseudo_labels"]
+
+
+def test_selftrain_undoes_an_inverted_contrast_to_label_a_domain_its_model_is_lost_on(
+    model_a: Path, tmp_path: Path
+) -> None:
+    """B inverts A's contrast inside the body and stores its air as zeros. As stored, the model of A predicts
+    several times the structures' volume there, so those pseudo-labels are refused; with B's body intensities
+    mapped onto A's through a decreasing curve the same model is plausible again, and that is how B is
+    pseudo-labelled while the model trains on B as stored. With no label of B, B's Dice rises by at least half of
+    what replay with every label of B gains (the issue's goal), and A is kept about as well as that replay keeps it.
+    The pseudo-labels alone (``style_share: 0``): on this phantom the styled memory costs both scanners (below).
+
+    Measured (AMD EPYC), seeds 0, 1, 2 at one thread, then at two: B 0.000-0.002 after A; after selftrain 0.733,
+    0.705, 0.632, 0.677, 0.632, 0.678; after replay with every label 0.733, 0.702, 0.683, 0.722, 0.661, 0.689. A
+    0.91-0.94 after A; after selftrain 0.859, 0.805, 0.827, 0.790, 0.766, 0.759; after replay 0.847, 0.809, 0.688,
+    0.804, 0.773, 0.762 (the tiny network trades one contrast for the other). With the default ``style_share: 1``:
+    B 0.528-0.655 and A 0.549-0.761, below the pseudo-labels alone on every one of those runs."""
+    manifest = write_shift_dataset(tmp_path / "data", make_case=stored_dark_case)
+    result = _selftrain_against_replay(model_a, manifest, tmp_path, forget=0.03, steps=80, lr=3e-3)
+    run = result.runs["selftrain"]
+    assert not run.decisions  # trained on, although B has no label and is lost as stored
+    passes = [r for r in run.extras["pseudo_labels"] if r["domain"] == "B"]
+    first = {r["teacher"]: r for r in passes[:3]}
+    assert set(first) == {"as stored", "matched", "inverted"} and first["inverted"]["used"]
+    assert not first["as stored"]["used"] and any(not 0.5 <= v <= 2.0 for v in first["as stored"]["volume_ratio"])
+    assert all(0.5 <= v <= 2.0 for v in first["inverted"]["volume_ratio"])
+    assert all(r["teacher"] == "inverted" for r in passes[3:]) and len(passes) > 3
+    assert result.comparison[0]["pseudo_labels_through"] == "B: inverted"  # comparison.md says so
 
 
 def test_the_drift_gate_tests_a_domain_without_labels_on_its_images(
@@ -195,6 +226,8 @@ def test_selftrain_leaves_alone_a_domain_its_model_is_lost_on(
     assert "pseudo-labels are not used" in decision["reason"] and "class 1" in decision["reason"]
     grid = run.matrix.matrix()
     np.testing.assert_array_equal(grid[1], grid[0])
-    first = run.extras["pseudo_labels"][0]
-    assert first["domain"] == "B" and first["used"] is False
-    assert all(not 0.5 <= r <= 2.0 for r in first["volume_ratio"])
+    passes = run.extras["pseudo_labels"]  # as stored, then translated each way: none plausible (the noisy air
+    assert [r["teacher"] for r in passes] == ["as stored", "matched", "inverted"]  # counts as body: no curve helps)
+    assert all(r["domain"] == "B" and r["used"] is False for r in passes)
+    assert all(not 0.5 <= r <= 2.0 for r in passes[0]["volume_ratio"])
+    assert "nor through its intensities translated" in decision["reason"]

@@ -186,3 +186,24 @@ def test_all_folds_trains_every_fold_with_one_plan_and_resumes(data: Path, confi
     assert main([*args, "--fold", "all-folds", "--folds", "3", "--resume"]) == 0
     assert (folds[1] / "model.pt").stat().st_mtime_ns == mtime and (folds[2] / "model.pt").is_file()
     assert main([*args, "--fold", "all-folds", "--folds", "3"]) == 2
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_all_folds_announces_each_fold_on_rank_0_only(
+    rank: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under torchrun every rank runs the fold loop; only rank 0 prints "fold k of K" and the closing hint, so a
+    two-process job does not say everything twice. (The folds themselves are stubbed: only the loop is tested.)"""
+    import argparse
+
+    from medattn.commands import train as train_command
+
+    calls: list[str] = []
+    monkeypatch.setattr(train_command, "train_one", lambda a: calls.append(a.out) or 0)
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = argparse.Namespace(out=str(tmp_path / "cv"), folds=2, fold="all-folds", resume=False, plan=None, quiet=False)
+    assert train_command.run_all_folds(args) == 0
+    assert calls == [str(tmp_path / "cv" / "fold_0"), str(tmp_path / "cv" / "fold_1")]
+    printed = capsys.readouterr().out
+    assert ("fold 1 of 2" in printed) == (rank == 0) and ("2 folds in" in printed) == (rank == 0)

@@ -10,8 +10,9 @@ old anatomy with its ground truth the way the new scanner shows it:
 * **intensity curve**: the quantiles of the normalised body intensities, pooled over the unlabelled volumes and
   over the stored patches (after the resolution step); a patch's body voxels are mapped through the monotone
   curve that takes the second onto the first (histogram matching, per channel). It carries a contrast compressed or
-  bent by another sequence or field strength; a contrast inversion is not monotone, and the volume check of
-  :mod:`~medattn.continual.methods.selftrain` refuses that domain before this runs.
+  bent by another sequence or field strength. Where the model's pseudo-labels came through the inverted contrast
+  (:func:`translate` with a decreasing curve, see :mod:`~medattn.continual.methods.selftrain`), the curve is
+  decreasing: the patches' darkest body voxels take the target's brightest intensities.
 * **noise**: the robust standard deviation of the six-neighbour Laplacian residual inside the body (a MAD
   estimate, scaled so that white noise of standard deviation s gives s), on the unlabelled volumes and on the
   styled patches before noise; white Gaussian noise makes up the difference when the new scanner is noisier.
@@ -94,6 +95,7 @@ class Acquisition:
     noise: list[float]
     target_noise: list[float]
     source_noise: list[float]
+    direction: int = 1  # -1: the curve decreases (an inverted contrast)
 
     def record(self) -> dict[str, Any]:
         f = np.asarray(self.factors, dtype=float)
@@ -103,8 +105,10 @@ class Acquisition:
             "target_noise": [round(v, 4) for v in self.target_noise],
             "source_noise": [round(v, 4) for v in self.source_noise],
             "added_noise": [round(v, 4) for v in self.noise],
+            "contrast": "inverted" if self.direction < 0 else "kept",
             "target_quartiles": [
-                [round(float(q), 3) for q in np.interp([0.25, 0.5, 0.75], LEVELS, t)] for t in self.target_quantiles
+                [round(float(q), 3) for q in np.interp([0.25, 0.5, 0.75], LEVELS, t[:: self.direction])]
+                for t in self.target_quantiles
             ],
             "source_quartiles": [
                 [round(float(q), 3) for q in np.interp([0.25, 0.5, 0.75], LEVELS, s)] for s in self.source_quantiles
@@ -126,12 +130,34 @@ def _match(x: torch.Tensor, source_q: np.ndarray, target_q: np.ndarray) -> torch
     return torch.from_numpy(y.astype(np.float32))
 
 
+def body_quantiles(image: torch.Tensor, rng: np.random.Generator) -> np.ndarray:
+    """Per channel, the quantiles at :data:`LEVELS` of one volume's body intensities: (C, len(LEVELS))."""
+    image = _plain(image)
+    return np.stack([np.quantile(_sample(image[c][body_mask(image[c])], rng), LEVELS) for c in range(image.shape[0])])
+
+
+def translate(image: Any, reference_q: np.ndarray, direction: int, rng: np.random.Generator) -> torch.Tensor:
+    """``image`` (C, X, Y, Z) with each channel's body intensities mapped onto ``reference_q`` (C, len(LEVELS)):
+    through the curve from the volume's own quantiles to the reference's, increasing (``direction`` 1: histogram
+    matching) or decreasing (-1: the volume's brightest voxels take the reference's darkest intensities, which undoes
+    a contrast inversion). The background is left as it is."""
+    out = _plain(image).clone()
+    for c in range(out.shape[0]):
+        mask = body_mask(out[c])
+        values = out[c][mask]
+        own = np.quantile(_sample(values, rng), LEVELS)
+        ref = reference_q[c] if direction > 0 else reference_q[c][::-1]
+        out[c][mask] = _match(values, own, ref)
+    return out
+
+
 def measure(
     target_volumes: Any,
     target_spacing: Sequence[Sequence[float]],
     plan_spacing: Sequence[float],
     patches: torch.Tensor,
     seed: int = 0,
+    direction: int = 1,
 ) -> Acquisition:
     """Measure the target acquisition (see the module docstring).
 
@@ -142,6 +168,8 @@ def measure(
         plan_spacing: the plan's spacing.
         patches: the stored labelled patches, (N, C, X, Y, Z).
         seed: seed of the voxel samples and of the resolution factors drawn for the source curve.
+        direction: 1, the intensity curve increases (the patches' darkest voxels stay darkest); -1, it decreases
+            (a contrast inversion, when the target's pseudo-labels came through :func:`translate` with -1).
     """
     rng = np.random.default_rng(seed)
     factors = [tuple(max(1.0, float(s) / float(p)) for s, p in zip(sp, plan_spacing)) for sp in target_spacing] or [
@@ -162,6 +190,8 @@ def measure(
         for c in range(channels):
             s_vals[c].append(_sample(p[c][body_mask(p[c])], rng))
     target_q = np.stack([np.quantile(np.concatenate(v), LEVELS) for v in t_vals])
+    if direction < 0:
+        target_q = target_q[:, ::-1].copy()  # source level l maps to the target's level 1 - l
     source_q = np.stack([np.quantile(np.concatenate(v), LEVELS) for v in s_vals])
     s_noise: list[list[float]] = [[] for _ in range(channels)]
     for p in styled:
@@ -173,7 +203,7 @@ def measure(
     tn = [float(np.median(v)) for v in t_noise]
     sn = [float(np.median(v)) for v in s_noise]
     add = [math.sqrt(max(0.0, t * t - s * s)) for t, s in zip(tn, sn)]
-    return Acquisition(factors, target_q, source_q, add, tn, sn)  # type: ignore[arg-type]
+    return Acquisition(factors, target_q, source_q, add, tn, sn, 1 if direction > 0 else -1)  # type: ignore[arg-type]
 
 
 class TargetStyle:
