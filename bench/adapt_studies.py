@@ -367,7 +367,8 @@ def _matrix(out: Path, name: str, method: str) -> dict[str, Any] | None:
         doc["decision"] = "skipped: " + skipped[0]["reason"][:60] + "..." if skipped else "trained"
     passes = out / name / method / "pseudo_labels.json"
     if passes.is_file() and doc.get("decision", "trained") == "trained":
-        used = [r for r in json.loads(passes.read_text()) if r.get("used")]
+        new = doc["domains"][-1]  # the new scanner, the stream's last domain
+        used = [r for r in json.loads(passes.read_text()) if r.get("used") and r.get("domain") == new]
         if used and used[0].get("teacher", "as stored") != "as stored":
             ratios = ", ".join(f"{v:.2f}x" for v in used[0].get("volume_ratio", []))
             teacher = used[0]["teacher"]

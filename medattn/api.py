@@ -181,7 +181,11 @@ def load_model(path: str | Path | Sequence[str | Path], device: str | None = Non
         raise ConfigError(f"unknown prediction option(s) {unknown}; see medattn.infer.predict.PredictOptions")
     opts = PredictOptions(**{"progress": False, **options, "device": device})
     resolved = resolve_device(device)
+    if isinstance(path, (bytes, bytearray)):
+        raise ConfigError(f"load_model: give the model path as a str or Path, not bytes ({path!r})")
     specs = [path] if isinstance(path, (str, Path)) else list(path)
+    if not specs:
+        raise ConfigError("load_model: an empty list of models; give a model file, a run folder or a list of them")
     members = model_paths(specs)
     loaded = load_models(members, resolved)
     rule_path = rule_file(specs, opts.postprocessing)

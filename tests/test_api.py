@@ -86,6 +86,10 @@ def test_refused_inputs_raise_with_the_reason(setup: dict) -> None:
         model.predict(setup["tmp"] / "missing.nii.gz")
     with pytest.raises(ConfigError, match="unknown prediction option"):
         medattn.load_model(setup["model"], overlapp=0.5)
+    with pytest.raises(ConfigError, match="an empty list of models"):
+        medattn.load_model([])
+    with pytest.raises(ConfigError, match="as a str or Path, not bytes"):
+        medattn.load_model(str(setup["model"]).encode())  # type: ignore[arg-type]
 
 
 def _readme_example() -> str:

@@ -231,3 +231,25 @@ def test_selftrain_leaves_alone_a_domain_its_model_is_lost_on(
     assert all(r["domain"] == "B" and r["used"] is False for r in passes)
     assert all(not 0.5 <= r <= 2.0 for r in passes[0]["volume_ratio"])
     assert "nor through its intensities translated" in decision["reason"]
+
+
+def test_selftrain_state_keeps_the_intensity_curve_and_reads_older_states() -> None:
+    """The labelled domains' body-intensity curve survives a save and resume; a state saved before the curve was
+    kept resumes without one (translate then has nothing to map onto, and says so), and one of the first version
+    with it divides its sum by every labelled volume, as that version did."""
+    from medattn.continual.methods.selftrain import PseudoLabelPlugin
+
+    plugin = PseudoLabelPlugin(0.9, translate=True)
+    curve = np.array([[0.0, 1.0, 2.0]])
+    plugin.reference = {"voxels": [10.0, 2.0], "volumes": 3, "quantiles": 2 * curve, "quantile_volumes": 2}
+    again = PseudoLabelPlugin(0.9, translate=True)
+    again.load_state_dict(plugin.state_dict())
+    np.testing.assert_array_equal(again.reference["quantiles"] / again.reference["quantile_volumes"], curve)
+    assert again.reference["voxels"] == [10.0, 2.0] and again.reference["volumes"] == 3
+
+    old = PseudoLabelPlugin(0.9, translate=True)
+    old.load_state_dict({"reference": {"voxels": [10.0, 2.0], "volumes": 3}})
+    assert old.reference["quantiles"] is None and old.reference["quantile_volumes"] == 0
+    first = PseudoLabelPlugin(0.9, translate=True)
+    first.load_state_dict({"reference": {"voxels": [10.0, 2.0], "volumes": 3, "quantiles": (3 * curve).tolist()}})
+    np.testing.assert_array_equal(first.reference["quantiles"] / first.reference["quantile_volumes"], curve)

@@ -156,7 +156,8 @@ class PseudoLabelPlugin(SupervisedPlugin):
             domains' mean (:attr:`weights`, updated after every pass).
         reference: per class, the summed labelled voxel count and the number of volumes it came from; per channel,
             the summed body-intensity quantiles (:data:`~._acquisition.LEVELS`) of those volumes.
-        translate: where the images as stored give implausible volumes, try them translated (module docstring).
+        translate: where the images as stored give implausible volumes, try them translated (module docstring);
+            one direction for all channels (a multi-channel domain with one channel inverted is refused).
         teacher: how the current domain's images are shown for its pseudo-labels (a key of :data:`TEACHERS`).
     """
 
@@ -189,7 +190,8 @@ class PseudoLabelPlugin(SupervisedPlugin):
         self.weights: list[float] | None = None
         self.dataset: PseudoLabelled | None = None
         self.history: list[dict[str, Any]] = []
-        self.reference: dict[str, Any] = {"voxels": [], "volumes": 0, "quantiles": None}
+        # "quantiles" sums "quantile_volumes" volumes' curves (a state saved before they were kept has none)
+        self.reference: dict[str, Any] = {"voxels": [], "volumes": 0, "quantiles": None, "quantile_volumes": 0}
         self._prepared: tuple[int, str | None] | None = None  # (id of the experience, why its labels are refused)
 
     # ---- the decision ----------------------------------------------------------------------------------------
@@ -207,8 +209,15 @@ class PseudoLabelPlugin(SupervisedPlugin):
             predicted = self.label(strategy, epoch=0, domain=exp.domain)
             why = self.implausible(predicted, exp.domain)
             self.history[-1]["used"] = why is None
-            if why is not None and self.translate and self.reference["quantiles"] is not None:
-                predicted, why = self.try_translated(strategy, exp.domain, why)
+            if why is not None and self.translate:
+                if self.reference["quantiles"] is None:
+                    log.warning(
+                        "selftrain: %s: no intensity curve of the labelled domains to translate onto (a state "
+                        "saved before they were kept); the images as stored decide",
+                        exp.domain,
+                    )
+                else:
+                    predicted, why = self.try_translated(strategy, exp.domain, why)
             if why is not None:
                 log.warning("selftrain: %s", why)
                 self.dataset = None
@@ -248,10 +257,14 @@ class PseudoLabelPlugin(SupervisedPlugin):
             domain,
             self.teacher,
         )
-        if self.teacher != "inverted":  # the labels held are the last candidate's: label again with the chosen one
+        chosen = found[self.teacher][2]
+        chosen["used"] = True
+        # the labels held are the last candidate's; with match_volumes the weighted pass that follows labels again
+        if self.teacher != "inverted" and not (self.match_volumes and self.reference["volumes"]):
             self.label(strategy, epoch=0, domain=domain)
-            self.history.pop()  # a repeat of the candidate's pass, which keeps the record
-        found[self.teacher][2]["used"] = True
+            self.history.pop()  # a repeat of the chosen candidate's pass, which keeps the record
+        # the chosen pass last: what follows (the acquisition) belongs to it
+        self.history.append(self.history.pop(next(i for i, r in enumerate(self.history) if r is chosen)))
         return found[self.teacher][1], None
 
     def implausible(self, predicted: list[float], domain: str) -> str | None:
@@ -310,6 +323,7 @@ class PseudoLabelPlugin(SupervisedPlugin):
             self.reference["volumes"] += 1
             q = body_quantiles(volumes[i]["image"], rng)  # type: ignore[index]
             self.reference["quantiles"] = q if self.reference["quantiles"] is None else self.reference["quantiles"] + q
+            self.reference["quantile_volumes"] += 1
         self.dataset, self.styled, self._prepared, self.teacher = None, None, None, "as stored"
 
     def style_memory(self, exp: Any) -> StyledMemory | None:
@@ -343,6 +357,7 @@ class PseudoLabelPlugin(SupervisedPlugin):
                 "voxels": list(self.reference["voxels"]),
                 "volumes": int(self.reference["volumes"]),
                 "quantiles": None if q is None else q.tolist(),
+                "quantile_volumes": int(self.reference["quantile_volumes"]),
             }
         }
 
@@ -353,6 +368,8 @@ class PseudoLabelPlugin(SupervisedPlugin):
             "voxels": [float(v) for v in ref["voxels"]],
             "volumes": int(ref["volumes"]),
             "quantiles": None if q is None else np.asarray(q, dtype=np.float64),
+            # a state of the first version with quantiles summed them over every labelled volume
+            "quantile_volumes": 0 if q is None else int(ref.get("quantile_volumes", ref["volumes"])),
         }
 
     def confident(self, confidence: torch.Tensor, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -397,7 +414,7 @@ class PseudoLabelPlugin(SupervisedPlugin):
         direction = TEACHERS[self.teacher]
         reference = None
         if direction:
-            reference = self.reference["quantiles"] / max(1, self.reference["volumes"])  # the mean quantile curve
+            reference = self.reference["quantiles"] / max(1, self.reference["quantile_volumes"])  # the mean curve
         rng = np.random.default_rng(self.seed)
         sure = 0.0
         for i in range(len(self.dataset)):
