@@ -253,3 +253,32 @@ def test_selftrain_state_keeps_the_intensity_curve_and_reads_older_states() -> N
     first = PseudoLabelPlugin(0.9, translate=True)
     first.load_state_dict({"reference": {"voxels": [10.0, 2.0], "volumes": 3, "quantiles": (3 * curve).tolist()}})
     np.testing.assert_array_equal(first.reference["quantiles"] / first.reference["quantile_volumes"], curve)
+
+
+def test_a_resumed_selftrain_run_keeps_every_pseudo_labelling_pass(model_a: Path, tmp_path: Path) -> None:
+    """Interrupted after B, resumed for C: pseudo_labels.json lists B's passes as well as C's, as an uninterrupted
+    run does, and the checkpoint loads with ``weights_only=True``."""
+    from medattn.continual.labels import apply_label_budget
+    from medattn.continual.runner import run_method
+    from medattn.continual.scenario import ScenarioOptions, domain_scenario
+    from medattn.data.importers import load_dataset
+    from medattn.models.model_file import load_model
+
+    domains = {"A": (0, False), "B": (1000, True), "C": (2000, True)}
+    manifest, _ = apply_label_budget(
+        load_dataset(str(write_shift_dataset(tmp_path / "d", domains, make_case=bias_case))), 0
+    )
+    start = load_model(model_a)
+    bench = domain_scenario(manifest, start.plan, ScenarioOptions(patch_size=(16, 16, 16)))
+    cfg = tiny_config(epochs=1, strategies="selftrain", labelled=0, eval_before=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = run_method("selftrain", start, bench, cfg, tmp_path / "whole")
+        part = run_method("selftrain", start, bench, cfg, tmp_path / "cut", stop_after=2)
+        state = torch.load(tmp_path / "cut" / "state.pt", weights_only=True)
+        resumed = run_method("selftrain", start, bench, cfg, tmp_path / "cut", resume=True)
+    assert part.extras["pseudo_labels"] and {r["domain"] for r in part.extras["pseudo_labels"]} == {"B"}
+    assert state is not None and resumed.finished
+    saved = json.loads((tmp_path / "cut" / "pseudo_labels.json").read_text())
+    assert [r["domain"] for r in saved] == [r["domain"] for r in whole.extras["pseudo_labels"]]
+    assert {r["domain"] for r in saved} == {"B", "C"}

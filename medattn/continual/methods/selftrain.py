@@ -358,10 +358,13 @@ class PseudoLabelPlugin(SupervisedPlugin):
                 "volumes": int(self.reference["volumes"]),
                 "quantiles": None if q is None else q.tolist(),
                 "quantile_volumes": int(self.reference["quantile_volumes"]),
-            }
+            },
+            # the passes so far (plain numbers and strings): a resumed run's pseudo_labels.json keeps them
+            "history": [dict(r) for r in self.history],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.history = [dict(r) for r in state.get("history", ())]
         ref = state["reference"]
         q = ref.get("quantiles")
         self.reference = {
