@@ -24,7 +24,8 @@ for one epoch and the results are compared (final weights and per-step losses), 
 do the same computation. Then the contenders alternate, one epoch each per round; the ratio avalanche / plain
 seconds is taken per round, on the wall clock and on this process's CPU time.
 
-Goal (issue 7): avalanche / plain <= 1.05.
+Goal (issue 7): avalanche / plain <= 1.05. Then :func:`phase_breakdown` splits each loop's time into the steps
+themselves and what lies between them (where the Avalanche loop's extra time goes).
 
 **The training step itself** (issue 16): ``medattn train``'s step on ``ag_unet_fullres`` (widths 16-128, two
 deep-supervision outputs, batch 2, patch 40x56x40 as the hippocampus plan gives, float32, AdamW, the same loss and
@@ -213,6 +214,71 @@ def same_computation(cfg: dict[str, Any], items: list[dict[str, Any]], device: A
     }
 
 
+def phase_breakdown(
+    model: nn.Module, opt: torch.optim.Optimizer, items: list[dict[str, Any]], cfg: dict[str, Any], device: Any
+) -> dict[str, dict[str, float]]:
+    """Where the Avalanche loop's extra time per step goes: per loop, the median milliseconds inside a step
+    (``zero_grad`` to ``optimizer.step``; for Avalanche ``before_training_iteration`` to the first plugin's
+    ``after_training_iteration``) and between steps (the rest: the evaluator's loss and training-Dice updates, the
+    next mini-batch), over ``cfg["rounds"]`` interleaved epochs after one warm-up epoch each. Meaningful on the
+    CPU, where every call returns when its work is done (on a GPU the stamps do not wait for queued kernels)."""
+    import statistics
+    import time
+
+    from avalanche.core import SupervisedPlugin
+    from torch.utils.data import DataLoader
+
+    from medattn.continual.collate import SampleGroup, collate_segmentation
+    from medattn.train.losses import DeepSupervisionLoss
+
+    marks: dict[str, list[float]] = {"start": [], "end": []}
+
+    class Stamps(SupervisedPlugin):
+        def before_training_iteration(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+            marks["start"].append(time.perf_counter())
+
+        def after_training_iteration(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+            marks["end"].append(time.perf_counter())
+
+    run_a, strategy = avalanche_epoch(model, opt, items, cfg, device)
+    strategy.plugins.insert(0, Stamps())  # first: the evaluator's after_training_iteration comes after its stamp
+    loss_fn = DeepSupervisionLoss()
+    loader = DataLoader(SampleGroup(items), batch_size=cfg["batch"], shuffle=False, collate_fn=collate_segmentation)
+
+    def run_p() -> None:
+        model.train()
+        for batch in loader:
+            marks["start"].append(time.perf_counter())
+            x, y = batch[0].to(device), batch[1].to(device)
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+            opt.step()
+            marks["end"].append(time.perf_counter())
+
+    sync = synchronizer(device) or (lambda: None)
+    found: dict[str, dict[str, list[float]]] = {
+        "avalanche": {"in": [], "between": []},
+        "plain": {"in": [], "between": []},
+    }
+    for r in range(cfg["rounds"] + 1):
+        for name, run in (("avalanche", run_a), ("plain", run_p)):
+            marks["start"].clear()
+            marks["end"].clear()
+            sync()
+            begin = time.perf_counter()
+            run()
+            sync()
+            finish_ = time.perf_counter()
+            if r == 0:
+                continue  # warm-up
+            starts, ends = marks["start"], marks["end"]
+            found[name]["in"] += [e - s for s, e in zip(starts, ends)]
+            # between steps: the epoch's time outside its steps, per step (set-up and data included)
+            found[name]["between"].append((finish_ - begin - sum(e - s for s, e in zip(starts, ends))) / len(ends))
+    return {name: {k: round(statistics.median(v) * 1e3, 2) for k, v in parts.items()} for name, parts in found.items()}
+
+
 def step_runner(cfg: dict[str, Any], device: Any, *, now: bool, bf16: bool = False) -> Callable[[], list[float]]:
     """``cfg["steps"]`` training steps of ``ag_unet_fullres`` per call (fixed batches; the model and optimiser
     persist between calls), as medattn's step is now (``now``: its norm backward, gated addition and fused AdamW) or
@@ -369,6 +435,13 @@ def main(argv: list[str] | None = None) -> int:
         f"[{cpu.q1:.3f}, {cpu.q3:.3f}] (goal <= {TARGET_OVERHEAD}); difference of medians {per_step_ms * 1e3:+.1f} "
         "ms per step"
     )
+    phases = phase_breakdown(model, opt, items, {**cfg, "rounds": rounds}, device)
+    print(
+        format_table(
+            ["loop", "inside a step, median ms", "outside the steps, ms per step"],
+            [[k, f"{v['in']:.1f}", f"{v['between']:.1f}"] for k, v in phases.items()],
+        )
+    )
     head = headline(
         "training",
         "Avalanche SegmentationStrategy",
@@ -392,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": raw,
         "ratio_wall": wall,
         "ratio_cpu": cpu,
+        "phases_ms": phases,
         "training_step": step_doc,
         "headlines": [head, step_head],
     }
