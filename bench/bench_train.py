@@ -149,9 +149,17 @@ def avalanche_epoch(
 
 
 def plain_epoch(
-    model: nn.Module, opt: torch.optim.Optimizer, items: list[dict[str, Any]], cfg: dict[str, Any], device: Any
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    items: list[dict[str, Any]],
+    cfg: dict[str, Any],
+    device: Any,
+    stamps: dict[str, list[float]] | None = None,
 ) -> Callable[[], list[float]]:
-    """One epoch of the plain loop as a zero-argument call returning the per-step losses."""
+    """One epoch of the plain loop as a zero-argument call returning the per-step losses; with ``stamps``, each
+    step's start and end clock are appended to its ``"start"`` and ``"end"`` lists."""
+    import time
+
     from torch.utils.data import DataLoader
 
     from medattn.continual.collate import SampleGroup, collate_segmentation
@@ -164,6 +172,8 @@ def plain_epoch(
         model.train()
         losses = []
         for batch in loader:
+            if stamps is not None:
+                stamps["start"].append(time.perf_counter())
             x, y = batch[0].to(device), batch[1].to(device)
             opt.zero_grad()
             loss = loss_fn(model(x), y)
@@ -171,6 +181,8 @@ def plain_epoch(
             torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
             opt.step()
             losses.append(loss.detach())
+            if stamps is not None:
+                stamps["end"].append(time.perf_counter())
         return [float(v) for v in losses]
 
     return epoch
@@ -220,16 +232,16 @@ def phase_breakdown(
     """Where the Avalanche loop's extra time per step goes: per loop, the median milliseconds inside a step
     (``zero_grad`` to ``optimizer.step``; for Avalanche ``before_training_iteration`` to the first plugin's
     ``after_training_iteration``) and between steps (the rest: the evaluator's loss and training-Dice updates, the
-    next mini-batch), over ``cfg["rounds"]`` interleaved epochs after one warm-up epoch each. Meaningful on the
-    CPU, where every call returns when its work is done (on a GPU the stamps do not wait for queued kernels)."""
+    next mini-batch), over ``cfg["rounds"]`` interleaved epochs after one warm-up epoch each; and the median time
+    of the training Dice's update (:class:`~medattn.continual.plugin_metrics.EpochDice`) on one step's output.
+    Meaningful on the CPU, where every call returns when its work is done (on a GPU the stamps do not wait for
+    queued kernels)."""
     import statistics
     import time
 
     from avalanche.core import SupervisedPlugin
-    from torch.utils.data import DataLoader
 
-    from medattn.continual.collate import SampleGroup, collate_segmentation
-    from medattn.train.losses import DeepSupervisionLoss
+    from medattn.continual.plugin_metrics import EpochDice
 
     marks: dict[str, list[float]] = {"start": [], "end": []}
 
@@ -242,19 +254,17 @@ def phase_breakdown(
 
     run_a, strategy = avalanche_epoch(model, opt, items, cfg, device)
     strategy.plugins.insert(0, Stamps())  # first: the evaluator's after_training_iteration comes after its stamp
-    loss_fn = DeepSupervisionLoss()
-    loader = DataLoader(SampleGroup(items), batch_size=cfg["batch"], shuffle=False, collate_fn=collate_segmentation)
+    run_p = plain_epoch(model, opt, items, cfg, device, stamps=marks)
+    # the training Dice's update, timed where the evaluator calls it after every step
+    dice = next(m for m in strategy.evaluator.metrics if isinstance(m, EpochDice))
+    update, dice_times = dice.after_training_iteration, []
 
-    def run_p() -> None:
-        model.train()
-        for batch in loader:
-            marks["start"].append(time.perf_counter())
-            x, y = batch[0].to(device), batch[1].to(device)
-            opt.zero_grad()
-            loss_fn(model(x), y).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-            opt.step()
-            marks["end"].append(time.perf_counter())
+    def timed_update(strategy_: Any) -> None:
+        begin = time.perf_counter()
+        update(strategy_)
+        dice_times.append(time.perf_counter() - begin)
+
+    dice.after_training_iteration = timed_update  # type: ignore[method-assign]
 
     sync = synchronizer(device) or (lambda: None)
     found: dict[str, dict[str, list[float]]] = {
@@ -276,7 +286,11 @@ def phase_breakdown(
             found[name]["in"] += [e - s for s, e in zip(starts, ends)]
             # between steps: the epoch's time outside its steps, per step (set-up and data included)
             found[name]["between"].append((finish_ - begin - sum(e - s for s, e in zip(starts, ends))) / len(ends))
-    return {name: {k: round(statistics.median(v) * 1e3, 2) for k, v in parts.items()} for name, parts in found.items()}
+    result = {
+        name: {k: round(statistics.median(v) * 1e3, 2) for k, v in parts.items()} for name, parts in found.items()
+    }
+    result["avalanche"]["training_dice"] = round(statistics.median(dice_times) * 1e3, 2)
+    return result
 
 
 def step_runner(cfg: dict[str, Any], device: Any, *, now: bool, bf16: bool = False) -> Callable[[], list[float]]:
@@ -442,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
             [[k, f"{v['in']:.1f}", f"{v['between']:.1f}"] for k, v in phases.items()],
         )
     )
+    print(f"of which the training Dice's update: {phases['avalanche']['training_dice']:.1f} ms per step")
     head = headline(
         "training",
         "Avalanche SegmentationStrategy",

@@ -19,8 +19,4 @@ def load_model(
     :func:`medattn.api.load_model` (imported on first use, so ``import medattn`` stays light)."""
     from medattn.api import load_model as _load
 
-    if isinstance(path, (bytes, bytearray)):
-        return _load(path, device, **options)  # type: ignore[arg-type]  # refused there, with the reason
-    if isinstance(path, (str, PathLike)):
-        return _load(str(path), device, **options)
-    return _load([str(p) for p in path], device, **options)
+    return _load(path, device, **options)

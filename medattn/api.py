@@ -27,6 +27,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +153,9 @@ class Model:
             return _read_back(path, kind)
 
 
-def load_model(path: str | Path | Sequence[str | Path], device: str | None = None, **options: Any) -> Model:
+def load_model(
+    path: str | PathLike[str] | Sequence[str | PathLike[str]], device: str | None = None, **options: Any
+) -> Model:
     """Load a model file written by ``medattn train`` (or ``adapt``), or an ensemble, for prediction from Python.
 
     The same models ``medattn predict`` takes: several model files, or a run folder of folds (``medattn train
@@ -183,7 +186,7 @@ def load_model(path: str | Path | Sequence[str | Path], device: str | None = Non
     resolved = resolve_device(device)
     if isinstance(path, (bytes, bytearray)):
         raise ConfigError(f"load_model: give the model path as a str or Path, not bytes ({path!r})")
-    specs = [path] if isinstance(path, (str, Path)) else list(path)
+    specs = [Path(path)] if isinstance(path, (str, PathLike)) else [Path(p) for p in path]
     if not specs:
         raise ConfigError("load_model: an empty list of models; give a model file, a run folder or a list of them")
     members = model_paths(specs)

@@ -237,7 +237,7 @@ class PseudoLabelPlugin(SupervisedPlugin):
         prediction, why none is plausible)."""
         found: dict[str, tuple[float, list[float], dict[str, Any]]] = {}
         predicted: list[float] = []
-        for name in ("matched", "inverted"):
+        for name in ("matched", "inverted"):  # the labels held are then the last one's
             self.teacher = name
             predicted = self.label(strategy, epoch=0, domain=domain)
             if self.implausible(predicted, domain) is None:
@@ -259,8 +259,8 @@ class PseudoLabelPlugin(SupervisedPlugin):
         )
         chosen = found[self.teacher][2]
         chosen["used"] = True
-        # the labels held are the last candidate's; with match_volumes the weighted pass that follows labels again
-        if self.teacher != "inverted" and not (self.match_volumes and self.reference["volumes"]):
+        # with match_volumes the weighted pass that follows labels again
+        if self.teacher != name and not (self.match_volumes and self.reference["volumes"]):
             self.label(strategy, epoch=0, domain=domain)
             self.history.pop()  # a repeat of the chosen candidate's pass, which keeps the record
         # the chosen pass last: what follows (the acquisition) belongs to it
