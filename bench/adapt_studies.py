@@ -18,6 +18,8 @@ before it starts, and skipped when its folder already holds a finished run), so 
   images (``--label-order``) against N drawn at random with seeds 0, 1 and 2 (replay).
 * **labelfree**: per scanner (B, C, D), original -> that scanner with no label of it (``--labelled 0``), selftrain
   without and with ``style_share`` (:data:`STYLE_SHARE`), against replay with every label, on the test splits.
+* **labelseeds**: the label-free comparison (selftrain at the default ``style_share``, replay with every label)
+  repeated with training seeds 1 and 2 (``--seeds``), to tell the effect from one seed's luck.
 * **styleval**: selftrain's ``style_share`` at 0, 1 and 2 on the val splits of C and B, which chose the default.
 * **sweep**: original -> B, each method's main weight at three values, scored on the **val** splits (the test
   cases choose nothing); the default is the value with the best final average Dice (BWT breaks ties within 0.005).
@@ -152,6 +154,17 @@ def run_labelfree(out: Path, confidence: float, style_share: float = STYLE_SHARE
                 f"{{selftrain: {{confidence: {confidence}, style_share: {style}}}}}",
             )
         _adapt(out / f"sup_{scanner}", stream, "--strategies", "replay")
+
+
+def run_labelseeds(out: Path, seeds: tuple[int, ...]) -> None:
+    """The labelfree study's default selftrain and its supervised reference again with other training seeds (the
+    start model, the data and the test cases stay; the seed draws the patches, the memory and the augmentation)."""
+    for seed in seeds:
+        for scanner in ("C", "D", "B"):
+            stream = f"vumc,vumc_{scanner}"
+            for name, method in ((f"free_style_{scanner}", "selftrain"), (f"sup_{scanner}", "replay")):
+                extra = ("--labelled", "0") if method == "selftrain" else ()
+                _adapt(out / f"{name}_s{seed}", stream, "--strategies", method, *extra, "--seed", str(seed))
 
 
 def run_styleval(out: Path) -> None:
@@ -341,7 +354,53 @@ def report(out: Path, figures: Path) -> str:
             ]
             lines.append(f"| {x} | {label} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += _seeds_table(out)
     return "\n".join(lines)
+
+
+def _seeds_table(out: Path) -> list[str]:
+    """The label-free comparison over training seeds (seed 0: the labelfree study's runs; 1, 2: labelseeds'), per
+    scanner one row a seed and one of the means (the gap recovered of the means)."""
+    lines: list[str] = []
+    for x in "CDB":
+        runs = []
+        for seed in (0, 1, 2):
+            suffix = "" if seed == 0 else f"_s{seed}"
+            mat = _matrix(out, f"free_style_{x}{suffix}", "selftrain")
+            sup = _load(out, f"sup_{x}{suffix}")
+            dice = None if sup is None else sup["rows"].get("replay", {}).get(f"dice_vumc_{x}")
+            if mat is not None and dice is not None:
+                runs.append((seed, mat, dice))
+        if len(runs) < 2:
+            continue
+        if not lines:
+            lines += [
+                "| new scanner | seed | unadapted | selftrain, no labels | replay, every label | gap recovered "
+                "| selftrain BWT | worst change against unadapted |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+        cols: dict[str, list[float]] = {"free": [], "sup": [], "bwt": [], "worst": []}
+        before = runs[0][1]["before"]["overall"]
+        for seed, mat, dice in runs:
+            final = mat["matrix"]["overall"][-1]
+            bwt = mat["summary"]["overall"]["bwt"]
+            worst = min(f - b for f, b in zip(final, mat["before"]["overall"]))
+            gap = (final[1] - before[1]) / (dice - before[1])
+            lines.append(
+                f"| {x} | {seed} | {before[1]:.3f} | {final[1]:.3f} | {dice:.3f} | {gap:.0%} | {bwt:+.4f} "
+                f"| {worst:+.4f} |"
+            )
+            for k, v in zip(cols, (final[1], dice, bwt, worst)):
+                cols[k].append(v)
+        mean = {k: sum(v) / len(v) for k, v in cols.items()}
+        gap = (mean["free"] - before[1]) / (mean["sup"] - before[1])
+        lines.append(
+            f"| {x} | **mean of {len(runs)}** | {before[1]:.3f} | {mean['free']:.3f} | {mean['sup']:.3f} | "
+            f"**{gap:.0%}** | {mean['bwt']:+.4f} | {mean['worst']:+.4f} (worst seed {min(cols['worst']):+.4f}) |"
+        )
+    if lines:
+        lines.append("")
+    return lines
 
 
 def _choose(got: list[tuple[float, dict[str, Any]]]) -> float | None:
@@ -411,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
     r = sub.add_parser("run")
-    r.add_argument("study", choices=("few", "labelfree", "styleval", "sweep", "table"))
+    r.add_argument("study", choices=("few", "labelfree", "labelseeds", "styleval", "sweep", "table"))
+    r.add_argument("--seeds", default="1,2", help="labelseeds: training seeds (comma-separated)")
     r.add_argument("--out", type=Path, default=ROOT / "runs" / "studies")
     r.add_argument("--confidence", type=float, default=0.9, help="labelfree: selftrain's confidence")
     r.add_argument("--only", default=",".join(TABLE_METHODS), help="table: these methods (comma-separated)")
@@ -427,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
         run_table(args.out, tuple(m for m in args.only.split(",") if m))
     elif args.study == "labelfree":
         run_labelfree(args.out, args.confidence)
+    elif args.study == "labelseeds":
+        run_labelseeds(args.out, tuple(int(v) for v in args.seeds.split(",") if v))
     else:
         {"few": run_few, "styleval": run_styleval, "sweep": run_sweep}[args.study](args.out)
     return 0

@@ -344,6 +344,93 @@ def step_runner(cfg: dict[str, Any], device: Any, *, now: bool, bf16: bool = Fal
     return run
 
 
+def step_child(cfg: dict[str, Any], now: bool, threads: int, calls: int) -> dict[str, list[float]]:
+    """In a fresh process (:func:`bench._common.run_fresh`): the step as it was (``now`` False: the old step with
+    glibc's default allocator) or as ``medattn train`` runs it now (the new step after
+    :func:`medattn.runtime.retain_freed_memory`, which the command calls first). One untimed call, then ``calls``
+    timed ones: wall and CPU seconds and minor page faults per call."""
+    import resource
+    import time
+
+    from medattn.runtime import retain_freed_memory
+
+    torch.set_num_threads(threads)
+    retained = retain_freed_memory() if now else False
+    run = step_runner(cfg, torch.device("cpu"), now=now)
+    run()
+    out: dict[str, list[float]] = {"wall": [], "cpu": [], "page_faults": [], "retained": [float(retained)]}
+    for _ in range(calls):
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        wall, cpu = time.perf_counter(), time.process_time()
+        run()
+        out["wall"].append(time.perf_counter() - wall)
+        out["cpu"].append(time.process_time() - cpu)
+        out["page_faults"].append(float(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
+    return out
+
+
+def step_as_run(mode: str, rounds: int | None, dev_name: str) -> tuple[dict[str, Any], Any]:
+    """The step as it was against the step as ``medattn train`` runs it now, each in fresh processes (the allocator
+    setting is process-wide, so the two cannot share one): per round one process of each, in alternating order,
+    each timing ``calls`` calls of ``cfg["steps"]`` steps after a warm-up call; the ratio before / now of their
+    median call times is taken per round. CPU only (the allocator is the host's)."""
+    import statistics
+
+    from bench._common import run_fresh
+
+    cfg = STEP_SETTINGS[mode]
+    rounds = rounds or cfg["rounds"]
+    calls = 1 if mode == "smoke" else 3
+    threads = torch.get_num_threads()
+    runs: dict[str, list[dict[str, list[float]]]] = {"before": [], "now": []}
+    print(f"the step as run: {rounds} rounds of one fresh process each, {calls} x {cfg['steps']} steps ...", flush=True)
+    for r in range(rounds):
+        for name in ("before", "now") if r % 2 == 0 else ("now", "before"):
+            runs[name].append(run_fresh(step_child, cfg, name == "now", threads, calls))
+
+    def per_round(name: str, key: str) -> list[float]:
+        return [statistics.median(run[key]) for run in runs[name]]
+
+    wall = Stats.of([b / n for b, n in zip(per_round("before", "wall"), per_round("now", "wall"))])
+    cpu = Stats.of([b / n for b, n in zip(per_round("before", "cpu"), per_round("now", "cpu"))])
+    steps = cfg["steps"]
+    ms = {k: statistics.median(per_round(k, "wall")) / steps * 1e3 for k in runs}
+    faults = {k: statistics.median(per_round(k, "page_faults")) / steps for k in runs}
+    retained = all(run["retained"][0] for run in runs["now"])
+    print(
+        format_table(
+            ["step", "median ms", "page faults per step"],
+            [[k, f"{ms[k]:.0f}", f"{faults[k]:.0f}"] for k in runs],
+        )
+    )
+    print(
+        f"before / now, as run: wall {wall.median:.3f} [{wall.q1:.3f}, {wall.q3:.3f}], CPU time {cpu.median:.3f} "
+        f"(goal >= {TARGET_STEP_SPEEDUP}); freed memory retained: {retained}"
+    )
+    head = headline(
+        "training step as run",
+        "medattn train's step (norm backward, gated add, fused AdamW, freed memory retained)",
+        "the step before, glibc's default allocator",
+        "speed-up x (before s / now s)",
+        wall,
+        f">= {TARGET_STEP_SPEEDUP}",
+        f"fresh process per contender and round; CPU-time {cpu.median:.3f}; page faults per step "
+        f"{faults['before']:.0f} before, {faults['now']:.0f} now",
+        dev_name,
+    )
+    doc = {
+        "rounds": rounds,
+        "calls": calls,
+        "runs": runs,
+        "speedup_wall": wall,
+        "speedup_cpu": cpu,
+        "ms_per_step": ms,
+        "page_faults_per_step": faults,
+        "retained": retained,
+    }
+    return doc, head
+
+
 def step_speed(mode: str, rounds: int | None, device: Any, dev_name: str) -> tuple[dict[str, Any], Any]:
     """The training-step comparison of the module docstring: (its document, its headline)."""
     from medattn.train.precision import cpu_has_native_bf16
@@ -415,6 +502,11 @@ def main(argv: list[str] | None = None) -> int:
 
     setup = start(args)
     device, mode, dev_name, env = setup.device, setup.mode, setup.device_name, setup.env
+    from medattn.runtime import retain_freed_memory
+
+    # as medattn adapt and train run: the in-process comparisons below all share this allocator setting, so they
+    # compare code; step_as_run compares the step as run, allocator included, in fresh processes
+    print(f"freed memory retained in this process: {retain_freed_memory()}")
     cfg = SETTINGS[mode]
     rounds = args.rounds or cfg["rounds"]
     items = make_items(cfg["batches"] * cfg["batch"], cfg["patch"])
@@ -470,6 +562,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     step_doc, step_head = step_speed(mode, args.rounds, torch.device(device), dev_name)
+    heads = [head, step_head]
+    if torch.device(device).type == "cpu":
+        print()
+        as_run, as_run_head = step_as_run(mode, args.rounds, dev_name)
+        step_doc["as_run"] = as_run
+        heads.append(as_run_head)
     doc = {
         "environment": env,
         "mode": mode,
@@ -482,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_cpu": cpu,
         "phases_ms": phases,
         "training_step": step_doc,
-        "headlines": [head, step_head],
+        "headlines": heads,
     }
     finish(args.out, doc)
     return 0

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -60,3 +64,42 @@ def test_thread_count_is_restored_after_the_block() -> None:
     assert torch.get_num_threads() == before
     with torch_threads(None):
         assert torch.get_num_threads() == before
+
+
+_FAULTS_SCRIPT = """
+import resource, sys
+import numpy as np
+from medattn.runtime import retain_freed_memory
+retained = retain_freed_memory() if sys.argv[1] == "retain" else False
+faults = []
+for _ in range(4):  # a training step's pattern: a large block filled, freed, and asked for again
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = np.ones(48 * 1024**2 // 8)  # 48 MiB: above glibc's largest dynamic mmap threshold (32 MiB)
+    del block
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(int(retained), *faults)
+"""
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="retain_freed_memory sets glibc's malloc"
+)
+def test_retained_freed_memory_is_reused_without_page_faults() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "MEDATTN_RETAIN_MEMORY"}
+
+    def faults(mode: str, **extra: str) -> tuple[int, list[int]]:
+        cmd = [sys.executable, "-c", _FAULTS_SCRIPT, mode]
+        out = subprocess.run(cmd, env={**env, **extra}, capture_output=True, text=True, check=True)
+        retained, *counts = (int(v) for v in out.stdout.split())
+        return retained, counts
+
+    # counted in pages of 4 KiB or, where numpy asks for transparent huge pages, 2 MiB: compare with the first fill
+    retained, default = faults("default")
+    assert not retained and default[0] > 0
+    assert min(default[1:]) >= default[0] // 2  # glibc maps and unmaps it every time: each fill faults again
+    retained, kept = faults("retain")
+    assert retained and kept[0] > 0
+    assert max(kept[1:]) <= kept[0] // 20  # the heap keeps it: the first fill faults, the later ones do not
+    # the user's own setting stands, and so does the opt-out
+    assert faults("retain", MALLOC_TRIM_THRESHOLD_="131072")[0] == 0
+    assert faults("retain", MEDATTN_RETAIN_MEMORY="0")[0] == 0

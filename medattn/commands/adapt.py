@@ -248,8 +248,10 @@ def run(args: argparse.Namespace) -> int:
     """Run, print each method's Dice matrix and the comparison table; 1 when a method did not finish or cases were
     left out."""
     from medattn.continual.adapt import adapt, format_comparison, format_matrix
+    from medattn.runtime import retain_freed_memory
 
     cfg = adapt_config(args)
+    retain_freed_memory()  # as medattn train does: no page faults for each step's activations
     manifest = load_data(args)
     result = adapt(
         args.model, manifest, args.out, cfg, data_root=args.data_root, resume=bool(args.resume), quiet=bool(args.quiet)

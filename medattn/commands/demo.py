@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--strategies", help="continual-learning methods (default replay,naive,joint; joint is the reference row)"
     )
     m.add_argument("--adapt-epochs", type=int, help="adaptation epochs per scanner (default 16)")
-    m.add_argument("--adapt-lr", type=float, help="adaptation learning rate (default 0.01)")
+    m.add_argument("--adapt-lr", type=float, help="adaptation learning rate (default 0.005)")
     m.add_argument("--replay-patches", type=int, help="replay memory in patches over all scanners (default 64)")
     m.add_argument("--replay-batch", type=int, help="memory patches replayed per step (default 1)")
     r = p.add_argument_group("report and machine")
@@ -69,9 +69,10 @@ def run(args: argparse.Namespace) -> int:
 
     from medattn.demo import run as run_demo
     from medattn.report.demo_summary import format_summary
-    from medattn.runtime import torch_threads
+    from medattn.runtime import retain_freed_memory, torch_threads
 
     cfg = demo_config(args)
+    retain_freed_memory()  # the demo trains: as in medattn train
     t0 = time.perf_counter()
     with torch_threads(cfg.threads):
         result = run_demo(cfg, args.out, data=args.data, data_root=args.data_root, progress=not args.quiet, echo=print)

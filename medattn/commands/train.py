@@ -129,6 +129,9 @@ ALL_FOLDS = "all-folds"
 
 def run(args: argparse.Namespace) -> int:
     """Parse, join a torchrun job if any, train, print a summary (rank 0); ``--fold all-folds``: every fold."""
+    from medattn.runtime import retain_freed_memory
+
+    retain_freed_memory()  # the step's freed activations stay in the heap for the next step (see its docstring)
     if getattr(args, "fold", None) == ALL_FOLDS:
         return run_all_folds(args)
     return train_one(args)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
 import re
 import time
 from pathlib import Path
@@ -53,8 +55,18 @@ def test_smoke_suite_writes_machine_versions_commit_and_finite_ratios(tmp_path: 
     assert len(step["losses_now"]) == len(step["losses_before"]) >= 2  # the step before and now: the same numerics
     assert step["max_loss_difference"] <= 1e-4 * max(step["losses_now"])
 
+    as_run = step["as_run"]  # in fresh processes, the "now" one with medattn train's allocator setting
+    assert as_run["rounds"] >= 1 and set(as_run["ms_per_step"]) == {"before", "now"}
+    if (
+        platform.system() == "Linux"
+        and platform.libc_ver()[0] == "glibc"
+        and not any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"))
+    ):
+        assert as_run["retained"] is (os.environ.get("MEDATTN_RETAIN_MEMORY", "1") != "0")
+
     heads = doc["headlines"]
-    assert {h["question"] for h in heads} == QUESTIONS | {"training step"}  # bench_train answers two
+    # bench_train answers three: the loop overhead, the step in-process (code) and the step as run
+    assert {h["question"] for h in heads} == QUESTIONS | {"training step", "training step as run"}
     for h in heads:
         assert all(math.isfinite(h[k]) and h[k] > 0 for k in ("median", "q1", "q3")), h
         assert h["q1"] <= h["median"] <= h["q3"], h
@@ -77,4 +89,4 @@ def test_a_failing_script_is_reported_and_the_others_still_run(tmp_path: Path, m
     doc = json.loads(out.read_text())
     assert doc["scripts"]["loading"]["error"] == "RuntimeError: disk on fire"
     assert doc["scripts"]["training"]["exit_status"] == 0
-    assert [h["question"] for h in doc["headlines"]] == ["training", "training step"]
+    assert [h["question"] for h in doc["headlines"]] == ["training", "training step", "training step as run"]
