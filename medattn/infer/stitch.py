@@ -21,14 +21,22 @@ def argmax_classes(scores: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Arg-max over the class axis of ``scores`` (K, ...) written into ``out`` (...), an integer tensor or view.
 
     Equivalent to ``scores.argmax(0)`` (ties go to the lowest class) without its int64 temporary, and several
-    times faster for a handful of classes: one comparison pass per class instead of a strided reduction.
+    times faster for a handful of classes: one comparison pass per class instead of a strided reduction. The first
+    two classes are compared straight into ``out`` and the running maximum starts as their maximum (no copy of
+    class 0, no zero fill, no maximum after the last class): 2.0 against 3.7 ms for 3 x 2 x 64^3 scores on two
+    threads, the training Dice's arg-max every step of ``medattn adapt`` (one-off timing, 2-core AMD EPYC).
     """
-    best = scores[0].clone()
-    out.zero_()
-    for k in range(1, scores.shape[0]):
-        better = scores[k] > best
-        out.masked_fill_(better, k)
-        torch.maximum(best, scores[k], out=best)
+    k = scores.shape[0]
+    if k == 1:
+        return out.zero_()
+    out.copy_(scores[1] > scores[0])
+    if k == 2:
+        return out
+    best = torch.maximum(scores[0], scores[1])
+    for c in range(2, k):
+        out.masked_fill_(scores[c] > best, c)
+        if c < k - 1:
+            torch.maximum(best, scores[c], out=best)
     return out
 
 

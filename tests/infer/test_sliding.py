@@ -204,13 +204,21 @@ def test_mirroring_averages_the_flipped_predictions() -> None:
     torch.testing.assert_close(out.probabilities, torch.softmax(ref, 0), atol=1e-5, rtol=1e-5)
 
 
-def test_argmax_classes_matches_torch_argmax_including_ties() -> None:
-    scores = torch.randn(5, 7, 6, 4)
-    scores[3, :2] = scores[1, :2]  # ties between classes 1 and 3 where 1 might win
+@pytest.mark.parametrize("classes", [1, 2, 3, 5])
+def test_argmax_classes_matches_torch_argmax_including_ties(classes: int) -> None:
+    scores = torch.randn(classes, 7, 6, 4)
+    if classes > 1:
+        scores[1, 2:4] = scores[0, 2:4]  # ties between the first two classes: class 0
+    if classes > 3:
+        scores[3, :2] = scores[1, :2]  # ties between classes 1 and 3 where 1 might win
     scores[:, 0, 0, 0] = 0.5  # all tied: class 0
-    out = torch.empty(7, 6, 4, dtype=torch.uint8)
-    argmax_classes(scores, out)
-    torch.testing.assert_close(out.long(), scores.argmax(0))
+    for out in (torch.full((7, 6, 4), 9, dtype=torch.uint8), torch.full((2, 7, 6, 4), 9, dtype=torch.int32)[1]):
+        argmax_classes(scores, out)  # whatever out held before is overwritten
+        torch.testing.assert_close(out.long(), scores.argmax(0))
+    logits = torch.randn(2, classes, 5, 4, 3)  # a batch's logits, class axis second: the training Dice's view
+    out = torch.empty(2, 5, 4, 3, dtype=torch.uint8)
+    argmax_classes(logits.transpose(0, 1), out)
+    torch.testing.assert_close(out.long(), logits.argmax(1))
 
 
 def test_predictor_caches_the_importance_map_and_stitches_on_cpu() -> None:
