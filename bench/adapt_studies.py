@@ -156,14 +156,16 @@ def run_labelfree(out: Path, confidence: float, style_share: float = STYLE_SHARE
         _adapt(out / f"sup_{scanner}", stream, "--strategies", "replay")
 
 
-def run_labelseeds(out: Path, seeds: tuple[int, ...]) -> None:
+def run_labelseeds(out: Path, seeds: tuple[int, ...], confidence: float = 0.9) -> None:
     """The labelfree study's default selftrain and its supervised reference again with other training seeds (the
     start model, the data and the test cases stay; the seed draws the patches, the memory and the augmentation)."""
     for seed in seeds:
         for scanner in ("C", "D", "B"):
             stream = f"vumc,vumc_{scanner}"
             for name, method in ((f"free_style_{scanner}", "selftrain"), (f"sup_{scanner}", "replay")):
-                extra = ("--labelled", "0") if method == "selftrain" else ()
+                # selftrain with the labelfree study's settings, spelled out as it spells them
+                methods = f"{{selftrain: {{confidence: {confidence}, style_share: {STYLE_SHARE}}}}}"
+                extra = ("--labelled", "0", "--methods", methods) if method == "selftrain" else ()
                 _adapt(out / f"{name}_s{seed}", stream, "--strategies", method, *extra, "--seed", str(seed))
 
 
@@ -488,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.study == "labelfree":
         run_labelfree(args.out, args.confidence)
     elif args.study == "labelseeds":
-        run_labelseeds(args.out, tuple(int(v) for v in args.seeds.split(",") if v))
+        run_labelseeds(args.out, tuple(int(v) for v in args.seeds.split(",") if v), args.confidence)
     else:
         {"few": run_few, "styleval": run_styleval, "sweep": run_sweep}[args.study](args.out)
     return 0

@@ -143,48 +143,60 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 #: glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-#: Blocks up to this size come from the heap, and this much free memory may stay at its top.
-RETAIN_MMAP_THRESHOLD = 256 * 1024**2
+#: Blocks up to this size come from the heap (first choice; glibc before 2.35 refuses more than 32 MiB on 64-bit
+#: systems, the fallback), and this much free memory may stay at its top.
+RETAIN_MMAP_THRESHOLDS = (256 * 1024**2, 32 * 1024**2)
 RETAIN_TRIM_THRESHOLD = 1024**3
-_retained: bool | None = None
+#: Where a user chose glibc's allocator settings themselves (environment variables, or ``GLIBC_TUNABLES`` names).
+_USER_MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+_USER_MALLOC_TUNABLES = ("glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold", "glibc.malloc.top_pad")
+_retained: int | None = None
 
 
-def retain_freed_memory() -> bool:
-    """Keep the memory that freed tensors leave in this process's heap, for the next step to reuse; True when set.
+def retain_freed_memory() -> int:
+    """Keep the memory that freed tensors leave in this process's heap, for the next step to reuse; returns the
+    ``mmap`` threshold it set in bytes (0: it set nothing).
 
     Why: with glibc's defaults, the multi-megabyte activations and gradients of a 3D training step are handed back to
     the kernel when freed (``munmap``, or a trim of the heap's top) and fetched again, zero-filled page by page, the
     next step. Measured on ``ag_unet_fullres`` (batch 2, 40x56x40, two threads, 2-core AMD EPYC in a virtual
-    machine): about 12,000 page faults and 22-27 ms of system CPU time a step; with this setting none, and the step
-    about 1.18x faster (median of four processes each; ``bench/bench_train.py``'s "step as run" measures it
-    against the old step, docs/benchmarks.md). PyTorch's CPU tensors have no
-    caching allocator of their own (CUDA's has), and jemalloc or tcmalloc would have to be preloaded before Python
-    starts; ``mallopt`` can do the same job from inside the process.
+    machine): 17,700 to 22,300 page faults a step, and 22-27 ms of system CPU time in a one-off count; with this
+    setting 5 to 8 faults. ``bench/bench_train.py``'s "step as run" measures the whole step against the old one
+    (docs/benchmarks.md). PyTorch's CPU tensors have no caching allocator of their own (CUDA's has), and jemalloc
+    or tcmalloc would have to be preloaded before Python starts; ``mallopt`` does the same job from inside.
 
-    Sets glibc's ``M_MMAP_THRESHOLD`` to 256 MiB (allocations below it come from the heap, not from ``mmap``) and
-    ``M_TRIM_THRESHOLD`` to 1 GiB (up to that much free memory stays at the heap's top). The process keeps its peak
-    memory until it exits, as a caching allocator does; blocks above 256 MiB are still mapped and returned.
-    Process-wide, so for command-line entry points and scripts, like :func:`torch_threads`: ``medattn`` calls it
-    once per command. Does nothing (False) off glibc, where the user has set ``MALLOC_MMAP_THRESHOLD_``,
-    ``MALLOC_TRIM_THRESHOLD_`` or ``MALLOC_TOP_PAD_`` (their choice stands), or where ``MEDATTN_RETAIN_MEMORY=0``.
+    Sets glibc's ``M_MMAP_THRESHOLD`` to 256 MiB (32 MiB where glibc before 2.35 caps it: allocations below it come
+    from the heap, not from ``mmap``) and ``M_TRIM_THRESHOLD`` to 1 GiB (up to that much free memory stays at the
+    heap's top). The process keeps its peak memory until it exits, as a caching allocator does; larger blocks are
+    still mapped and returned. Process-wide, so for command-line entry points and scripts, like
+    :func:`torch_threads`: ``medattn train``, ``adapt`` and ``demo`` call it first; the first call decides for the
+    process. Sets nothing off glibc, where the user set ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` or
+    ``MALLOC_TOP_PAD_`` or the same ``glibc.malloc`` tunables in ``GLIBC_TUNABLES`` (their choice stands), where
+    ``MEDATTN_RETAIN_MEMORY=0``, or where ctypes is missing.
     """
     global _retained
     if _retained is not None:
         return _retained
-    _retained = False
-    own = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
-    if os.environ.get("MEDATTN_RETAIN_MEMORY", "1").strip() == "0" or any(v in os.environ for v in own):
-        return False
-    import ctypes
+    _retained = 0
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if (
+        os.environ.get("MEDATTN_RETAIN_MEMORY", "1").strip() == "0"
+        or any(v in os.environ for v in _USER_MALLOC_SETTINGS)
+        or any(t in tunables for t in _USER_MALLOC_TUNABLES)
+    ):
+        return 0
     import platform
 
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
+        return 0
     try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    _retained = bool(libc.mallopt(_M_MMAP_THRESHOLD, RETAIN_MMAP_THRESHOLD)) and bool(
-        libc.mallopt(_M_TRIM_THRESHOLD, RETAIN_TRIM_THRESHOLD)
-    )
+        import ctypes
+
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (ImportError, OSError, AttributeError):
+        return 0
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    threshold = next((t for t in RETAIN_MMAP_THRESHOLDS if mallopt(_M_MMAP_THRESHOLD, t)), 0)
+    if threshold and mallopt(_M_TRIM_THRESHOLD, RETAIN_TRIM_THRESHOLD):
+        _retained = threshold
     return _retained

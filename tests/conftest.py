@@ -15,6 +15,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# Tests run medattn's commands in this process (main(["train", ...])): keep glibc's default allocator for the whole
+# session, so that what one test frees goes back before the next whatever the order, and no test depends on which
+# ran first (retain_freed_memory decides once per process). tests/test_runtime.py checks it in fresh processes.
+os.environ.setdefault("MEDATTN_RETAIN_MEMORY", "0")
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
