@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from medattn.typing import DeviceLike
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,8 @@ def retain_freed_memory() -> int:
     heap's top). The process keeps its peak memory until it exits, as a caching allocator does; larger blocks are
     still mapped and returned. Process-wide, so for command-line entry points and scripts, like
     :func:`torch_threads`: ``medattn train``, ``adapt`` and ``demo`` call it first; the first call decides for the
-    process. Sets nothing off glibc, where the user set ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` or
+    process, and forked data-loader workers inherit it (each keeps its own peak). ``--verbose`` logs what it set.
+    Sets nothing off glibc, where the user set ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` or
     ``MALLOC_TOP_PAD_`` or the same ``glibc.malloc`` tunables in ``GLIBC_TUNABLES`` (their choice stands), where
     ``MEDATTN_RETAIN_MEMORY=0``, or where ctypes is missing.
     """
@@ -199,4 +203,5 @@ def retain_freed_memory() -> int:
     threshold = next((t for t in RETAIN_MMAP_THRESHOLDS if mallopt(_M_MMAP_THRESHOLD, t)), 0)
     if threshold and mallopt(_M_TRIM_THRESHOLD, RETAIN_TRIM_THRESHOLD):
         _retained = threshold
+    log.debug("freed memory retained: blocks below %d MiB from the heap (%s)", _retained // 1024**2, bool(_retained))
     return _retained
