@@ -159,12 +159,12 @@ def run_labelfree(out: Path, confidence: float, style_share: float = STYLE_SHARE
 def run_labelseeds(out: Path, seeds: tuple[int, ...], confidence: float = 0.9) -> None:
     """The labelfree study's default selftrain and its supervised reference again with other training seeds (the
     start model, the data and the test cases stay; the seed draws the patches, the memory and the augmentation)."""
+    # selftrain with the labelfree study's settings, spelled out as it spells them
+    methods = f"{{selftrain: {{confidence: {confidence}, style_share: {STYLE_SHARE}}}}}"
     for seed in seeds:
         for scanner in ("C", "D", "B"):
             stream = f"vumc,vumc_{scanner}"
             for name, method in ((f"free_style_{scanner}", "selftrain"), (f"sup_{scanner}", "replay")):
-                # selftrain with the labelfree study's settings, spelled out as it spells them
-                methods = f"{{selftrain: {{confidence: {confidence}, style_share: {STYLE_SHARE}}}}}"
                 extra = ("--labelled", "0", "--methods", methods) if method == "selftrain" else ()
                 _adapt(out / f"{name}_s{seed}", stream, "--strategies", method, *extra, "--seed", str(seed))
 

@@ -203,5 +203,8 @@ def retain_freed_memory() -> int:
     threshold = next((t for t in RETAIN_MMAP_THRESHOLDS if mallopt(_M_MMAP_THRESHOLD, t)), 0)
     if threshold and mallopt(_M_TRIM_THRESHOLD, RETAIN_TRIM_THRESHOLD):
         _retained = threshold
-    log.debug("freed memory retained: blocks below %d MiB from the heap (%s)", _retained // 1024**2, bool(_retained))
+    if _retained:
+        log.debug("freed memory retained: blocks below %d MiB come from the heap", _retained // 1024**2)
+    else:
+        log.debug("freed memory not retained: glibc refused mallopt")
     return _retained
