@@ -3,6 +3,9 @@
     .venv/bin/python bench/adapt_studies.py run few --out runs/studies        # label budgets and the ranking
     .venv/bin/python bench/adapt_studies.py run labelfree --out runs/studies  # selftrain without labels
     .venv/bin/python bench/adapt_studies.py run styleval --out runs/studies   # selftrain's style_share (val)
+    .venv/bin/python bench/adapt_studies.py run mirrorval --out runs/studies  # selftrain's mirror (val)
+    .venv/bin/python bench/adapt_studies.py run memval --out runs/studies     # selftrain's mem_batch (val)
+    .venv/bin/python bench/adapt_studies.py teacher --out runs/studies        # the teachers' Dice on val cases
     .venv/bin/python bench/adapt_studies.py run sweep --out runs/studies      # three values per main weight (val)
     .venv/bin/python bench/adapt_studies.py run table --out runs/studies      # every method at its default (test)
     .venv/bin/python bench/adapt_studies.py report --out runs/studies         # Markdown tables, docs/figures/*.png
@@ -17,10 +20,17 @@ before it starts, and skipped when its folder already holds a finished run), so 
   replay, scored on the test splits; then N = 3 and 5 labelled by ``medattn drift``'s ranking of B's training
   images (``--label-order``) against N drawn at random with seeds 0, 1 and 2 (replay).
 * **labelfree**: per scanner (B, C, D), original -> that scanner with no label of it (``--labelled 0``), selftrain
-  without and with ``style_share`` (:data:`STYLE_SHARE`), against replay with every label, on the test splits.
-* **labelseeds**: the label-free comparison (selftrain at the default ``style_share``, replay with every label)
-  repeated with training seeds 1 and 2 (``--seeds``), to tell the effect from one seed's luck.
+  without and with ``style_share`` (:data:`STYLE_SHARE`), then with ``mirror`` (:data:`MIRROR`) as well
+  (:data:`FREE`), against replay with every label, on the test splits.
+* **labelseeds**: the label-free comparison (selftrain with ``style_share``, without and with ``mirror``; replay with
+  every label) repeated with training seeds 1 and 2 (``--seeds``), to tell the effect from one seed's luck.
 * **styleval**: selftrain's ``style_share`` at 0, 1 and 2 on the val splits of C and B, which chose the default.
+* **mirrorval**: selftrain's ``mirror`` (pseudo-labels averaged over mirrorings) at none, axis 0 and all three axes
+  on the same val splits (no mirroring is styleval's ``style_share`` 1 run), which chose the default.
+* **memval**: selftrain's replay share (8 memory patches a step, or ``memory_fraction`` 0.5) on the same val splits,
+  with ``mirror`` on, which chose ``mem_batch`` (:data:`MEM_BATCH`).
+* **teacher** (not an adaptation): the unadapted model's Dice on C's and D's val cases from one pass, from the mean
+  over each set of mirrorings, and through the ``matched`` intensity translation: what ``mirror`` improves.
 * **sweep**: original -> B, each method's main weight at three values, scored on the **val** splits (the test
   cases choose nothing); the default is the value with the best final average Dice (BWT breaks ties within 0.005).
 * **table**: original -> B, every method at the chosen defaults, one process each (its CPU time from
@@ -60,6 +70,21 @@ BUDGETS = (1, 3, 5, 10)
 #: selftrain's ``style_share`` in the label-free study and its default: the best of 0, 1 and 2 on the val splits of
 #: scanners B and C (their mean) by the sweep's rule (docs/results.md, "Few labels and none").
 STYLE_SHARE = 1.0
+#: selftrain's ``mirror`` (pseudo-labels averaged over the mirrorings of these axes) and its default: the best of
+#: none, axis 0 and all three on the val splits of B and C (the mirrorval study).
+MIRROR = (0, 1, 2)
+#: selftrain's ``mem_batch`` (memory patches per step beside the current domain's 2 x 2) and its default: the best of
+#: replay's default (null: 4), 8, and a larger memory (``memory_fraction`` 0.5) on the same val splits (memval).
+MEM_BATCH = 8
+
+
+def _selftrain(confidence: float, style_share: float, mirror: tuple[int, ...], mem_batch: int | None = None) -> str:
+    """selftrain's settings for ``--methods``, spelled out (a later default does not change a run's meaning)."""
+    batch = "null" if mem_batch is None else mem_batch
+    return (
+        f"{{selftrain: {{confidence: {confidence}, style_share: {style_share}, mirror: {list(mirror)}, "
+        f"mem_batch: {batch}}}}}"
+    )
 
 
 def _adapt(out: Path, domains: str, *extra: str) -> dict[str, Any]:
@@ -139,19 +164,29 @@ def run_few(out: Path) -> None:
             )
 
 
-def run_labelfree(out: Path, confidence: float, style_share: float = STYLE_SHARE) -> None:
+#: The label-free variants compared: (run name prefix, style_share, mirror).
+FREE: tuple[tuple[str, float, tuple[int, ...], int | None], ...] = (
+    ("free", 0.0, (), None),
+    ("free_style", STYLE_SHARE, (), None),
+    ("free_mirror", STYLE_SHARE, MIRROR, None),
+    ("free_mem8", STYLE_SHARE, MIRROR, MEM_BATCH),
+)
+
+
+def run_labelfree(out: Path, confidence: float) -> None:
     for scanner in ("C", "D", "B"):
         stream = f"vumc,vumc_{scanner}"
-        for name, style in ((f"free_{scanner}", 0.0), (f"free_style_{scanner}", style_share)):
+        for prefix, style, mirror, batch in FREE:
+            methods = _selftrain(confidence, style, mirror, batch)
             _adapt(
-                out / name,
+                out / f"{prefix}_{scanner}",
                 stream,
                 "--strategies",
                 "selftrain",
                 "--labelled",
                 "0",
                 "--methods",
-                f"{{selftrain: {{confidence: {confidence}, style_share: {style}}}}}",
+                methods,
             )
         _adapt(out / f"sup_{scanner}", stream, "--strategies", "replay")
 
@@ -159,31 +194,74 @@ def run_labelfree(out: Path, confidence: float, style_share: float = STYLE_SHARE
 def run_labelseeds(out: Path, seeds: tuple[int, ...], confidence: float = 0.9) -> None:
     """The labelfree study's default selftrain and its supervised reference again with other training seeds (the
     start model, the data and the test cases stay; the seed draws the patches, the memory and the augmentation)."""
-    # selftrain with the labelfree study's settings, spelled out as it spells them
-    methods = f"{{selftrain: {{confidence: {confidence}, style_share: {STYLE_SHARE}}}}}"
     for seed in seeds:
         for scanner in ("C", "D", "B"):
             stream = f"vumc,vumc_{scanner}"
-            for name, method in ((f"free_style_{scanner}", "selftrain"), (f"sup_{scanner}", "replay")):
-                extra = ("--labelled", "0", "--methods", methods) if method == "selftrain" else ()
-                _adapt(out / f"{name}_s{seed}", stream, "--strategies", method, *extra, "--seed", str(seed))
+            for prefix, style, mirror, batch in FREE[1:]:  # the defaults before mirroring, before mem_batch, now
+                extra = ("--labelled", "0", "--methods", _selftrain(confidence, style, mirror, batch))
+                _adapt(
+                    out / f"{prefix}_{scanner}_s{seed}",
+                    stream,
+                    "--strategies",
+                    "selftrain",
+                    *extra,
+                    "--seed",
+                    str(seed),
+                )
+            _adapt(out / f"sup_{scanner}_s{seed}", stream, "--strategies", "replay", "--seed", str(seed))
+
+
+def _selftrain_val(out: Path, name: str, scanner: str, settings: str) -> None:
+    """One selftrain run, original -> ``scanner`` without its labels, scored on the val splits; ``settings`` spell
+    out every option a study compares (a later default does not change a run's meaning)."""
+    _adapt(
+        out / name,
+        f"vumc,vumc_{scanner}",
+        "--strategies",
+        "selftrain",
+        "--labelled",
+        "0",
+        "--eval-split",
+        "val",
+        "--methods",
+        f"{{selftrain: {{{settings}}}}}",
+    )
 
 
 def run_styleval(out: Path) -> None:
-    """selftrain's ``style_share`` at 0, 1 and 2 on the val splits of scanners C and B (the default's choice)."""
+    """selftrain's ``style_share`` at 0, 1 and 2 on the val splits of scanners C and B (the default's choice),
+    without mirroring and with replay's memory share, the defaults of the time."""
     for scanner in ("C", "B"):
         for share in (0, 1, 2):
-            _adapt(
-                out / f"styleval_{scanner}_s{share}",
-                f"vumc,vumc_{scanner}",
-                "--strategies",
-                "selftrain",
-                "--labelled",
-                "0",
-                "--eval-split",
-                "val",
-                "--methods",
-                f"{{selftrain: {{style_share: {share}}}}}",
+            _selftrain_val(
+                out, f"styleval_{scanner}_s{share}", scanner, f"style_share: {share}, mirror: [], mem_batch: null"
+            )
+
+
+#: selftrain's ``mirror`` values in the mirrorval study (the first the default before it; its runs are styleval's).
+MIRRORS = ((), (0,), (0, 1, 2))
+
+
+def run_mirrorval(out: Path) -> None:
+    """selftrain's ``mirror`` (its pseudo-labels averaged over mirrorings) on the val splits of C and B, with
+    replay's memory share; no mirroring is styleval's ``style_share`` 1 run (the same settings)."""
+    for scanner in ("C", "B"):
+        for axes in MIRRORS[1:]:
+            name = f"mirrorval_{scanner}_m{''.join(map(str, axes))}"
+            _selftrain_val(out, name, scanner, f"style_share: 1, mirror: {list(axes)}, mem_batch: null")
+
+
+#: The memval study's variants: run name suffix -> selftrain's replay setting beside replay's others.
+MEMORY = {"mb8": "mem_batch: 8", "mf5": "mem_batch: null, memory_fraction: 0.5"}
+
+
+def run_memval(out: Path) -> None:
+    """selftrain's replay share on the val splits of C and B: 8 memory patches a step, or a memory five times
+    larger, against replay's defaults (4 a step, a tenth: mirrorval's all-axes run, the same settings)."""
+    for scanner in ("C", "B"):
+        for name, setting in MEMORY.items():
+            _selftrain_val(
+                out, f"memval_{scanner}_{name}", scanner, f"style_share: 1, mirror: {list(MIRROR)}, {setting}"
             )
 
 
@@ -325,15 +403,67 @@ def report(out: Path, figures: Path) -> str:
             ]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
+    mirrors = {(x, m): _load(out, f"mirrorval_{x}_m{''.join(map(str, m))}") for x in "CB" for m in MIRRORS[1:]}
+    for x in "CB":
+        mirrors[x, ()] = styles.get((x, 1))  # no mirroring: styleval's default run
+    if all(mirrors.values()):
+        lines += [
+            "| mirror | C: final average (val) | C: BWT | C: Dice of C | B: final average (val) | B: BWT "
+            "| B: Dice of B | mean | CPU s (C, B) | chosen |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        got = []
+        for m in MIRRORS:
+            rows = [mirrors[x, m]["rows"]["selftrain"] for x in "CB"]  # type: ignore[index]
+            got.append((float(len(m)), {k: sum(r[k] for r in rows) / 2 for k in ("average_dice", "bwt")}))
+        best = max(got, key=lambda g: g[1]["average_dice"])[0]  # no BWT tie-break: all within 0.001 of each other
+        for m, (key, mean) in zip(MIRRORS, got):
+            c, b = (mirrors[x, m]["rows"]["selftrain"] for x in "CB")  # type: ignore[index]
+            cpus = [mirrors[x, m].get("cpu_s") for x in "CB"]  # type: ignore[union-attr]
+            cpu = "" if None in cpus else ", ".join(f"{v:.0f}" for v in cpus)
+            lines.append(
+                f"| {list(m)} | {c['average_dice']:.4f} | {c['bwt']:+.4f} | {c['dice_vumc_C']:.4f} "
+                f"| {b['average_dice']:.4f} | {b['bwt']:+.4f} | {b['dice_vumc_B']:.4f} | {mean['average_dice']:.4f} "
+                f"| {cpu} | {'**yes**' if key == best else ''} |"
+            )
+        lines.append("")
+    mems = {(x, k): _load(out, f"memval_{x}_{k}") for x in "CB" for k in MEMORY}
+    for x in "CB":
+        mems[x, "default"] = mirrors.get((x, MIRROR))
+    if all(mems.values()):
+        lines += [
+            "| replay share | C: final average (val) | C: BWT | C: Dice of C | B: final average (val) | B: BWT "
+            "| B: Dice of B | B: Dice of the original | mean | mean BWT | chosen |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        shown = {
+            "default": "mem_batch 4 (null), memory_fraction 0.1",
+            "mb8": "mem_batch 8",
+            "mf5": "memory_fraction 0.5",
+        }
+        got = []
+        for k in shown:
+            rows = [mems[x, k]["rows"]["selftrain"] for x in "CB"]  # type: ignore[index]
+            got.append((float(len(got)), {m: sum(r[m] for r in rows) / 2 for m in ("average_dice", "bwt")}))
+        best = _choose(got, keep=0)
+        for (k, label), (key, mean) in zip(shown.items(), got):
+            c, b = (mems[x, k]["rows"]["selftrain"] for x in "CB")  # type: ignore[index]
+            lines.append(
+                f"| {label} | {c['average_dice']:.4f} | {c['bwt']:+.4f} | {c['dice_vumc_C']:.4f} "
+                f"| {b['average_dice']:.4f} | {b['bwt']:+.4f} | {b['dice_vumc_B']:.4f} | {b['dice_vumc']:.4f} "
+                f"| {mean['average_dice']:.4f} | {mean['bwt']:+.4f} | {'**yes**' if key == best else ''} |"
+            )
+        lines.append("")
     free = {
-        (x, label): (_matrix(out, name, "selftrain"), _load(out, f"sup_{x}") or _load(out, "few_Nall"))
+        (x, label): (_matrix(out, f"{prefix}_{x}", "selftrain"), _load(out, f"sup_{x}") or _load(out, "few_Nall"))
         for x in "BCD"
-        for name, label in ((f"free_{x}", "0"), (f"free_style_{x}", f"{STYLE_SHARE:g}"))
+        for prefix, style, mirror, batch in FREE
+        for label in [f"{style:g}, {list(mirror)}, {batch or 4}"]
     }
     if any(mat for mat, _ in free.values()):
         lines += [
-            "| new scanner | style_share | unadapted | selftrain, no labels | replay, every label | gap recovered "
-            "| selftrain BWT | worst change against unadapted | decision |",
+            "| new scanner | style_share, mirror, mem_batch | unadapted | selftrain, no labels | replay, every label "
+            "| gap recovered | selftrain BWT | worst change against unadapted | decision |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for (x, label), (mat, sup) in free.items():
@@ -356,19 +486,21 @@ def report(out: Path, figures: Path) -> str:
             ]
             lines.append(f"| {x} | {label} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += _seeds_table(out)
+    for prefix, style, mirror, batch in FREE[1:]:
+        lines += _seeds_table(out, prefix, f"style_share {style:g}, mirror {list(mirror)}, mem_batch {batch or 4}")
     return "\n".join(lines)
 
 
-def _seeds_table(out: Path) -> list[str]:
+def _seeds_table(out: Path, prefix: str = "free_mirror", settings: str = "") -> list[str]:
     """The label-free comparison over training seeds (seed 0: the labelfree study's runs; 1, 2: labelseeds'), per
-    scanner one row a seed and one of the means (the gap recovered of the means)."""
+    scanner one row a seed and one of the means (the gap recovered of the means), for selftrain's runs named
+    ``prefix`` (:data:`FREE`)."""
     lines: list[str] = []
     for x in "CDB":
         runs = []
         for seed in (0, 1, 2):
             suffix = "" if seed == 0 else f"_s{seed}"
-            mat = _matrix(out, f"free_style_{x}{suffix}", "selftrain")
+            mat = _matrix(out, f"{prefix}_{x}{suffix}", "selftrain")
             sup = _load(out, f"sup_{x}{suffix}")
             dice = None if sup is None else sup["rows"].get("replay", {}).get(f"dice_vumc_{x}")
             if mat is not None and dice is not None:
@@ -377,6 +509,8 @@ def _seeds_table(out: Path) -> list[str]:
             continue
         if not lines:
             lines += [
+                f"selftrain with {settings}:" if settings else "",
+                "",
                 "| new scanner | seed | unadapted | selftrain, no labels | replay, every label | gap recovered "
                 "| selftrain BWT | worst change against unadapted |",
                 "|---|---|---|---|---|---|---|---|",
@@ -405,15 +539,15 @@ def _seeds_table(out: Path) -> list[str]:
     return lines
 
 
-def _choose(got: list[tuple[float, dict[str, Any]]]) -> float | None:
-    """The sweep's rule: the best final average Dice; within 0.005 of it, the best BWT."""
+def _choose(got: list[tuple[float, dict[str, Any]]], keep: int = 1) -> float | None:
+    """The sweep's rule: the best final average Dice; within 0.005 of it, the best BWT. An exact BWT tie (the same
+    run in effect, e.g. two budgets the replay floor makes equal) keeps candidate ``keep``, the earlier default (the
+    sweep's middle value), or the one nearest it."""
     if not got:
         return None
     top = max(row["average_dice"] for _, row in got)
     near = [(i, v, row) for i, (v, row) in enumerate(got) if row["average_dice"] >= top - 0.005]
-    # equal BWT (the same run in effect, e.g. two budgets the replay floor makes equal): the middle value, the
-    # earlier default, stays
-    return max(near, key=lambda ivr: (round(ivr[2]["bwt"], 6), -abs(ivr[0] - 1)))[1]
+    return max(near, key=lambda ivr: (round(ivr[2]["bwt"], 6), -abs(ivr[0] - keep)))[1]
 
 
 def _matrix(out: Path, name: str, method: str) -> dict[str, Any] | None:
@@ -468,19 +602,91 @@ def _plot_budget(
     plt.close(fig)
 
 
+#: The teacher study's mirrorings: none, each axis, each pair, all three.
+TEACHER_MIRRORS = ((), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2))
+
+
+def teacher(out: Path, scanners: tuple[str, ...]) -> str:
+    """The unadapted model's Dice on each scanner's val cases from one pass and from the mean over mirrorings (the
+    pseudo-labels selftrain's ``mirror`` makes), and with the images' body intensities matched onto the original
+    scanner's training images (selftrain's ``matched`` teacher); mean confidence beside it. Val cases: they have
+    labels and choose things; the test cases stay out. Writes ``teacher_<X>.json`` per scanner."""
+    import numpy as np
+    import torch
+
+    from medattn.continual.methods._acquisition import body_quantiles, translate
+    from medattn.continual.scenario import domain_split
+    from medattn.data.manifest import Manifest
+    from medattn.data.transforms import eval_transforms, make_dataset
+    from medattn.infer.sliding import SlidingWindowPredictor
+    from medattn.models.model_file import load_model
+
+    torch.set_num_threads(1)
+    manifest = Manifest.load(ROOT / MANIFEST)
+    start = load_model(ROOT / MODEL)
+    plan = start.plan
+
+    def cases(domain: str, split: str) -> Any:
+        train, held = domain_split(manifest, domain, test_split="val")
+        items = {d["case_id"]: d for d in manifest.datalist(domain)}
+        ids = held if split == "val" else train
+        return make_dataset([items[i] for i in ids], eval_transforms(plan), "memory", None, 0, False)
+
+    rng = np.random.default_rng(0)
+    ref = cases("vumc", "train")
+    curve = sum(body_quantiles(ref[i]["image"], rng) for i in range(len(ref))) / len(ref)
+    lines = ["| scanner | teacher | mirror | Dice (val) | mean confidence |", "|---|---|---|---|---|"]
+    for x in scanners:
+        val = cases(f"vumc_{x}", "val")
+        got: dict[str, list[tuple[float, float]]] = {}
+        for i in range(len(val)):
+            image = torch.as_tensor(val[i]["image"]).float()
+            label = torch.as_tensor(val[i]["label"])[0].long()
+            shown = {"as stored": image, "matched": translate(image, curve, 1, rng)}
+            for name, axes in [("as stored", m) for m in TEACHER_MIRRORS] + [("matched", ()), ("matched", (0, 1, 2))]:
+                predictor = SlidingWindowPredictor(
+                    start.model, tuple(plan.patch_size), num_classes=plan.num_classes, mirror_axes=axes
+                )
+                probs = predictor(shown[name], return_probabilities=True).probabilities.float()
+                conf, cls = probs.max(0)
+                dice = [
+                    2 * float(((cls == c) & (label == c)).sum()) / max(1, int((cls == c).sum() + (label == c).sum()))
+                    for c in range(1, plan.num_classes)
+                ]
+                got.setdefault(f"{name}|{list(axes)}", []).append((float(np.mean(dice)), float(conf.mean())))
+        summary = {
+            k: {"dice": float(np.mean([d for d, _ in v])), "confidence": float(np.mean([c for _, c in v]))}
+            for k, v in got.items()
+        }
+        (out / f"teacher_{x}.json").write_text(json.dumps({"cases": len(val), "teachers": summary}, indent=2))
+        for k, v in summary.items():
+            name, axes = k.split("|")
+            lines.append(f"| {x} | {name} | {axes} | {v['dice']:.4f} | {v['confidence']:.5f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
     r = sub.add_parser("run")
-    r.add_argument("study", choices=("few", "labelfree", "labelseeds", "styleval", "sweep", "table"))
+    r.add_argument(
+        "study", choices=("few", "labelfree", "labelseeds", "styleval", "mirrorval", "memval", "sweep", "table")
+    )
     r.add_argument("--seeds", default="1,2", help="labelseeds: training seeds (comma-separated)")
     r.add_argument("--out", type=Path, default=ROOT / "runs" / "studies")
     r.add_argument("--confidence", type=float, default=0.9, help="labelfree: selftrain's confidence")
     r.add_argument("--only", default=",".join(TABLE_METHODS), help="table: these methods (comma-separated)")
+    t = sub.add_parser("teacher", help="the unadapted model's Dice on val cases per teacher (selftrain's mirror)")
+    t.add_argument("--scanners", default="C,D")
+    t.add_argument("--out", type=Path, default=ROOT / "runs" / "studies")
     q = sub.add_parser("report")
     q.add_argument("--out", type=Path, default=ROOT / "runs" / "studies")
     q.add_argument("--figures", type=Path, default=ROOT / "docs" / "figures")
     args = p.parse_args(argv)
+    if args.what == "teacher":
+        args.out.mkdir(parents=True, exist_ok=True)
+        print(teacher(args.out, tuple(x for x in args.scanners.split(",") if x)))
+        return 0
     if args.what == "report":
         print(report(args.out, args.figures))
         return 0
@@ -492,7 +698,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.study == "labelseeds":
         run_labelseeds(args.out, tuple(int(v) for v in args.seeds.split(",") if v), args.confidence)
     else:
-        {"few": run_few, "styleval": run_styleval, "sweep": run_sweep}[args.study](args.out)
+        {
+            "few": run_few,
+            "styleval": run_styleval,
+            "mirrorval": run_mirrorval,
+            "memval": run_memval,
+            "sweep": run_sweep,
+        }[args.study](args.out)
     return 0
 
 

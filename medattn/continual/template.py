@@ -30,6 +30,7 @@ warns when :func:`batch_norm_layers` finds any (``norm: batch`` in a medattn con
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from collections.abc import Callable, Sequence
@@ -194,11 +195,19 @@ class SegmentationStrategy(SupervisedTemplate):
         return torch.stack([r.labels.to(self.device, torch.int64) for r in self._sliding_window(x)])[:, None]
 
     @torch.no_grad()
-    def _sliding_window(self, x: torch.Tensor, probabilities: bool = False) -> list[SlidingWindowResult]:
+    def _sliding_window(
+        self, x: torch.Tensor, probabilities: bool = False, mirror_axes: Sequence[int] = ()
+    ) -> list[SlidingWindowResult]:
+        """Whole-volume predictions of ``x`` (B, C, X, Y, Z) in eval mode; ``mirror_axes``: the mean over those
+        axes' mirrorings as well (test-time augmentation, e.g. for a label-free method's pseudo-labels)."""
+        predictor = self.predictor
+        if tuple(mirror_axes) != predictor.mirror_axes:
+            predictor = copy.copy(predictor)  # the same network, window and blending weights
+            predictor.mirror_axes = tuple(int(a) for a in mirror_axes)
         was_training = self.model.training
         self.model.eval()
         try:
-            return [self.predictor(img, return_probabilities=probabilities) for img in x]
+            return [predictor(img, return_probabilities=probabilities) for img in x]
         finally:
             self.model.train(was_training)
 

@@ -27,6 +27,26 @@ def test_window_overlap_and_batch_reach_the_sliding_window_predictor() -> None:
     assert s.model.training  # the caller's mode is restored
 
 
+def test_mirrored_whole_volume_probabilities_are_the_softmax_of_the_mean_flipped_logits() -> None:
+    """What selftrain's ``mirror`` asks for: on a volume the size of the window (one window, so blending is a
+    no-op), the probabilities are the softmax of the mean over every mirroring of the network's logits, each flipped
+    back, computed here directly; without axes the plain prediction, and the strategy's own predictor is unchanged."""
+    s = _strategy()
+    x = torch.randn(1, 1, 16, 16, 16)
+    s.model.eval()
+    with torch.no_grad():
+        plain = torch.softmax(s.model(x)[0], 0)
+        flips = [(), (2,), (4,), (2, 4)]
+        mean = sum(torch.flip(s.model(torch.flip(x, f)), f) if f else s.model(x) for f in flips) / len(flips)
+    s.model.train()
+    (mirrored,) = s._sliding_window(x, probabilities=True, mirror_axes=(0, 2))
+    (unmirrored,) = s._sliding_window(x, probabilities=True)
+    torch.testing.assert_close(mirrored.probabilities.float(), torch.softmax(mean[0], 0), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(unmirrored.probabilities.float(), plain, atol=1e-5, rtol=1e-4)
+    assert (mirrored.probabilities - unmirrored.probabilities).abs().max() > 1e-3  # the flips did change it
+    assert s.predictor.mirror_axes == () and s.model.training
+
+
 def test_gradients_are_clipped_to_grad_clip() -> None:
     s = _strategy(grad_clip=0.5)
     s.loss = sum(p.sum() for p in s.model.parameters()) * 1e4

@@ -72,6 +72,8 @@ class MethodContext:
         patch_size: the training patch (X, Y, Z).
         seed: the run's seed.
         augment_transform: factory of the MONAI augmentation pipeline applied to stored patches (replay).
+        mirrored_training: whether the network may be trusted on mirrored images (its training flipped them), and
+            why (:func:`~medattn.continual.runner.mirrored_training`).
     """
 
     num_classes: int
@@ -80,6 +82,7 @@ class MethodContext:
     patch_size: Triple
     seed: int = 0
     augment_transform: Callable[[], Any] | None = None
+    mirrored_training: tuple[bool, str] = (False, "not known")
 
 
 @dataclass
