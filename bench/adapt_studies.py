@@ -609,7 +609,8 @@ TEACHER_MIRRORS = ((), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2))
 def teacher(out: Path, scanners: tuple[str, ...]) -> str:
     """The unadapted model's Dice on each scanner's val cases from one pass and from the mean over mirrorings (the
     pseudo-labels selftrain's ``mirror`` makes), and with the images' body intensities matched onto the original
-    scanner's training images (selftrain's ``matched`` teacher); mean confidence beside it. Val cases: they have
+    scanner's training images (selftrain's ``matched`` teacher); mean confidence and the CPU time of a volume's
+    prediction (one thread) beside it. Val cases: they have
     labels and choose things; the test cases stay out. Writes ``teacher_<X>.json`` per scanner."""
     import numpy as np
     import torch
@@ -635,7 +636,10 @@ def teacher(out: Path, scanners: tuple[str, ...]) -> str:
     rng = np.random.default_rng(0)
     ref = cases("vumc", "train")
     curve = sum(body_quantiles(ref[i]["image"], rng) for i in range(len(ref))) / len(ref)
-    lines = ["| scanner | teacher | mirror | Dice (val) | mean confidence |", "|---|---|---|---|---|"]
+    lines = [
+        "| scanner | teacher | mirror | Dice (val) | mean confidence | CPU s per volume |",
+        "|---|---|---|---|---|---|",
+    ]
     for x in scanners:
         val = cases(f"vumc_{x}", "val")
         got: dict[str, list[tuple[float, float]]] = {}
@@ -647,21 +651,23 @@ def teacher(out: Path, scanners: tuple[str, ...]) -> str:
                 predictor = SlidingWindowPredictor(
                     start.model, tuple(plan.patch_size), num_classes=plan.num_classes, mirror_axes=axes
                 )
+                t0 = time.process_time()
                 probs = predictor(shown[name], return_probabilities=True).probabilities.float()
+                cpu = time.process_time() - t0
                 conf, cls = probs.max(0)
                 dice = [
                     2 * float(((cls == c) & (label == c)).sum()) / max(1, int((cls == c).sum() + (label == c).sum()))
                     for c in range(1, plan.num_classes)
                 ]
-                got.setdefault(f"{name}|{list(axes)}", []).append((float(np.mean(dice)), float(conf.mean())))
+                got.setdefault(f"{name}|{list(axes)}", []).append((float(np.mean(dice)), float(conf.mean()), cpu))
         summary = {
-            k: {"dice": float(np.mean([d for d, _ in v])), "confidence": float(np.mean([c for _, c in v]))}
+            k: {m: float(np.mean([r[i] for r in v])) for i, m in enumerate(("dice", "confidence", "cpu_s"))}
             for k, v in got.items()
         }
         (out / f"teacher_{x}.json").write_text(json.dumps({"cases": len(val), "teachers": summary}, indent=2))
         for k, v in summary.items():
             name, axes = k.split("|")
-            lines.append(f"| {x} | {name} | {axes} | {v['dice']:.4f} | {v['confidence']:.5f} |")
+            lines.append(f"| {x} | {name} | {axes} | {v['dice']:.4f} | {v['confidence']:.5f} | {v['cpu_s']:.3f} |")
     return "\n".join(lines)
 
 
