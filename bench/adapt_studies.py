@@ -191,13 +191,24 @@ def run_labelfree(out: Path, confidence: float) -> None:
         _adapt(out / f"sup_{scanner}", stream, "--strategies", "replay")
 
 
-def run_labelseeds(out: Path, seeds: tuple[int, ...], confidence: float = 0.9) -> None:
+def run_labelseeds(
+    out: Path,
+    seeds: tuple[int, ...],
+    confidence: float = 0.9,
+    scanners: tuple[str, ...] = ("C", "D", "B"),
+    variants: tuple[str, ...] = tuple(v[0] for v in FREE[1:]),
+) -> None:
     """The labelfree study's default selftrain and its supervised reference again with other training seeds (the
-    start model, the data and the test cases stay; the seed draws the patches, the memory and the augmentation)."""
+    start model, the data and the test cases stay; the seed draws the patches, the memory and the augmentation).
+    ``variants``: the :data:`FREE` run names to repeat (by default the defaults before mirroring, before
+    mem_batch, and now)."""
+    unknown = sorted(set(variants) - {v[0] for v in FREE})
+    if unknown:
+        raise SystemExit(f"labelseeds: unknown variants {unknown}; known: {[v[0] for v in FREE]}")
     for seed in seeds:
-        for scanner in ("C", "D", "B"):
+        for scanner in scanners:
             stream = f"vumc,vumc_{scanner}"
-            for prefix, style, mirror, batch in FREE[1:]:  # the defaults before mirroring, before mem_batch, now
+            for prefix, style, mirror, batch in (v for v in FREE if v[0] in variants):
                 extra = ("--labelled", "0", "--methods", _selftrain(confidence, style, mirror, batch))
                 _adapt(
                     out / f"{prefix}_{scanner}_s{seed}",
@@ -492,13 +503,13 @@ def report(out: Path, figures: Path) -> str:
 
 
 def _seeds_table(out: Path, prefix: str = "free_mirror", settings: str = "") -> list[str]:
-    """The label-free comparison over training seeds (seed 0: the labelfree study's runs; 1, 2: labelseeds'), per
+    """The label-free comparison over training seeds (seed 0: the labelfree study's runs; others: labelseeds'), per
     scanner one row a seed and one of the means (the gap recovered of the means), for selftrain's runs named
     ``prefix`` (:data:`FREE`)."""
     lines: list[str] = []
     for x in "CDB":
         runs = []
-        for seed in (0, 1, 2):
+        for seed in range(10):
             suffix = "" if seed == 0 else f"_s{seed}"
             mat = _matrix(out, f"{prefix}_{x}{suffix}", "selftrain")
             sup = _load(out, f"sup_{x}{suffix}")
@@ -679,6 +690,10 @@ def main(argv: list[str] | None = None) -> int:
         "study", choices=("few", "labelfree", "labelseeds", "styleval", "mirrorval", "memval", "sweep", "table")
     )
     r.add_argument("--seeds", default="1,2", help="labelseeds: training seeds (comma-separated)")
+    r.add_argument("--scanners", default="C,D,B", help="labelseeds: the new scanners (comma-separated)")
+    r.add_argument(
+        "--variants", default=",".join(v[0] for v in FREE[1:]), help="labelseeds: selftrain's variants (FREE names)"
+    )
     r.add_argument("--out", type=Path, default=ROOT / "runs" / "studies")
     r.add_argument("--confidence", type=float, default=0.9, help="labelfree: selftrain's confidence")
     r.add_argument("--only", default=",".join(TABLE_METHODS), help="table: these methods (comma-separated)")
@@ -702,7 +717,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.study == "labelfree":
         run_labelfree(args.out, args.confidence)
     elif args.study == "labelseeds":
-        run_labelseeds(args.out, tuple(int(v) for v in args.seeds.split(",") if v), args.confidence)
+        run_labelseeds(
+            args.out,
+            tuple(int(v) for v in args.seeds.split(",") if v),
+            args.confidence,
+            tuple(x for x in args.scanners.split(",") if x),
+            tuple(v for v in args.variants.split(",") if v),
+        )
     else:
         {
             "few": run_few,
