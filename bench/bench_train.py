@@ -44,8 +44,10 @@ the new step is timed too (a ratio against float32, no goal: measured, never ass
 from __future__ import annotations
 
 import copy
+import math
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -278,10 +280,12 @@ def phase_breakdown(
         for name, run in (("avalanche", run_a), ("plain", run_p)):
             marks["start"].clear()
             marks["end"].clear()
-            sync()
+            if sync is not None:
+                sync()
             begin = time.perf_counter()
             run()
-            sync()
+            if sync is not None:
+                sync()
             finish_ = time.perf_counter()
             if r == 0:
                 continue  # warm-up
@@ -500,8 +504,114 @@ def step_speed(mode: str, rounds: int | None, device: Any, dev_name: str) -> tup
     return doc, head
 
 
+def layer_costs(mode: str, device: Any, repeats: int = 9) -> dict[str, Any]:
+    """What each convolution of the training step's network costs against this CPU's own convolution throughput.
+
+    One training forward pass of ``ag_unet_fullres`` (the step's network and batch) records every convolution's
+    input: shape, memory format and whether it needs a gradient. Each convolution is then timed alone on a random
+    input of that shape and format, forward and forward + backward (median of ``repeats``), and its rate is its
+    FLOPs over its time: ``2 * out voxels * C_in * C_out * prod(kernel)`` forward, twice that backward where the
+    input needs a gradient (data and weight gradients), once where only the weights do (the stem). The fastest
+    layer's rate is the CPU's own convolution throughput on these shapes; a layer well below it is slow for its
+    shape, not for its size. The step itself is timed in the same run (the sum of the layers is its convolution
+    share)."""
+    from medattn.models import build_model
+
+    cfg = STEP_SETTINGS[mode]
+    torch.manual_seed(0)
+    depth = min(2, len(cfg["channels"]) - 2)
+    model = build_model("ag_unet_fullres", 1, len(CLASSES), channels=cfg["channels"], deep_supervision=depth)
+    model = model.to(device).train()
+    seen: list[tuple[str, nn.Module, torch.Tensor]] = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            seen.append((name, module, inputs[0].detach()))
+
+        return record
+
+    convs = (nn.Conv3d, nn.ConvTranspose3d)
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, convs)]
+    x = torch.randn(cfg["batch"], 1, *cfg["patch"], device=device)
+    model(x)
+    for h in handles:
+        h.remove()
+    sync = synchronizer(device)
+
+    def median_ms(fn: Callable[[], Any]) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            if sync is not None:
+                sync()
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[repeats // 2] * 1e3
+
+    rows = []
+    for name, module, inp in seen:
+        fmt = torch.channels_last_3d if inp.is_contiguous(memory_format=torch.channels_last_3d) else None
+        needs_grad = name != "encoder.0.convs.0.0"  # the stem's input is the image: no gradient
+        xin = torch.randn(inp.shape, device=device)
+        xin = (xin.contiguous(memory_format=fmt) if fmt else xin).requires_grad_(needs_grad)
+        layer = copy.deepcopy(module)
+        out = layer(xin)
+        grad = torch.randn_like(out)
+        per = math.prod(int(k) for k in layer.kernel_size) * layer.in_channels * layer.out_channels // layer.groups
+        voxels = (inp if isinstance(layer, nn.ConvTranspose3d) else out).shape[0] * math.prod(
+            (inp if isinstance(layer, nn.ConvTranspose3d) else out).shape[2:]
+        )
+        flops = 2.0 * voxels * per
+        fwd = median_ms(lambda layer=layer, xin=xin: layer(xin))
+        both = median_ms(lambda layer=layer, xin=xin, grad=grad: layer(xin).backward(grad))
+        bwd = max(both - fwd, 1e-6)
+        rows.append(
+            {
+                "layer": name,
+                "in_out": f"{layer.in_channels}->{layer.out_channels}",
+                "grid": list(inp.shape[2:]),
+                "kernel": list(layer.kernel_size),
+                "stride": list(layer.stride),
+                "gflop_forward": flops / 1e9,
+                "forward_ms": fwd,
+                "backward_ms": bwd,
+                "forward_gflops": flops / fwd / 1e6,
+                "backward_gflops": flops * (2 if needs_grad else 1) / bwd / 1e6,
+            }
+        )
+    step = step_runner({**cfg, "steps": 1}, device, now=True)
+    step_ms = median_ms(step)
+    total = sum(r["forward_ms"] + r["backward_ms"] for r in rows)
+    best = max(max(r["forward_gflops"], r["backward_gflops"]) for r in rows)
+    print(
+        format_table(
+            ["layer", "channels", "input grid", "kernel/stride", "fwd ms", "bwd ms", "fwd GFLOP/s", "bwd GFLOP/s"],
+            [
+                [
+                    r["layer"],
+                    r["in_out"],
+                    "x".join(map(str, r["grid"])),
+                    f"{r['kernel'][0]}/{r['stride'][0]}",
+                    f"{r['forward_ms']:.2f}",
+                    f"{r['backward_ms']:.2f}",
+                    f"{r['forward_gflops']:.0f}",
+                    f"{r['backward_gflops']:.0f}",
+                ]
+                for r in rows
+            ],
+        )
+    )
+    print(
+        f"convolutions alone: {total:.1f} ms of a {step_ms:.1f} ms step ({total / step_ms:.0%}); the fastest layer "
+        f"runs at {best:.0f} GFLOP/s"
+    )
+    return {"layers": rows, "convolutions_ms": total, "step_ms": step_ms, "best_gflops": best}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = common_parser(__doc__, "runs/bench/bench_train.json")
+    p.add_argument("--layers", action="store_true", help="only the per-convolution costs (layer_costs)")
     args = p.parse_args(argv)
 
     setup = start(args)
@@ -511,6 +621,10 @@ def main(argv: list[str] | None = None) -> int:
     # as medattn adapt and train run: the in-process comparisons below all share this allocator setting, so they
     # compare code; step_as_run compares the step as run, allocator included, in fresh processes
     print(f"freed memory retained in this process, blocks below (bytes): {retain_freed_memory()}")
+    if args.layers:  # its own file: the full run's results stay
+        out = args.out if args.out != p.get_default("out") else str(Path(args.out).with_name("bench_train_layers.json"))
+        finish(out, {"environment": env, "mode": mode, "device": dev_name, "layers": layer_costs(mode, device)})
+        return 0
     cfg = SETTINGS[mode]
     rounds = args.rounds or cfg["rounds"]
     items = make_items(cfg["batches"] * cfg["batch"], cfg["patch"])
@@ -566,6 +680,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     step_doc, step_head = step_speed(mode, args.rounds, torch.device(device), dev_name)
+    print()
+    step_doc["layers"] = layer_costs(mode, torch.device(device))
     heads = [head, step_head]
     if torch.device(device).type == "cpu":
         print()

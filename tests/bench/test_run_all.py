@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 QUESTIONS = {"inference", "training", "memory", "loading"}
 
@@ -53,6 +54,22 @@ def test_smoke_suite_writes_machine_versions_commit_and_finite_ratios(tmp_path: 
     step = doc["scripts"]["training"]["results"]["training_step"]
     assert len(step["losses_now"]) == len(step["losses_before"]) >= 2  # the step before and now: the same numerics
     assert step["max_loss_difference"] <= 1e-4 * max(step["losses_now"])
+
+    # per convolution of the step's network, its FLOPs as torch's flop counter counts the same network (eval mode:
+    # no deep-supervision heads), and finite times
+    from bench.bench_train import CLASSES, STEP_SETTINGS
+    from medattn.models import build_model
+    from medattn.models.flops import count_flops
+
+    cfg = STEP_SETTINGS["smoke"]
+    net = build_model("ag_unet_fullres", 1, len(CLASSES), channels=cfg["channels"], deep_supervision=1)
+    layers = step["layers"]["layers"]
+    convs = [n for n, m in net.named_modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+    assert sorted(r["layer"] for r in layers) == sorted(convs)  # each once, in the order the forward pass runs them
+    counted = sum(r["gflop_forward"] for r in layers if not r["layer"].startswith("ds_heads")) * 1e9
+    assert counted == pytest.approx(count_flops(net, (cfg["batch"], 1, *cfg["patch"])), rel=1e-6)
+    assert all(r["forward_ms"] > 0 and r["backward_ms"] > 0 and r["forward_gflops"] > 0 for r in layers)
+    assert 0 < step["layers"]["convolutions_ms"] and 0 < step["layers"]["step_ms"]
 
     as_run = step["as_run"]  # in fresh processes; the test session keeps glibc's defaults (tests/conftest.py)
     assert as_run["rounds"] >= 1 and set(as_run["ms_per_step"]) == {"before", "now"}
