@@ -1,5 +1,7 @@
 """``medattn evaluate PRED DATA``: Dice, HD95 and surface Dice per case and class with confidence intervals
-(:func:`medattn.evaluate.folder.evaluate_dataset`). Exit code 1 when a case could not be scored."""
+(:func:`medattn.evaluate.folder.evaluate_dataset`). Exit code 1 when a case could not be scored, or when cases of
+the dataset (of ``--split``) have no prediction, unless ``--allow-missing``: scores over part of the cases asked
+for must not pass a script that checks the exit code as the whole."""
 
 from __future__ import annotations
 
@@ -28,6 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
     add_seed(p)
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="exit 0 although cases of the dataset (or of --split) have no prediction; they are listed either way",
+    )
     p.add_argument(
         "--postprocessing",
         metavar="RULE",
@@ -69,5 +76,14 @@ def run(args: argparse.Namespace) -> int:
         print(format_summary(doc["postprocessed"]))
     if doc["failed"]:
         print_cases(f"{len(doc['failed'])} case(s) failed:", doc["failed"])
+    missing = doc.get("missing", [])
+    if missing:
+        scope = f"of split {args.split!r} " if getattr(args, "split", None) else ""
+        shown = ", ".join(missing[:10]) + (f", ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
+        print(
+            f"{len(missing)} case(s) {scope}have no prediction in {args.pred}: {shown}; the scores above are over "
+            f"the {doc['num_evaluated']} predicted case(s) only"
+            + ("" if args.allow_missing else " (exit 1; --split scores one split, --allow-missing accepts this)")
+        )
     print(f"metrics written to {out} and {csv_path}")
-    return EXIT_PROBLEMS if doc["failed"] else EXIT_OK
+    return EXIT_PROBLEMS if doc["failed"] or (missing and not args.allow_missing) else EXIT_OK

@@ -181,6 +181,13 @@ def run(args: argparse.Namespace) -> int:
         )
         for f in summary["failed"]:
             print(f"  {f['case']}: {f['file']}: {f['reason']}")
+        warned = [c for c in summary["cases"] if c["status"] == "ok" and c.get("warnings")]
+        if warned:  # written, but the input checks found something a reader of the mask should know
+            print(f"{len(warned)} of the written cases have input warnings (also in {SUMMARY_NAME}):")
+            for c in warned[:20]:
+                print(f"  {c['case']}: " + "; ".join(c["warnings"]))
+            if len(warned) > 20:
+                print(f"  ... and {len(warned) - 20} more")
         if summary.get("postprocessing"):
             print(f"postprocessing: {summary['postprocessing']['description']}")
         print(f"summary written to {Path(args.output) / SUMMARY_NAME}")

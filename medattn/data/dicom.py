@@ -149,6 +149,23 @@ def is_series_folder(path: str | Path) -> bool:
     return False
 
 
+def series_modality(folder: str | Path) -> str | None:
+    """The Modality (``CT``, ``MR``...) of the first readable DICOM file in ``folder`` (one header, no pixels), or
+    None. The series' own checks (one series, one modality) are :func:`scan_series`'s."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    for path in sorted(Path(folder).iterdir()):
+        if path.name.startswith(".") or path.name.upper() in _IGNORED_NAMES or not path.is_file():
+            continue
+        try:
+            value = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality")
+        except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError):
+            continue
+        return str(value) if value else None
+    return None
+
+
 def _has_dicm_marker(path: Path) -> bool:
     try:
         with open(path, "rb") as fh:

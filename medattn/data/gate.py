@@ -204,9 +204,12 @@ def check_input_case(
     label: str | Path | None = None,
     labels: Mapping[int, str] | None = None,
     nonfinite: NonFiniteVoxels = "error",
+    modalities: Sequence[str | None] | None = None,
 ) -> CaseResult:
     """The gate of a case a model reads (``predict``, ``drift``): every check on its files, and its channels
-    (``input_channels``, the names the input gives, or None) matched to the model's ``channels``.
+    (``input_channels``, the names the input gives, or None) matched to the model's ``channels``, and with
+    ``modalities`` (the model's per channel) a DICOM series' Modality matched to its channel's
+    (:func:`modality_mismatch`).
 
     Returns:
         The check's result (its warnings, and stats such as ``nonfinite``), when the case passes.
@@ -227,7 +230,37 @@ def check_input_case(
     why = channel_mismatch(channels, input_channels, single_file=len(images) == 1)
     if why:
         raise DataError(why, images[0], case_id)
+    if modalities is not None:
+        for image, name, want in zip(images, channels, modalities):
+            why = modality_mismatch(Path(image), name, want)
+            if why:
+                raise DataError(why, image, case_id)
     return checked
+
+
+#: Modality names a plan or a header may give, by the imaging physics they stand for (what normalisation means).
+_MODALITY_KIND = {"CT": "CT", "MR": "MR", "MRI": "MR", "PT": "PET", "PET": "PET"}
+
+
+def modality_mismatch(image: Path, channel: str, expected: str | None) -> str | None:
+    """Why the DICOM series ``image`` cannot be read by a model channel trained on ``expected`` images (the
+    plan's modality), or None: its header's Modality says another kind of image (a CT's Hounsfield units through an
+    MR model's normalisation give a meaningless mask). NIfTI files carry no modality and pass."""
+    want = _MODALITY_KIND.get(str(expected or "").upper())
+    if want is None or not image.is_dir():
+        return None
+    from medattn.data.dicom import is_series_folder, series_modality
+
+    if not is_series_folder(image):
+        return None
+    found = series_modality(image)
+    kind = _MODALITY_KIND.get(str(found or "").upper())
+    if kind is None or kind == want:
+        return None
+    return (
+        f"the series is {found} (DICOM Modality) but the model's channel {channel!r} was trained on {expected} "
+        f"images; its intensities mean something else to the model. Use a model trained on {found}"
+    )
 
 
 def channel_mismatch(expected: Sequence[str], found: Sequence[str] | None, *, single_file: bool = False) -> str | None:

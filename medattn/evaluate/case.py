@@ -74,6 +74,18 @@ def evaluate_case(
                 pred_path,
                 case,
             )
+        if pred.dtype.kind == "f":  # rounding a probability map or an interpolated mask would score made-up labels
+            frac = pred != np.round(pred)
+            if frac.any():
+                values = np.unique(pred[frac])
+                shown = ", ".join(f"{v:g}" for v in values[:5]) + (", ..." if len(values) > 5 else "")
+                raise DataError(
+                    f"prediction holds non-integer values ({int(frac.sum())} voxels, e.g. {shown}); a predicted "
+                    "mask holds integer class values (a probability map, or a mask resampled with linear "
+                    "interpolation?)",
+                    pred_path,
+                    case,
+                )
         odd = sorted(set(np.unique(_as_int(pred)).tolist()) - set(declared))
         if odd:
             raise DataError(

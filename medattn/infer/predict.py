@@ -18,6 +18,7 @@ maps are written before its mask, so a mask never stands without them. The exit 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -183,6 +184,7 @@ def run_predict(
         _require_series(cases)
     if options.save_probabilities is not None:
         guard.check_dir(out / PROBABILITY_DIR, "OUTPUT")
+    _refuse_foreign_files(out, cases, options)
     prepare_output_dir(out, "OUTPUT")
     if options.save_probabilities is not None:
         prepare_output_dir(out / PROBABILITY_DIR, "OUTPUT")
@@ -226,6 +228,43 @@ def run_predict(
         write_summary(out / SUMMARY_NAME, summary, protected)
         progress.finish()
     return summary
+
+
+def _refuse_foreign_files(out: Path, cases: Sequence[InputCase], options: PredictOptions) -> None:
+    """Refuse an OUTPUT folder whose files this run would replace though no medattn predict run wrote them.
+
+    A folder with medattn's ``predictions.json`` is an earlier run's: its masks are replaced (and a failed case's
+    removed, :func:`_remove_stale`). A ``predictions.json`` of something else, or a file at a mask's path in a
+    folder without medattn's summary, is the user's own: nothing says it may go.
+    """
+    summary = out / SUMMARY_NAME
+    if summary.is_file():
+        try:
+            ours = json.loads(summary.read_text()).get("format") == "medattn-predictions"
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            raise DataError(
+                f"OUTPUT already holds a {SUMMARY_NAME} that medattn predict did not write; predict writes its "
+                "summary there. Choose another OUTPUT folder, or move that file",
+                summary,
+            )
+        return
+    if not out.is_dir():
+        return
+    found = [
+        p
+        for case in cases
+        for p in (output_path(case, out, options.output_format), *uncertainty_paths(case, out).values())
+        if p.exists()
+    ]
+    if found:
+        shown = ", ".join(p.name for p in found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise DataError(
+            f"OUTPUT already holds {shown}, where this run would write, and no medattn {SUMMARY_NAME} says an "
+            "earlier predict run wrote them; choose an empty OUTPUT folder, or move those files",
+            out,
+        )
 
 
 class _Progress:
@@ -338,7 +377,8 @@ def predict_cases(
     lut = label_lookup(plan)
     bar = progress_bar(len(cases), desc="predict", unit="case", enabled=options.progress and rank.is_main)
     names = [ch.name for ch in plan.channels]
-    for case, loaded, load_s in _preprocessed(cases, transform, options, names):
+    modalities = [ch.modality for ch in plan.channels]
+    for case, loaded, load_s in _preprocessed(cases, transform, options, names, modalities):
         result = CaseResult(case=case.case_id, inputs=[str(p) for p in case.images], rank=rank.rank)
         result.seconds["read_preprocess"] = round(load_s, 3)
         try:
@@ -346,6 +386,8 @@ def predict_cases(
                 raise loaded
             data, checked = loaded
             result.warnings = [f"[{p.check}] {p.message}" for p in checked.warnings]
+            for p in checked.warnings:  # on the console too: a blank scan's mask must not pass as a plain "ok"
+                log.warning("case %s: %s: [%s] %s", case.case_id, p.file or case.images[0], p.check, p.message)
             result.nonfinite_replaced = int(checked.stats.get("nonfinite", 0)) if options.replace_nonfinite else 0
             _predict_one(
                 case, data, transform, lut, predictor, out, options, protected, result, seg_writer, postprocess
@@ -474,10 +516,14 @@ def _first_line(text: str, limit: int = 400) -> str:
 
 
 def _preprocessed(
-    cases: Sequence[InputCase], transform: Any, options: PredictOptions, names: Sequence[str]
+    cases: Sequence[InputCase],
+    transform: Any,
+    options: PredictOptions,
+    names: Sequence[str],
+    modalities: Sequence[str | None] | None = None,
 ) -> Iterator[tuple[InputCase, Any, float]]:
     """(case, (preprocessed dict, gate result) or the exception, seconds), reading up to ``options.workers`` cases
-    ahead in threads."""
+    ahead in threads; ``modalities``: the model's per channel, matched to DICOM series' headers."""
     from medattn.data.gate import check_input_case
     from medattn.data.transforms import apply
 
@@ -491,6 +537,7 @@ def _preprocessed(
                 input_channels=case.channels,
                 domain=case.domain,
                 nonfinite="replace" if options.replace_nonfinite else "error",
+                modalities=modalities,
             )
             return (apply(transform, case.transform_input()), checked), time.perf_counter() - t
         except Exception as e:  # reported per case by the caller

@@ -69,7 +69,7 @@ def test_smoke_suite_writes_machine_versions_commit_and_finite_ratios(tmp_path: 
     counted = sum(r["gflop_forward"] for r in layers if not r["layer"].startswith("ds_heads")) * 1e9
     assert counted == pytest.approx(count_flops(net, (cfg["batch"], 1, *cfg["patch"])), rel=1e-6)
     assert all(r["forward_ms"] > 0 and r["backward_ms"] > 0 and r["forward_gflops"] > 0 for r in layers)
-    assert 0 < step["layers"]["convolutions_ms"] and 0 < step["layers"]["step_ms"]
+    assert step["layers"]["convolutions_ms"] > 0 and step["layers"]["step_ms"] > 0
 
     as_run = step["as_run"]  # in fresh processes; the test session keeps glibc's defaults (tests/conftest.py)
     assert as_run["rounds"] >= 1 and set(as_run["ms_per_step"]) == {"before", "now"}

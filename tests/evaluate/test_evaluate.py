@@ -168,7 +168,7 @@ def test_bootstrap_interval_is_seeded_and_shrinks_with_more_cases() -> None:
     assert bootstrap_ci(np.array([0.5])) == (0.5, 0.5)
 
 
-def test_grid_mismatch_fails_that_case_only_and_infinities_are_written(tmp_path: Path) -> None:
+def test_grid_mismatch_fails_that_case_only_and_infinities_are_written(tmp_path: Path, capsys) -> None:
     root = _dataset(tmp_path / "data", n=3)
     aff = np.diag([*SPACING, 1.0])
     lab0 = np.asarray(nib.load(str(root / "labelsTr" / "c0.nii.gz")).dataobj)
@@ -193,9 +193,12 @@ def test_grid_mismatch_fails_that_case_only_and_infinities_are_written(tmp_path:
     (tmp_path / "pred" / "c2.nii.gz").unlink()
     lab1 = np.asarray(nib.load(str(root / "labelsTr" / "c1.nii.gz")).dataobj)
     write_nifti(tmp_path / "pred" / "c1.nii.gz", np.where(lab1 == 117, 0, lab1).astype(np.uint8), aff)
-    assert main(["evaluate", str(tmp_path / "pred"), str(root), "-o", str(out), "--quiet"]) == 0
+    # c2 has no prediction now: listed, and exit 1 unless the user accepts scores over the predicted cases alone
+    assert main(["evaluate", str(tmp_path / "pred"), str(root), "-o", str(out), "--quiet"]) == 1
+    assert "1 case(s) have no prediction" in capsys.readouterr().out
+    assert main(["evaluate", str(tmp_path / "pred"), str(root), "-o", str(out), "--quiet", "--allow-missing"]) == 0
     doc = json.loads(out.read_text())
-    assert doc["missing"] == ["c2"]
+    assert doc["missing"] == ["c2"] and doc["num_evaluated"] == 2
     c1 = next(c for c in doc["cases"] if c["case"] == "c1")
     assert c1["classes"]["117"]["hd95"] == "inf" and c1["classes"]["117"]["dice"] == 0.0
     assert doc["summary"]["117"]["hd95"]["n_infinite"] == 1 and doc["summary"]["117"]["hd95"]["n"] == 1
@@ -267,4 +270,28 @@ def test_input_gate_refuses_bad_labels_and_predictions_by_name(make_msd, tmp_pat
     assert failed["blob_001"]["file"].endswith("labelsTr/blob_001.nii.gz")
     assert "label value(s) [9]" in failed["blob_002"]["reason"]
     assert "1 NaN" in failed["blob_003"]["reason"]
+    assert doc["num_evaluated"] == 2 and doc["summary"]["mean"]["dice"]["mean"] == pytest.approx(1.0)
+
+
+def test_a_probability_map_or_interpolated_mask_is_refused_not_rounded(make_msd, tmp_path: Path) -> None:
+    """A float prediction with non-integer values (a probability map; a mask resampled linearly) fails its case
+    by name: rounding it would score labels nobody predicted. A float prediction with integral values is scored,
+    and equals the integer one's Dice."""
+    root = make_msd(n=3)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for p in sorted((root / "labelsTr").glob("*.nii.gz")):
+        (pred / p.name).write_bytes(p.read_bytes())
+    lab = nib.load(root / "labelsTr" / "blob_001.nii.gz")
+    arr = np.asarray(lab.dataobj)
+    probs = np.where(arr == 2, 0.9, np.where(arr == 1, 0.3, 0.0)).astype(np.float32)  # rounds to 1 and 0
+    nib.save(nib.Nifti1Image(probs, lab.affine), str(pred / "blob_001.nii.gz"))
+    other = nib.load(root / "labelsTr" / "blob_002.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(other.dataobj).astype(np.float32), other.affine), str(pred / "blob_002.nii.gz"))
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", str(pred), str(root), "-o", str(out), "--bootstrap", "0", "--quiet"]) == 1
+    doc = json.loads(out.read_text())
+    assert [f["case"] for f in doc["failed"]] == ["blob_001"]
+    assert "non-integer values" in doc["failed"][0]["reason"] and "0.3, 0.9" in doc["failed"][0]["reason"]
+    assert doc["failed"][0]["file"].endswith("pred/blob_001.nii.gz")
     assert doc["num_evaluated"] == 2 and doc["summary"]["mean"]["dice"]["mean"] == pytest.approx(1.0)

@@ -18,14 +18,15 @@ def small_plan(
     patch: tuple[int, int, int] = (16, 16, 16),
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
     channels: int | tuple[str, ...] = 1,
+    modality: str = "MR",
 ) -> Plan:
     """A plan for tiny test models; ``channels`` is a count (one channel is named "MRI", as ``make_msd``'s is)
-    or the channel names."""
+    or the channel names; ``modality`` that of every channel."""
     if isinstance(channels, int):
         channels = ("MRI",) if channels == 1 else tuple(f"c{i}" for i in range(channels))
     return Plan(
         dataset="t",
-        channels=tuple(ChannelNorm(name, "MR", "zscore", 0, 1, 0, 1) for name in channels),
+        channels=tuple(ChannelNorm(name, modality, "zscore", 0, 1, 0, 1) for name in channels),
         labels=dict(labels or {0: "background", 1: "core", 2: "rim"}),
         target_spacing=spacing,
         anisotropic=False,

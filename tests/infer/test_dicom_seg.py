@@ -113,7 +113,7 @@ def test_dicom_seg_of_a_real_ct_series_matches_its_nifti_mask(tmp_path: Path, sh
     series = shared_data / "DICOM" / "ge_ct_3slice"
     if not series.is_dir():
         pytest.skip(f"no DICOM data at {series}")
-    model = model_file(small_plan(spacing=(4.0, 4.0, 4.0)))
+    model = model_file(small_plan(spacing=(4.0, 4.0, 4.0), modality="CT"))
     assert main(["predict", str(model), str(series), str(tmp_path / "seg"), "--format", "dicom-seg", "--quiet"]) == 0
     assert main(["predict", str(model), str(series), str(tmp_path / "nii"), "--quiet"]) == 0
     mask = np.asarray(nib.load(str(tmp_path / "nii" / "ge_ct_3slice.nii.gz")).dataobj)

@@ -101,7 +101,9 @@ def test_crossval_learns_on_out_of_fold_cases_and_predict_applies_it(tmp_path: P
     rule = load_rule(run / "postprocessing.json")
 
     # the crossval Dice is what evaluate computes on the same masks
-    assert main(["evaluate", str(run / "crossval"), str(data), "-o", str(tmp_path / "oof.json"), "--quiet"]) == 0
+    oof_args = ["evaluate", str(run / "crossval"), str(data), "-o", str(tmp_path / "oof.json"), "--quiet"]
+    assert main(oof_args) == 1  # the test split has no out-of-fold prediction: listed, exit 1 unless accepted
+    assert main([*oof_args, "--allow-missing"]) == 0
     oof = json.loads((tmp_path / "oof.json").read_text())
     assert summary["dice"]["all"]["raw"]["1"]["dice"] == pytest.approx(oof["summary"]["1"]["dice"]["mean"], abs=1e-3)
 

@@ -77,7 +77,15 @@ def test_predict_on_real_scanner_series_writes_masks_on_the_dcm2niix_grid(
     for name in names:
         (inp / name).symlink_to(root / name)
     model = model_file(small_plan(spacing=(4.0, 4.0, 4.0)))
-    assert main(["predict", str(model), str(inp), str(tmp_path / "out"), "--quiet"]) == 0
+    # the MR series through an MR model; the CT (refused there: its header says CT) through a CT one
+    assert main(["predict", str(model), str(inp), str(tmp_path / "out"), "--quiet"]) == 1
+    failed = json.loads((tmp_path / "out" / "predictions.json").read_text())["failed"]
+    assert [f["case"] for f in failed] == ["ge_ct_3slice"] and "the series is CT (DICOM Modality)" in failed[0][
+        "reason"
+    ]
+    ct_model = model_file(small_plan(spacing=(4.0, 4.0, 4.0), modality="CT"))
+    assert main(["predict", str(ct_model), str(inp / "ge_ct_3slice"), str(tmp_path / "out_ct"), "--quiet"]) == 0
+    (tmp_path / "out_ct" / "ge_ct_3slice.nii.gz").rename(tmp_path / "out" / "ge_ct_3slice.nii.gz")
     for name in names:
         ref = nib.load(str(next((root / "reference" / name).glob("*.nii.gz"))))
         out = nib.load(str(tmp_path / "out" / f"{name}.nii.gz"))
@@ -89,3 +97,18 @@ def test_predict_on_real_scanner_series_writes_masks_on_the_dcm2niix_grid(
         ours = (out.affine @ corners[0].T).T[:, :3]
         theirs = (ref.affine @ corners[1].T).T[:, :3]
         assert np.linalg.norm(theirs[:, None] - ours[None], axis=2).min(axis=1).max() < 0.02, name
+
+
+def test_a_ct_series_is_refused_by_an_mr_model_and_read_by_a_ct_one(tmp_path: Path, model_file) -> None:
+    """The series' header says CT; the model's channel was trained on MR: refused by name (Hounsfield units through
+    an MR normalisation mean nothing); an MR series beside it is predicted; a CT model reads the CT series."""
+    inp = tmp_path / "in"
+    write_dicom_series(inp / "ct", _scan(1), np.diag([1.0, 1.0, 2.0, 1.0]), extra={"Modality": "CT"})
+    write_dicom_series(inp / "mr", _scan(2), np.diag([1.0, 1.0, 2.0, 1.0]))
+    assert main(["predict", str(model_file()), str(inp), str(tmp_path / "out"), "--quiet"]) == 1
+    (failed,) = json.loads((tmp_path / "out" / "predictions.json").read_text())["failed"]
+    assert failed["case"] == "ct" and "the series is CT (DICOM Modality)" in failed["reason"]
+    assert "'MRI' was trained on MR" in failed["reason"] and failed["file"].endswith("ct")
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["mr.nii.gz"]
+    ct_model = model_file(small_plan(modality="CT"))
+    assert main(["predict", str(ct_model), str(inp / "ct"), str(tmp_path / "out_ct"), "--quiet"]) == 0

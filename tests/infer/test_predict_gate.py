@@ -68,6 +68,24 @@ def test_nonfinite_case_is_refused_and_can_be_replaced(tmp_path: Path, model_fil
     np.testing.assert_array_equal(got, want)
 
 
+def test_a_blank_scan_is_written_with_its_warning_on_the_console(tmp_path: Path, model_file, capsys, caplog) -> None:
+    """A constant (blank) volume is predicted, but the input check's warning reaches the console (the log and the
+    command's closing lines), not only predictions.json: its mask must not pass as a plain "written"."""
+    inp = tmp_path / "in"
+    _images(inp, n=1)
+    write_nifti(inp / "blank.nii.gz", np.zeros(SHAPE, np.float32))
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="medattn"):
+        assert main(["predict", str(model_file()), str(inp), str(out), "--quiet"]) == 0
+    case = {c["case"]: c for c in _summary(out)["cases"]}
+    assert any("constant" in w for w in case["blank"]["warnings"]) and not case["good0"]["warnings"]
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("case blank" in m and "blank.nii.gz" in m and "constant" in m for m in logged), logged
+    printed = capsys.readouterr().out
+    assert "1 of the written cases have input warnings" in printed and "  blank: [intensity]" in printed
+    assert "good0:" not in printed
+
+
 # ---- outputs never touch inputs -----------------------------------------------------------------------------------
 
 
@@ -238,3 +256,50 @@ def test_numbered_channel_files_of_another_count_are_refused(tmp_path: Path, mod
         "3 channel files" in summary["failed"][0]["reason"]
         and "2 channel(s) expected (FLAIR, T1)" in summary["failed"][0]["reason"]
     )
+
+
+def test_msd_folders_without_dataset_json_are_refused_not_read_as_domains(
+    make_msd, model_file, tmp_path: Path, capsys
+) -> None:
+    """imagesTr/ and labelsTr/ without their dataset.json: as per-domain folders, labelsTr would be a domain whose
+    label maps predict (or train) as images. Refused naming the folder and what to do; the images folder alone
+    still predicts."""
+    root = make_msd(n=2)
+    (root / "dataset.json").unlink()
+    from medattn.data.importers import load_dataset
+    from medattn.errors import ManifestError
+
+    with pytest.raises(ManifestError, match=r"imagesTr/, labelsTr/ \(the MSD / nnU-Net layout\) but no dataset.json"):
+        load_dataset(root)
+    out = tmp_path / "out"
+    assert main(["predict", str(model_file()), str(root), str(out), "--quiet"]) == 3
+    assert "no dataset.json" in capsys.readouterr().err and not out.exists()
+    assert main(["predict", str(model_file()), str(root / "imagesTr"), str(out), "--quiet"]) == 0
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["blob_000.nii.gz", "blob_001.nii.gz"]
+
+
+def test_files_predict_did_not_write_are_never_replaced(tmp_path: Path, model_file, capsys) -> None:
+    """An OUTPUT folder holding a file at a mask's path, or a predictions.json of something else, is refused before
+    anything is written (the files unchanged); a folder an earlier predict run wrote is re-used."""
+    inp = tmp_path / "in"
+    _images(inp)
+    model = model_file()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "good0.nii.gz").write_bytes(b"my own scan")
+    assert main(["predict", str(model), str(inp), str(mine), "--quiet"]) == 3
+    assert "OUTPUT already holds good0.nii.gz" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["good0.nii.gz"]
+    assert (mine / "good0.nii.gz").read_bytes() == b"my own scan"
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "predictions.json").write_text('{"mine": 1}')
+    assert main(["predict", str(model), str(inp), str(other), "--quiet"]) == 3
+    assert "predict did not write" in capsys.readouterr().err
+    assert (other / "predictions.json").read_text() == '{"mine": 1}' and len(list(other.iterdir())) == 1
+
+    out = tmp_path / "out"
+    assert main(["predict", str(model), str(inp), str(out), "--quiet"]) == 0
+    assert main(["predict", str(model), str(inp), str(out), "--quiet"]) == 0  # its own earlier run: replaced
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["good0.nii.gz", "good1.nii.gz"]

@@ -31,6 +31,9 @@ from medattn.data.importers.folders import import_domain_folders
 from medattn.data.manifest import Manifest
 from medattn.errors import ManifestError
 
+#: The folders of the MSD / nnU-Net layout, which a ``dataset.json`` describes.
+MSD_FOLDERS = ("imagesTr", "imagesTs", "labelsTr", "labelsTs")
+
 __all__ = [
     "DEFAULT_LABELS",
     "SIDECAR_KEYS",
@@ -115,4 +118,14 @@ def import_folder(
         return import_bids(root, domain_from=domain_from, channels=channels, modality=modality)
     if has_series(root):
         return import_dicom(root, domain_from=domain_from, modality=modality)
+    msd = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name in MSD_FOLDERS)
+    if any(name.startswith("labels") for name in msd):
+        # an MSD / nnU-Net layout without its description: as per-domain folders, "labelsTr" would be a domain and
+        # its label maps segmented or trained on as images
+        raise ManifestError(
+            f"has {', '.join(f'{n}/' for n in msd)} (the MSD / nnU-Net layout) but no dataset.json that says which "
+            "files are images and which labels; add the dataset.json, or give the images folder alone (e.g. "
+            f"{root / 'imagesTr'})",
+            root,
+        )
     return import_domain_folders(root, channels=channels, label_name=label_name, modality=modality)
