@@ -116,6 +116,10 @@ def _quiet_readers() -> None:
     (``medattn validate``'s ``geometry`` check). ``--verbose`` keeps them. The command line owns the process, so
     this global setting belongs here and not in the library."""
     logging.getLogger("nibabel").setLevel(logging.ERROR)
+    # MONAI's LoadImage tries its readers in turn and logs each one that cannot open the file ("NiftiReader:
+    # unable to load ...") at INFO, which reads like a failure on every DICOM series that a later reader opens;
+    # a file no reader opens still fails, with the gate's reason
+    logging.getLogger("LoadImage").setLevel(logging.WARNING)
     try:
         import SimpleITK as sitk
 

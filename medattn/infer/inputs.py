@@ -11,6 +11,7 @@ image file in a folder is a case of its own (a 4D file may hold every channel).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -26,6 +27,8 @@ _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 #: What an input names: one image file, a folder of image files (not a dataset), or a dataset.
 InputKind = Literal["image", "folder", "dataset"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,18 @@ def collect_inputs(
         cases = [InputCase(case_name(path), (path.resolve(),))]
     elif kind == "folder":
         cases = _folder_cases(path, num_channels)
+        skipped = sorted(
+            d.name
+            for d in path.iterdir()
+            if d.is_dir() and not d.name.startswith(".") and not is_series_folder(d) and _image_files(d)
+        )
+        if skipped:  # only the images directly in the folder are its cases: say which images are left out
+            log.warning(
+                "%s: the image files in its sub-folder(s) %s are not predicted (only those directly in it are); "
+                "give each folder as its own input",
+                path,
+                ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""),
+            )
     elif path.is_dir() and not domains and not _is_dataset(path) and not any(p.is_dir() for p in path.iterdir()):
         raise DataError(f"the folder holds no image files ({', '.join(IMAGE_SUFFIXES)})", path)
     else:

@@ -41,6 +41,7 @@ from medattn.infer.outputs import (
     SUMMARY_NAME,
     label_lookup,
     output_path,
+    output_suffix,
     probability_paths,
     uncertainty_paths,
     write_mask,
@@ -386,8 +387,16 @@ def predict_cases(
                 raise loaded
             data, checked = loaded
             result.warnings = [f"[{p.check}] {p.message}" for p in checked.warnings]
-            for p in checked.warnings:  # on the console too: a blank scan's mask must not pass as a plain "ok"
-                log.warning("case %s: %s: [%s] %s", case.case_id, p.file or case.images[0], p.check, p.message)
+            suffix = output_suffix(case, options.output_format)
+            if any(p.check == "geometry" for p in checked.warnings) and suffix not in (".nii", ".nii.gz"):
+                result.warnings.append(
+                    f"[geometry] the mask is written as {suffix} with the geometry SimpleITK reads from the input's "
+                    "header, which the warning above says not every reader shares: it overlays the image in "
+                    "ITK-based viewers, not necessarily in nibabel-based ones (NIfTI output keeps the header "
+                    "itself and overlays it in both)"
+                )
+            for w in result.warnings:  # on the console too: a blank scan's mask must not pass as a plain "ok"
+                log.warning("case %s: %s: %s", case.case_id, case.images[0], w)
             result.nonfinite_replaced = int(checked.stats.get("nonfinite", 0)) if options.replace_nonfinite else 0
             _predict_one(
                 case, data, transform, lut, predictor, out, options, protected, result, seg_writer, postprocess

@@ -303,3 +303,15 @@ def test_files_predict_did_not_write_are_never_replaced(tmp_path: Path, model_fi
     assert main(["predict", str(model), str(inp), str(out), "--quiet"]) == 0
     assert main(["predict", str(model), str(inp), str(out), "--quiet"]) == 0  # its own earlier run: replaced
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["good0.nii.gz", "good1.nii.gz"]
+
+
+def test_images_in_sub_folders_of_an_image_folder_are_named_as_left_out(tmp_path: Path, model_file, caplog) -> None:
+    """A folder of images predicts the images directly in it; images in its sub-folders are not predicted, and
+    the log says so naming the sub-folder (they used to be left out without a word)."""
+    inp = tmp_path / "in"
+    _images(inp, n=1)
+    _images(inp / "more", n=2)
+    with caplog.at_level("WARNING", logger="medattn"):
+        assert main(["predict", str(model_file()), str(inp), str(tmp_path / "out"), "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["good0.nii.gz"]
+    assert any("sub-folder(s) more are not predicted" in r.getMessage() for r in caplog.records)
