@@ -166,6 +166,27 @@ def series_modality(folder: str | Path) -> str | None:
     return None
 
 
+def _check_no_slice_skipped(folder: Path, headers: list[tuple[Path, Any]], gap: float) -> None:
+    """Refuse evenly spaced slices that are what is left of a series with every gap missing a slice: the uneven-gap
+    check cannot see it (two slices left of three, or every other slice). Two signs together: the instance numbers
+    skip at every step (they count the slices the scanner made), and the slices lie at least 1.5 slice thicknesses
+    apart. A gapped acquisition (thin slices, consecutive numbers) passes; SpacingBetweenSlices is not used, since
+    vendors disagree on what it holds."""
+    numbers = [_number(ds.get("InstanceNumber")) for _, ds in headers]
+    thickness = _number(headers[0][1].get("SliceThickness"))
+    if not all(isinstance(n, int) for n in numbers) or not isinstance(thickness, (int, float)) or thickness <= 0:
+        return
+    steps = np.abs(np.diff(np.asarray(numbers)))
+    if steps.size and int(steps.min()) > 1 and gap >= 1.5 * float(thickness):
+        shown = ", ".join(str(n) for n in numbers[:6]) + (", ..." if len(numbers) > 6 else "")
+        raise DataError(
+            f"the slices lie {gap:.3f} mm apart, {gap / float(thickness):.1f} times their thickness "
+            f"({float(thickness):g} mm), and their instance numbers skip at every step ({shown}): slices are "
+            "missing from the series (an export of part of it?)",
+            folder,
+        )
+
+
 def _has_dicm_marker(path: Path) -> bool:
     try:
         with open(path, "rb") as fh:
@@ -346,6 +367,7 @@ def _scan_series(folder: Path) -> SeriesInfo:
             f"{median:.3f} mm elsewhere ({bad.size} uneven gap(s)); {hint}",
             folder,
         )
+    _check_no_slice_skipped(folder, headers, median)
     stack = positions[-1] - positions[0]
     cos = float(np.clip(abs(stack @ normal) / max(np.linalg.norm(stack), 1e-12), 0.0, 1.0))
     tilt = math.degrees(math.acos(cos))

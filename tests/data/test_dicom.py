@@ -67,6 +67,12 @@ def _write_case(tmp_path: Path, problem: str) -> Path:
         write_dicom_series(folder, vol, aff, names="other{:03d}.dcm", extra={"SeriesDescription": "t2 other"})
     elif problem == "missing_slice":
         paths[3].unlink()
+    elif problem == "two_of_three":  # an even gap left: the uneven-gap check cannot see it
+        for p in [*paths[3:], paths[1]]:
+            p.unlink()
+    elif problem == "every_other_slice":
+        for p in paths[1::2]:
+            p.unlink()
     elif problem == "duplicated_slice":
         shutil.copy(paths[2], folder / "copy_of_slice002.dcm")
     elif problem == "multi_echo":
@@ -123,6 +129,9 @@ REFUSALS = {
     "two_series": r"holds 2 series, one is expected: series 3 't1 test': 7 files .*series 3 't2 other': 7 files",
     "missing_slice": r"uneven slice spacing: 5\.000 mm between slice002\.dcm and slice004\.dcm, 2\.500 mm elsewhere"
     r".*a slice may be missing",
+    "two_of_three": r"lie 5\.000 mm apart, 2\.0 times their thickness \(2\.5 mm\), and their instance numbers skip at "
+    r"every step \(1, 3\)",
+    "every_other_slice": r"instance numbers skip at every step \(1, 3, 5, 7\): slices are missing",
     "duplicated_slice": r"slice position\(s\) hold more than one file, e\.g\. .*slice002\.dcm.*duplicated slice",
     "multi_echo": r"holds 2 volumes at the same 7 slice positions, told apart by EchoNumbers \(1, 2\)",
     "gantry_tilt": r"not stacked along their normal: tilted by 17\.7\d degrees",
@@ -342,3 +351,15 @@ def test_a_root_that_is_itself_a_series_leaves_the_label_beside_it_out(tmp_path:
     (domain,) = json.loads(out.read_text())["domains"]
     assert [c["id"] for c in domain["cases"]] == ["s2"] and "label" not in domain["cases"][0]
     assert "s2_seg.nii.gz: left out, it lies outside the data root" in caplog.text
+
+
+def test_a_gapped_acquisition_with_consecutive_numbers_is_read(tmp_path: Path) -> None:
+    """Thin slices with gaps between them (1 mm thick, 2.5 mm apart, as the Philips series of ../shared/data) and
+    consecutive instance numbers are a whole series: read, on the positions' grid."""
+    from medattn.data.io import read_volume
+
+    vol, aff = _volume(1), _oblique_affine()
+    write_dicom_series(tmp_path / "gapped", vol, aff, extra={"SliceThickness": "1.0"})
+    got, header = read_volume(tmp_path / "gapped", dtype=None)
+    np.testing.assert_array_equal(got, vol)
+    np.testing.assert_allclose(header.affine, aff, atol=1e-4)
