@@ -29,9 +29,10 @@ themselves and what lies between them (where the Avalanche loop's extra time goe
 
 **The training step itself** (issue 16): ``medattn train``'s step on ``ag_unet_fullres`` (widths 16-128, two
 deep-supervision outputs, batch 2, patch 40x56x40 as the hippocampus plan gives, float32, AdamW, the same loss and
-clipping) with medattn's group/instance-norm backward and gated skip addition (:mod:`medattn.models.norm`) and the
-fused AdamW of :func:`medattn.train.optim.make_optimizer` against the same step with PyTorch's
-``native_group_norm_backward``, in-place ``addcmul_`` and AdamW's default per-tensor loop, the step as it was before.
+clipping) with medattn's group/instance-norm backward and gated skip addition (:mod:`medattn.models.norm`), its
+trilinear upsampling by 2 (:mod:`medattn.models.resample`) and the fused AdamW of
+:func:`medattn.train.optim.make_optimizer` against the same step with PyTorch's ``native_group_norm_backward``,
+in-place ``addcmul_``, ``F.interpolate`` and AdamW's default per-tensor loop, the step as it was before.
 Identical copies train on identical batches; the per-step losses of the two are compared (equal numerics within
 float32 rounding), then the two alternate, a few steps each per round, and the ratio before / after is taken per
 round. Goal: >= 1.5. The in-process comparisons run after :func:`medattn.runtime.retain_freed_memory` (as ``medattn
@@ -302,8 +303,9 @@ def phase_breakdown(
 
 def step_runner(cfg: dict[str, Any], device: Any, *, now: bool, bf16: bool = False) -> Callable[[], list[float]]:
     """``cfg["steps"]`` training steps of ``ag_unet_fullres`` per call (fixed batches; the model and optimiser
-    persist between calls), as medattn's step is now (``now``: its norm backward, gated addition and fused AdamW) or
-    as it was (PyTorch's norm backward, ``addcmul_``, AdamW's per-tensor loop); returns the losses."""
+    persist between calls), as medattn's step is now (``now``: its norm backward, gated addition, upsampling and
+    fused AdamW) or as it was (PyTorch's norm backward, ``addcmul_``, ``F.interpolate``, AdamW's per-tensor loop);
+    returns the losses."""
     import medattn.models.norm as norm
     from medattn.models import build_model
     from medattn.train.losses import DeepSupervisionLoss
@@ -325,14 +327,16 @@ def step_runner(cfg: dict[str, Any], device: Any, *, now: bool, bf16: bool = Fal
         )
         for _ in range(cfg["steps"])
     ]
+    import medattn.models.resample as resample
     import medattn.models.unet as unet
 
-    own, own_add = norm.use_fast_backward, unet.gated_add
+    own, own_add, own_up = norm.use_fast_backward, unet.gated_add, resample.use_fast_upsample
 
     def run() -> list[float]:
-        if not now:  # PyTorch's norm backward and in-place addcmul_: the step as it was
+        if not now:  # PyTorch's norm backward, in-place addcmul_ and upsampling: the step as it was
             norm.use_fast_backward = lambda x: False
             unet.gated_add = lambda up, skip, alpha: up.addcmul_(skip, alpha)
+            resample.use_fast_upsample = lambda x: False
         model.train()
         losses = []
         try:
@@ -345,7 +349,7 @@ def step_runner(cfg: dict[str, Any], device: Any, *, now: bool, bf16: bool = Fal
                 opt.step()
                 losses.append(loss.detach())
         finally:
-            norm.use_fast_backward, unet.gated_add = own, own_add
+            norm.use_fast_backward, unet.gated_add, resample.use_fast_upsample = own, own_add, own_up
         return [float(v) for v in losses]
 
     return run
@@ -417,7 +421,7 @@ def step_as_run(mode: str, rounds: int | None, dev_name: str) -> tuple[dict[str,
     )
     head = headline(
         "training step as run",
-        f"medattn train's step (norm backward, gated add, fused AdamW; {kept})",
+        f"medattn train's step (norm backward, gated add, upsampling, fused AdamW; {kept})",
         "the step before, glibc's default allocator",
         "speed-up x (before s / now s)",
         wall,
@@ -456,7 +460,7 @@ def step_speed(mode: str, rounds: int | None, device: Any, dev_name: str) -> tup
     )
     contenders = {
         "before (PyTorch norm backward, per-tensor AdamW)": step_runner(cfg, device, now=False),
-        "now (medattn norm backward, fused AdamW)": step_runner(cfg, device, now=True),
+        "now (medattn norm backward, upsampling, fused AdamW)": step_runner(cfg, device, now=True),
     }
     bf16 = device.type == "cpu" and cpu_has_native_bf16()
     if bf16:
@@ -481,7 +485,7 @@ def step_speed(mode: str, rounds: int | None, device: Any, dev_name: str) -> tup
     )
     head = headline(
         "training step",
-        "medattn norm backward + fused AdamW",
+        "medattn norm backward, upsampling + fused AdamW",
         "PyTorch native_group_norm_backward + per-tensor AdamW (the step before)",
         "speed-up x (before s / now s)",
         speedup,

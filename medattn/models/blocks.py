@@ -8,12 +8,12 @@ are float (B, C, X, Y, Z); the blocks work in either memory format (contiguous o
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medattn.models.config import ActName, ModelConfigError, NormName, UpsampleName
 from medattn.models.conv import Conv3d, ConvTranspose3d
 from medattn.models.norm import GroupNorm
+from medattn.models.resample import upsample_trilinear
 from medattn.typing import Triple
 
 
@@ -179,7 +179,7 @@ class Upsample(nn.Module):
         y: torch.Tensor = self.conv(x)
         if self.mode == "trilinear" and self.scale != (1, 1, 1):
             size = [n * s for n, s in zip(y.shape[2:], self.scale)]
-            y = F.interpolate(y, size=size, mode="trilinear", align_corners=False)
+            y = upsample_trilinear(y, size)
         return y
 
 
@@ -217,7 +217,7 @@ class AttentionGate(nn.Module):
         q = self.act(q + self.phi_g(g))
         alpha = torch.sigmoid(self.psi(q))
         if alpha.shape[2:] != x.shape[2:]:
-            alpha = F.interpolate(alpha, size=x.shape[2:], mode="trilinear", align_corners=False)
+            alpha = upsample_trilinear(alpha, x.shape[2:])
         return alpha
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,8 +7,9 @@ PyTorch's CPU group-norm backward (``aten::native_group_norm_backward``) is seve
 in both layouts. The U-Net runs channels-last because its oneDNN convolutions are faster so (a whole training step of
 ``ag_unet_fullres`` is 1.4x faster than with contiguous tensors), which made the norms' backward a quarter of a
 training step. :class:`GroupNormFunction` keeps PyTorch's forward (``torch.native_group_norm``, which also returns
-the statistics) and computes the gradients from two per-channel reductions and two fused multiply-adds, all of which
-stream the channels-last memory in order:
+the statistics) and computes the gradients from two per-channel reductions (both in one pass, by PyTorch's
+batch-norm backward kernel per sample: :func:`_channel_sums`) and two fused multiply-adds, all of which stream the
+channels-last memory in order:
 
     xhat = (x - mu_g) * r_g,   y = gamma_c * xhat + beta_c
     dbeta_c = sum_n sum_s dy,   dgamma_c = sum_n r_g (sum_s dy x - mu_g sum_s dy)
@@ -50,12 +51,9 @@ class GroupNormFunction(torch.autograd.Function):
         n, c = x.shape[:2]
         per = c // groups
         m = per * x[0, 0].numel()
-        dims = tuple(range(2, x.ndim))
-        sum_dy = dy.sum(dim=dims)  # (N, C)
-        sum_dyx = (dy * x).sum(dim=dims)
         mu = mean.view(n, groups, 1).expand(n, groups, per).reshape(n, c)
         r = rstd.view(n, groups, 1).expand(n, groups, per).reshape(n, c)
-        dyxhat = (sum_dyx - mu * sum_dy) * r  # sum_s dy * xhat, per (N, C)
+        sum_dy, dyxhat = _channel_sums(dy, x, mu, r)  # sum_s dy and sum_s dy * xhat, per (N, C)
         dweight = dyxhat.sum(0)
         dbias = sum_dy.sum(0)
         p = (sum_dy * weight).view(n, groups, per).sum(-1)  # (N, G)
@@ -71,6 +69,29 @@ class GroupNormFunction(torch.autograd.Function):
         dx = torch.addcmul(per_channel(cc), x, per_channel(b))
         dx.addcmul_(dy, (r * weight).view(shape))
         return dx, dweight, dbias, None, None
+
+
+def _channel_sums(
+    dy: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, r: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample and channel, ``sum_s dy`` and ``sum_s dy (x - mu) r`` (each (N, C)), in one pass over memory.
+
+    These are the weight and bias gradients of a batch norm of one sample whose saved statistics are ``mu`` and
+    ``r``, which PyTorch's CPU ``native_batch_norm_backward`` computes in one vectorised pass over a
+    channels-last tensor without its input gradient: 1.24 against 3.07 ms for ``dy.sum`` and ``(dy * x).sum``
+    on a (2, 16, 40, 56, 40) tensor (one thread of the 2-core AMD EPYC, freed memory retained as ``medattn
+    train`` runs, 21 interleaved repeats, median), the same at coarser grids.
+    """
+    sums_dy, sums_dyxhat = [], []
+    for i in range(x.shape[0]):
+        _, dyxhat, sum_dy = torch.ops.aten.native_batch_norm_backward(
+            # the kernel reads the statistics as dense arrays: an expanded (stride-0) view would be misread
+            dy[i : i + 1], x[i : i + 1], None, None, None, mu[i].contiguous(), r[i].contiguous(), True, 0.0,
+            [False, True, True],
+        )
+        sums_dy.append(sum_dy)
+        sums_dyxhat.append(dyxhat)
+    return torch.stack(sums_dy), torch.stack(sums_dyxhat)
 
 
 def use_fast_backward(x: torch.Tensor) -> bool:
