@@ -86,7 +86,15 @@ def _channel_sums(
     for i in range(x.shape[0]):
         _, dyxhat, sum_dy = torch.ops.aten.native_batch_norm_backward(
             # the kernel reads the statistics as dense arrays: an expanded (stride-0) view would be misread
-            dy[i : i + 1], x[i : i + 1], None, None, None, mu[i].contiguous(), r[i].contiguous(), True, 0.0,
+            dy[i : i + 1],
+            x[i : i + 1],
+            None,
+            None,
+            None,
+            mu[i].contiguous(),
+            r[i].contiguous(),
+            True,
+            0.0,
             [False, True, True],
         )
         sums_dy.append(sum_dy)
