@@ -331,12 +331,14 @@ def step_runner(cfg: dict[str, Any], device: Any, *, now: bool, bf16: bool = Fal
     import medattn.models.unet as unet
 
     own, own_add, own_up = norm.use_fast_backward, unet.gated_add, resample.use_fast_upsample
+    own_out = unet.contiguous_output
 
     def run() -> list[float]:
-        if not now:  # PyTorch's norm backward, in-place addcmul_ and upsampling: the step as it was
+        if not now:  # PyTorch's norm backward, in-place addcmul_, upsampling and .contiguous(): the step as it was
             norm.use_fast_backward = lambda x: False
             unet.gated_add = lambda up, skip, alpha: up.addcmul_(skip, alpha)
             resample.use_fast_upsample = lambda x: False
+            unet.contiguous_output = lambda x: x.contiguous()
         model.train()
         losses = []
         try:
@@ -350,6 +352,7 @@ def step_runner(cfg: dict[str, Any], device: Any, *, now: bool, bf16: bool = Fal
                 losses.append(loss.detach())
         finally:
             norm.use_fast_backward, unet.gated_add, resample.use_fast_upsample = own, own_add, own_up
+            unet.contiguous_output = own_out
         return [float(v) for v in losses]
 
     return run

@@ -39,7 +39,7 @@ from torch import nn
 from medattn.models.attention import make_attention
 from medattn.models.blocks import AttentionGate, ConvBlock, Upsample
 from medattn.models.config import AttentionName, UNetConfig
-from medattn.models.conv import Conv3d, ConvTranspose3d
+from medattn.models.conv import Conv3d, ConvTranspose3d, contiguous_output
 from medattn.models.norm import gated_add
 from medattn.models.padding import (
     check_input,
@@ -221,13 +221,13 @@ class AttentionGatedUNet(nn.Module):
             h = self.decoder_attention[i](self.decoder[i](fused))
             decoded[i] = h
 
-        logits = crop_to(self.head(h), size).contiguous()
+        logits = contiguous_output(crop_to(self.head(h), size))
         out: ModelOutput = logits
         if self.training and cfg.deep_supervision > 0:
             out = [logits]
             for j, head in enumerate(self.ds_heads, start=1):
                 low = head(decoded[j])
-                out.append(crop_to(low, downscaled_size(size, cfg.stage_scale(j))).contiguous())
+                out.append(contiguous_output(crop_to(low, downscaled_size(size, cfg.stage_scale(j)))))
         if not return_attention:
             return out
         maps = [self._to_input_grid(a, padded, size) for a in reversed(alphas)]

@@ -303,3 +303,29 @@ def test_model_saved_and_rebuilt_from_its_config_gives_identical_outputs(tmp_pat
     torch.testing.assert_close(rebuilt(x), model(x), rtol=0, atol=0)
     fresh = build_from_config(doc["config"])
     assert n_params(fresh) == n_params(model)
+
+
+def test_logits_are_contiguous_and_their_gradient_reaches_the_head_channels_last() -> None:
+    """The loss reads contiguous logits; the head convolution's backward gets its gradient in the network's
+    channels-last layout (oneDNN's backward would otherwise convert its input first), with the same values."""
+    from medattn.models import build_model
+    from medattn.models.conv import contiguous_output
+
+    cl = torch.channels_last_3d
+    x = torch.randn(2, 3, 4, 5, 6).contiguous(memory_format=cl).requires_grad_(True)
+    y = contiguous_output(x)
+    assert y.is_contiguous() and torch.equal(y, x)
+    g = torch.randn(y.shape)
+    y.backward(g)
+    assert x.grad is not None and x.grad.is_contiguous(memory_format=cl) and torch.equal(x.grad, g)
+    with torch.no_grad():
+        assert contiguous_output(x).grad_fn is None
+
+    torch.manual_seed(0)
+    net = build_model("ag_unet_fullres", 1, 3, channels=(8, 16, 32), deep_supervision=1).train()
+    seen: list[bool] = []
+    net.head.register_full_backward_hook(lambda m, gi, go: seen.append(go[0].is_contiguous(memory_format=cl)))
+    outs = net(torch.randn(2, 1, 16, 16, 16))
+    assert all(o.is_contiguous() for o in outs)
+    sum(o.square().mean() for o in outs).backward()
+    assert seen == [True]
