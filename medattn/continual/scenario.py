@@ -15,8 +15,10 @@ experience is a :class:`DomainExperience` (an Avalanche ``DatasetExperience``) w
 Every sample carries Avalanche task label 0: the scenario is domain-incremental (the same classes everywhere, no
 task id at test time). Mini-batches come from :func:`~medattn.continual.collate.collate_segmentation`.
 
-Splits: a domain's own ``train``/``test`` split when the manifest has one, else a deterministic split of its
-labelled cases (sorted ids, the last ``test_fraction`` tested), logged so the choice is visible.
+Splits: a domain's own ``train``/``test`` split when the manifest has one; with a ``test`` split and no ``train``
+split, the other labelled cases train; with neither, a deterministic split of its labelled cases (sorted ids, the
+last ``test_fraction`` tested), logged as a warning so the choice is visible. The cases of a domain's ``test``
+split are never trained on (nor learned from unlabelled), also when the run is scored on ``val``.
 
 Unlabelled cases: a training case without a label (the manifest gives none, or ``medattn adapt --labelled N`` took
 it away, :mod:`medattn.continual.labels`) is not trained on by the supervised methods; its image, preprocessed the
@@ -155,21 +157,33 @@ def domain_split(
     pool = unlabelled_ids(manifest, domain, train_split, test_split)
     if len(labelled) < (1 if pool else 2):
         raise DataError(f"domain {domain!r} has {len(labelled)} labelled case(s); adapting needs at least 2")
+    held = d.held_out_ids()  # the manifest's test cases: never trained on, whichever split is tested
     if train_split in d.splits and test_split in d.splits:
-        train = [i for i in d.splits[train_split] if i in labelled]
+        train = [i for i in d.splits[train_split] if i in labelled and i not in held]
         test = [i for i in d.splits[test_split] if i in labelled]
         if not train and pool and test:
             return train, test
-    else:
-        ids = sorted(labelled)
-        n_test = max(1, round(test_fraction * len(ids)))
-        train, test = ids[: len(ids) - n_test], ids[len(ids) - n_test :]
-        log.info(
-            "domain %r has no %r/%r split; testing on its last %d case(s): %s",
+    elif test_split in d.splits:  # a test split and no train split: train on the other labelled cases
+        test = [i for i in d.splits[test_split] if i in labelled]
+        train = [i for i in labelled if i not in set(test) and i not in held]
+        log.warning(
+            "domain %r has no %r split; training on its %d labelled case(s) outside its %r split",
             domain,
             train_split,
+            len(train),
+            test_split,
+        )
+    else:
+        ids = sorted(i for i in labelled if i not in held)
+        n_test = max(1, round(test_fraction * len(ids)))
+        train, test = ids[: len(ids) - n_test], ids[len(ids) - n_test :]
+        log.warning(
+            "domain %r has no %r split; testing on the last %d of its %d labelled case(s)%s: %s",
+            domain,
             test_split,
             len(test),
+            len(ids),
+            f" outside its test split ({len(held)} held out)" if held else "",
             ", ".join(test),
         )
     if not train or not test:
@@ -181,7 +195,8 @@ def unlabelled_ids(manifest: Manifest, domain: str, train_split: str = "train", 
     """Ids of a domain's training cases without a label: those of its ``train_split`` when it has fixed splits,
     else every case without a label (none of them can be tested)."""
     d = manifest.domain(domain)
-    bare = [c.id for c in d.cases if c.label is None]
+    held = d.held_out_ids()  # unlabelled test images are not learned from either (label-free methods would)
+    bare = [c.id for c in d.cases if c.label is None and c.id not in held]
     if train_split in d.splits and test_split in d.splits:
         wanted = set(d.splits[train_split])
         return [i for i in bare if i in wanted]

@@ -70,6 +70,10 @@ def normalise_modality(value: str) -> str:
 TEST_SPLITS = ("test",)
 #: Split names read as the validation side of a fixed split, in order of preference.
 VALIDATION_SPLITS = ("val", "validation")
+#: Every split name a manifest may use: the training side, the validation side and the held-out side.
+KNOWN_SPLITS = ("train", *VALIDATION_SPLITS, *TEST_SPLITS)
+#: nnU-Net's own folds (``splits_final.json``), kept as imported: subsets of the training cases, for the record.
+NNUNET_FOLD_SPLIT = re.compile(r"fold\d+_(train|val)")
 #: Share of a domain's training cases that validate when the domain names no validation split.
 VAL_FRACTION = 0.2
 
@@ -308,6 +312,9 @@ class Manifest:
             if not isinstance(dd, Mapping) or "name" not in dd or "cases" not in dd:
                 raise fail(f"domains[{di}] must be an object with 'name' and 'cases'")
             dname = str(dd["name"])
+            problem = name_problem(dname)
+            if problem is not None:
+                raise fail(f"domain name {dname!r}: {problem}")
             if dname in seen_domains:
                 raise fail(f"domain name {dname!r} appears twice")
             seen_domains.add(dname)
@@ -316,6 +323,9 @@ class Manifest:
                 if not isinstance(cd, Mapping) or "id" not in cd or "images" not in cd:
                     raise fail(f"domains[{di}].cases[{ci}] must be an object with 'id' and 'images'")
                 cid = str(cd["id"])
+                problem = name_problem(cid)
+                if problem is not None:
+                    raise fail(f"domain {dname!r}, case id {cid!r}: {problem}")
                 if cid in seen_ids:
                     raise fail(f"case id {cid!r} appears twice")
                 seen_ids.add(cid)
@@ -350,6 +360,13 @@ class Manifest:
             ids = {c.id for c in cases}
             splits = {}
             for sname, sids in splits_raw.items():
+                if str(sname) not in KNOWN_SPLITS and not NNUNET_FOLD_SPLIT.fullmatch(str(sname)):
+                    hint = _SPLIT_HINTS.get(str(sname).lower())
+                    raise fail(
+                        f"domain {dname!r}: split {str(sname)!r} is not a split medattn reads "
+                        f"({', '.join(KNOWN_SPLITS)}); its cases would be trained on, not held out"
+                        + (f": rename it {hint!r}" if hint else "")
+                    )
                 unknown = [s for s in sids if s not in ids]
                 if unknown:
                     raise fail(f"domain {dname!r}: split {sname!r} names unknown cases {unknown[:5]}")
@@ -419,6 +436,46 @@ def _parse_labels(raw: Any, fail: Any) -> dict[int, str]:
     if any(k < 0 for k in labels):
         raise fail(f"label values must be non-negative, found {sorted(labels)}")
     return dict(sorted(labels.items()))
+
+
+#: Split names users write for medattn's (MSD's dataset.json says "training" and "test").
+_SPLIT_HINTS = {
+    "training": "train",
+    "tr": "train",
+    "valid": "val",
+    "testing": "test",
+    "ts": "test",
+    "holdout": "test",
+    "hold_out": "test",
+    "held_out": "test",
+    "heldout": "test",
+}
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a domain name or case id, or None.
+
+    Both become file and folder names of the outputs (``RUN/<method>/<ii>_<domain>/``, ``OUT/<case>.nii.gz``),
+    so a name must be one path component that stays where it is put: no slash or backslash, not ``.`` or ``..``,
+    not hidden (a leading ``.``), no control characters, not empty.
+
+        >>> name_problem("hippocampus_001") is None
+        True
+        >>> name_problem("x/../../run").split(":")[0]
+        "contains '/'"
+    """
+    if not name or not name.strip():
+        return "is empty"
+    for sep in ("/", "\\"):
+        if sep in name:
+            return (
+                f"contains {sep!r}: a name becomes a file or folder name of the outputs, and must be one path component"
+            )
+    if name.startswith("."):
+        return "starts with '.': a name becomes a file or folder name of the outputs, and would be hidden or climb"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        return "contains a control character"
+    return None
 
 
 def relative_path_problem(p: Any, *, may_climb: bool = False, root_name: str = "the data root") -> str | None:

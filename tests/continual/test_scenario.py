@@ -104,6 +104,28 @@ def test_split_without_manifest_splits_is_deterministic(shift_manifest: Path) ->
     assert test == ["A_4", "A_5"] and train == ["A_0", "A_1", "A_2", "A_3"]
 
 
+def test_the_manifests_test_cases_never_train_whatever_splits_the_domain_lacks(shift_manifest: Path) -> None:
+    """A domain with a test split but no train split trains on the other cases; scored on val, or split by
+    fraction, its test cases still never train (nor feed label-free methods as unlabelled images)."""
+    from dataclasses import replace
+
+    from medattn.continual.scenario import domain_split, unlabelled_ids
+    from medattn.data.importers import load_dataset
+
+    manifest = load_dataset(str(shift_manifest))
+    only_test = replace(manifest, domains=tuple(replace(d, splits={"test": ("A_0", "A_1")}) for d in manifest.domains))
+    train, test = domain_split(only_test, "A")
+    assert test == ["A_0", "A_1"] and sorted(train) == ["A_2", "A_3", "A_4", "A_5"]
+    # scored on val that the domain lacks: split by fraction among the cases outside its test split
+    train, test = domain_split(only_test, "A", test_split="val", test_fraction=0.25)
+    assert not {"A_0", "A_1"} & set(train + test) and len(test) == 1 and len(train) == 3
+    # unlabelled test images are not a label-free method's to learn from
+    a = only_test.domains[0]
+    bare = replace(a, cases=tuple(replace(c, label=None) if c.id in ("A_0", "A_4") else c for c in a.cases))
+    unl = replace(only_test, domains=(bare, *only_test.domains[1:]))
+    assert unlabelled_ids(unl, "A") == ["A_4"]
+
+
 def test_channel_mismatch_is_a_data_error(shift_manifest: Path) -> None:
     from dataclasses import replace
 

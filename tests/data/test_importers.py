@@ -111,6 +111,69 @@ def test_domain_folders_with_case_folders(tmp_path: Path) -> None:
         load_dataset(root, channels="T1,T2")
 
 
+def _sites(root: Path, cases: int = 3) -> None:
+    for site in ("siteA", "siteB"):
+        for i in range(cases):
+            image, label = blob_case((10, 10, 10), seed=i)
+            for ch in ("T1", "FLAIR"):
+                write_nifti(root / site / f"{site}{i}" / f"{ch}.nii.gz", image)
+            write_nifti(root / site / f"{site}{i}" / "seg.nii.gz", label)
+
+
+def test_an_incomplete_or_odd_case_folder_is_left_out_alone_and_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "sites"
+    _sites(root)
+    (root / "siteB" / "siteB2" / "FLAIR.nii.gz").unlink()  # one case lacks a channel
+    image, _ = blob_case((10, 10, 10), seed=9)
+    write_nifti(root / "siteA" / "siteA0" / "T1_brain.nii.gz", image)  # one case holds an extra file
+    with caplog.at_level("WARNING"):
+        m = load_dataset(root)
+    assert [c.name for c in m.channels] == ["FLAIR", "T1"]  # what most case folders hold
+    assert [c.id for c in m.domains[0].cases] == ["siteA1", "siteA2"]
+    assert [c.id for c in m.domains[1].cases] == ["siteB0", "siteB1"]
+    assert "siteA0: case left out: it holds extra file(s) ['T1_brain']" in caplog.text
+    assert "siteB2: case left out: it lacks channel file(s) ['FLAIR']" in caplog.text
+    named = load_dataset(root, channels="T1,FLAIR")  # named channels: the extra file is simply not one of them
+    assert [c.id for c in named.domains[0].cases] == ["siteA0", "siteA1", "siteA2"]
+    assert [c.id for c in named.domains[1].cases] == ["siteB0", "siteB1"]
+
+
+def test_case_folders_without_a_majority_channel_set_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "sites"
+    _sites(root, cases=2)
+    image, _ = blob_case((10, 10, 10), seed=9)
+    write_nifti(root / "siteA" / "siteA0" / "T2.nii.gz", image)
+    with pytest.raises(ManifestError, match="no set is held by most of them.*--channels"):
+        load_dataset(root)
+
+
+def test_hidden_files_and_medattn_outputs_inside_a_dataset_are_not_data(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "sites"
+    _sites(root)
+    for junk in (root / "siteA" / "siteA1" / "._T1.nii.gz", root / "siteB" / "._siteB9.nii.gz"):
+        junk.write_bytes(b"\x00\x05\x16\x07junk")  # macOS AppleDouble files
+    preds = root / "preds"  # `medattn predict DATA DATA/preds`: masks, not a new domain
+    image, _ = blob_case((10, 10, 10), seed=1)
+    write_nifti(preds / "siteA0.nii.gz", image)
+    (preds / "predictions.json").write_text("{}")
+    run = root / "siteA" / "run1"  # a k-fold run inside a domain folder
+    write_nifti(run / "crossval" / "siteA0.nii.gz", image)
+    (run / "fold_0").mkdir()
+    (run / "fold_0" / "model.pt").write_bytes(b"x")
+    with caplog.at_level("WARNING"):
+        m = load_dataset(root)
+    assert m.domain_names == ["siteA", "siteB"]
+    assert [c.id for c in m.domains[0].cases] == ["siteA0", "siteA1", "siteA2"]
+    assert all(not Path(p).name.startswith(".") for _, c in m.iter_cases() for p in c.images)
+    assert "a medattn output folder (it holds predictions.json), not data: skipped" in caplog.text
+    assert "(it holds fold_0/model.pt)" in caplog.text
+    assert "1 hidden file(s) skipped (._T1.nii.gz)" in caplog.text
+
+
 def test_brats_sites_real(shared_data: Path) -> None:
     m = load_dataset(shared_data / "BraTS2018_sites")
     assert m.domain_names == ["CBICA", "TCIA"]

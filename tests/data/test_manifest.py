@@ -81,6 +81,17 @@ def test_save_rewrites_root_relative_to_new_location(tmp_path: Path) -> None:
         (lambda d: d.update(labels={"one": "organ"}), "label entry 'one'"),
         (lambda d: d.update(version=99), "newer than this medattn"),
         (lambda d: d["domains"][1].update(name="siteA"), "domain name 'siteA' appears twice"),
+        # names become output paths (RUN/<method>/<ii>_<domain>/, OUT/<case>.nii.gz): one component, no climbing
+        (lambda d: d["domains"][1].update(name="x/../../../run"), "domain name 'x/../../../run': contains '/'"),
+        (lambda d: d["domains"][1].update(name="GE\\1.5T"), "contains '\\\\'"),
+        (lambda d: d["domains"][1].update(name=".."), "starts with '.'"),
+        (lambda d: d["domains"][0]["cases"][0].update(id="../../labelsTr/x"), "case id '../../labelsTr/x'"),
+        (lambda d: d["domains"][0]["cases"][0].update(id=""), "is empty"),
+        (lambda d: d["domains"][0]["cases"][0].update(id="a\n1"), "control character"),
+        # a split medattn does not read would be trained on: refused, with the name it means
+        (lambda d: d["domains"][0].update(splits={"training": ["a1"], "testing": []}), "rename it 'train'"),
+        (lambda d: d["domains"][0].update(splits={"train": ["a1"], "holdout": []}), "rename it 'test'"),
+        (lambda d: d["domains"][0].update(splits={"external": []}), "split 'external' is not a split medattn"),
     ],
 )
 def test_malformed_manifests_name_the_problem(mutate, message: str, tmp_path: Path) -> None:
@@ -92,6 +103,12 @@ def test_malformed_manifests_name_the_problem(mutate, message: str, tmp_path: Pa
         Manifest.load(path)
     assert message in str(err.value)
     assert str(path) in str(err.value)
+
+
+def test_nnunet_fold_splits_and_validation_are_read() -> None:
+    doc = _doc()
+    doc["domains"][0]["splits"] = {"fold0_train": ["a1"], "fold0_val": [], "validation": [], "test": []}
+    assert set(Manifest.from_dict(doc).domains[0].splits) == {"fold0_train", "fold0_val", "validation", "test"}
 
 
 def test_invalid_json_reports_line(tmp_path: Path) -> None:
