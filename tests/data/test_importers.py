@@ -145,7 +145,7 @@ def test_case_folders_without_a_majority_channel_set_are_refused(tmp_path: Path)
     _sites(root, cases=2)
     image, _ = blob_case((10, 10, 10), seed=9)
     write_nifti(root / "siteA" / "siteA0" / "T2.nii.gz", image)
-    with pytest.raises(ManifestError, match="no set is held by most of them.*--channels"):
+    with pytest.raises(ManifestError, match=r"no set is held by most of them.*--channels"):
         load_dataset(root)
 
 
