@@ -516,11 +516,12 @@ def layer_costs(mode: str, device: Any, repeats: int = 9) -> dict[str, Any]:
 
     One training forward pass of ``ag_unet_fullres`` (the step's network and batch) records every convolution's
     input: shape, memory format and whether it needs a gradient. Each convolution is then timed alone on a random
-    input of that shape and format, forward and forward + backward (median of ``repeats``), and its rate is its
-    FLOPs over its time: ``2 * out voxels * C_in * C_out * prod(kernel)`` forward, twice that backward where the
-    input needs a gradient (data and weight gradients), once where only the weights do (the stem). The fastest
-    layer's rate is the CPU's own convolution throughput on these shapes; a layer well below it is slow for its
-    shape, not for its size. The step itself is timed in the same run (the sum of the layers is its convolution
+    input of that shape and format, forward and backward (each timed alone, the backward from an untimed forward
+    pass just before it; median of ``repeats``), and its rate is its FLOPs over its time:
+    ``2 * out voxels * C_in * C_out * prod(kernel)`` forward, twice that backward where the input needs a gradient
+    (data and weight gradients), once where only the weights do (the stem). The fastest layer's rate is the CPU's
+    own convolution throughput on these shapes; a layer well below it is slow for its shape, not for its size. The
+    step itself is timed in the same run (the sum of the layers is its convolution
     share)."""
     from medattn.models import build_model
 
@@ -545,12 +546,16 @@ def layer_costs(mode: str, device: Any, repeats: int = 9) -> dict[str, Any]:
         h.remove()
     sync = synchronizer(device)
 
-    def median_ms(fn: Callable[[], Any]) -> float:
-        fn()
+    def median_ms(fn: Callable[[Any], Any], setup: Callable[[], Any] = lambda: None) -> float:
+        """Median ms of ``fn(setup())`` over ``repeats`` calls; ``setup`` (untimed) runs before each."""
+        fn(setup())
         times = []
         for _ in range(repeats):
+            arg = setup()
+            if sync is not None:
+                sync()
             t0 = time.perf_counter()
-            fn()
+            fn(arg)
             if sync is not None:
                 sync()
             times.append(time.perf_counter() - t0)
@@ -570,9 +575,9 @@ def layer_costs(mode: str, device: Any, repeats: int = 9) -> dict[str, Any]:
             (inp if isinstance(layer, nn.ConvTranspose3d) else out).shape[2:]
         )
         flops = 2.0 * voxels * per
-        fwd = median_ms(lambda layer=layer, xin=xin: layer(xin))
-        both = median_ms(lambda layer=layer, xin=xin, grad=grad: layer(xin).backward(grad))
-        bwd = max(both - fwd, 1e-6)
+        fwd = median_ms(lambda _, layer=layer, xin=xin: layer(xin))
+        # the backward alone, timed from a forward pass made (untimed) just before it
+        bwd = median_ms(lambda out, grad=grad: out.backward(grad), lambda layer=layer, xin=xin: layer(xin))
         rows.append(
             {
                 "layer": name,
@@ -588,7 +593,7 @@ def layer_costs(mode: str, device: Any, repeats: int = 9) -> dict[str, Any]:
             }
         )
     step = step_runner({**cfg, "steps": 1}, device, now=True)
-    step_ms = median_ms(step)
+    step_ms = median_ms(lambda _: step())
     total = sum(r["forward_ms"] + r["backward_ms"] for r in rows)
     best = max(max(r["forward_gflops"], r["backward_gflops"]) for r in rows)
     print(

@@ -115,3 +115,14 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file of option values (keys are option names); flags override it")
     p.add_argument("--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("--verbose", action="store_true", help="debug logging")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a bad value is a usage error naming it)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

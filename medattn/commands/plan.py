@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from medattn.commands.common import EXIT_OK, EXIT_PROBLEMS, guard_output_file, load_data
-from medattn.commands.options import add_data, add_import_options, add_out, add_seed
+from medattn.commands.options import add_data, add_import_options, add_out, add_seed, positive_int
 
 NAME = "plan"
 HELP = "fingerprint a dataset and derive a preprocessing plan"
@@ -27,7 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=2048.0,
         help="activation-memory budget for one training patch (batch 2), in MiB (default 2048)",
     )
-    p.add_argument("--max-cases", type=int, default=None, help="fingerprint at most this many cases per domain")
+    p.add_argument(
+        "--max-cases", type=positive_int, default=None, help="fingerprint at most this many cases per domain"
+    )
     p.add_argument(
         "--spacing",
         type=_spacing,

@@ -266,6 +266,15 @@ class CaseChecker:
             for k, vol in enumerate(vols):
                 lo, hi = _finite_range(vol, has_bad=bool(bad))
                 intensity.append({"min": lo, "max": hi})
+                if self.on("finite") and lo is not None and hi is not None and max(-lo, hi) > MAX_PLAUSIBLE_INTENSITY:
+                    which = f" channel {k}" if len(vols) > 1 else ""
+                    self.error(
+                        f,
+                        "finite",
+                        f"image{which} holds values up to {max(-lo, hi):.3g} (range {lo:.3g} .. {hi:.3g}): beyond "
+                        f"{MAX_PLAUSIBLE_INTENSITY:.0e}, no scan's intensities, and normalising them overflows "
+                        "float32 to NaN; byte-swapped or damaged data?",
+                    )
                 if self.on("intensity") and lo is not None and lo == hi:
                     which = f" channel {k}" if len(vols) > 1 else ""
                     self.warn(f, "intensity", f"image{which} is constant (every finite voxel is {lo:g}): blank scan?")
@@ -357,6 +366,11 @@ def _is_float_dtype(name: str) -> bool:
         return np.dtype(name).kind == "f"
     except TypeError:
         return "float" in name.lower()
+
+
+#: Largest intensity magnitude taken as a scan's (CT: Hounsfield units within +-32768; MR and PET far below this).
+#: Beyond it the squares of a z-score's variance overflow float32 over a volume's voxels and normalising gives NaN.
+MAX_PLAUSIBLE_INTENSITY = 1e12
 
 
 def _nonfinite(arr: np.ndarray) -> int:

@@ -87,6 +87,10 @@ def fingerprint_case(
     except DataError as e:
         raise DataError(e.problem, e.path, case.id) from e
     label = np.rint(np.asarray(label)).astype(np.int64)
+    if label.ndim == 4 and label.shape[3] == 1:  # (X, Y, Z, 1): one 3D label map, as the loaders read it
+        label = label[..., 0]
+    if label.ndim != 3:
+        raise DataError(f"label has shape {label.shape}: expected one 3D label map", lab_path, case.id)
     spatial = channels[0].shape
     if label.shape[:3] != spatial[:3]:
         raise DataError(f"label shape {label.shape} differs from image shape {spatial}", lab_path, case.id)

@@ -285,6 +285,25 @@ def choose_patch(
     raise DataError(f"could not fit a patch into a {budget_mb} MiB budget")
 
 
+#: Most voxels of the median volume on a plan's grid: a 1024^3 volume (4 GiB of float32 per channel).
+MAX_RESAMPLED_VOXELS = 1024**3
+
+
+def _check_resampled_shape(median_shape: np.ndarray, target: Sequence[float], chosen: Sequence[float]) -> None:
+    """Refuse a ``--spacing`` that leaves the median volume fewer than :data:`MIN_FEATURE_SIZE` voxels along an
+    axis (nothing to segment: the network's first level is that small) or more than :data:`MAX_RESAMPLED_VOXELS`
+    (training would try to allocate tens of GB per volume), naming the shape and the fingerprint's own choice."""
+    shape = [round(float(v)) for v in median_shape]
+    hint = (
+        f"the dataset's median volume would be {shape} voxels at {list(target)} mm "
+        f"(its own spacing: {[round(float(v), 3) for v in chosen]})"
+    )
+    if min(median_shape) < MIN_FEATURE_SIZE:
+        raise DataError(f"--spacing is too coarse: {hint}, under {MIN_FEATURE_SIZE} voxels along an axis")
+    if float(np.prod(median_shape)) > MAX_RESAMPLED_VOXELS:
+        raise DataError(f"--spacing is too fine: {hint}, over {MAX_RESAMPLED_VOXELS:,} voxels")
+
+
 def make_plan(
     manifest: Manifest,
     *,
@@ -364,6 +383,8 @@ def make_plan(
         aniso = is_anisotropic(target)
     resampled = np.array([np.array(f.shape) * np.array(f.spacing) / np.array(target) for f in fps])
     median_shape = np.median(resampled, axis=0)
+    if target_spacing is not None:
+        _check_resampled_shape(median_shape, target, chosen)
     patch, strides, kernels, mem = choose_patch(median_shape, target, memory_budget_mb, batch_size, len(names))
 
     crop = bool(overall["body_bbox_fraction_median"] < CROP_BELOW)

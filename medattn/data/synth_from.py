@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from medattn.data.gate import refusal_line
 from medattn.data.io import atomic_write_text, read_volume
 from medattn.data.manifest import Case, Domain, Manifest
 from medattn.data.scanner_table import get_profiles
@@ -31,6 +32,7 @@ from medattn.data.synth_writer import (
     profile_doc,
     write_case,
 )
+from medattn.data.validate import validate_case
 from medattn.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,9 @@ def synth_from(
 
     Domain ``D`` gives ``D`` (pointing at the source files) and one domain ``D_<profile>`` per profile, with case
     ids ``<id>_<profile>`` and the source domain's splits (or :func:`default_splits`). A case that cannot be read
-    is logged, named in ``failures`` and left out of every domain.
+    is logged, named in ``failures`` and left out of every domain; so is one the input checks refuse
+    (:func:`~medattn.data.validate.validate_case`: non-finite voxels, undeclared label values, a label off the
+    image grid).
     """
     profiles = list(profiles) if profiles is not None else get_profiles(None)
     if cases is not None and cases < 1:
@@ -95,6 +99,13 @@ def synth_from(
         derived: dict[str, list[Case]] = {p.name: [] for p in profiles}
         for case in dom_cases:
             bar.update()
+            # the input checks first: a source case with NaN voxels or an undeclared label value would become
+            # simulated scans that look valid (NaN through the intensity curve is an all-zero image)
+            checked = validate_case(source, dom, case, data_root=data_root)
+            if not checked.ok:
+                failures[case.id] = refusal_line(checked)
+                log.error("skipped case %r of domain %r: %s", case.id, dom.name, refusal_line(checked))
+                continue
             try:
                 image, label, affine, inputs = _read_case(source, case, data_root)
                 rels = [PurePosixPath(Path(os.path.relpath(p, root))).as_posix() for p in inputs]

@@ -94,6 +94,16 @@ def _fixed(d: Domain, split_seed: int) -> tuple[list[str], list[str], str]:
     labelled = set(_labelled(d))
     held_out = d.held_out_ids()
     train = [i for i in d.splits["train"] if i in labelled]
+    listed = {i for ids in d.splits.values() for i in ids}
+    unused = sorted(labelled - listed)
+    if unused:  # a case added to the manifest without adding it to a split
+        log.warning(
+            "domain %r: %d labelled case(s) are in none of its splits and are not used: %s%s",
+            d.name,
+            len(unused),
+            unused[:5],
+            " ..." if len(unused) > 5 else "",
+        )
     leaked = sorted(set(train) & held_out)
     if leaked:
         raise ConfigError(
@@ -157,12 +167,24 @@ def make_split(manifest: Manifest, fold: str, folds: int = 5, split_seed: int = 
     else:
         if not fold.isdigit():
             raise ConfigError(f"fold: expected 0..{folds - 1}, 'fixed' or 'all', got {fold!r}")
+        pool = sum(len([i for i in _labelled(d) if i not in d.held_out_ids()]) for d in manifest.domains)
+        if pool < folds:
+            raise ConfigError(
+                f"{manifest.name}: {folds} folds need at least {folds} labelled cases outside the test split, "
+                f"found {pool}: some folds would validate on nothing and train on the same cases"
+            )
         for d in manifest.domains:
             held_out = d.held_out_ids()
             t, v = kfold([i for i in _labelled(d) if i not in held_out], folds, int(fold), split_seed)
             train += t
             val += v
         desc = f"fold {fold} of {folds} (split seed {split_seed}, stratified by domain){left_out}"
+        if not val:  # the domains stratified apart: each has fewer cases than folds
+            sizes = {d.name: len([i for i in _labelled(d) if i not in d.held_out_ids()]) for d in manifest.domains}
+            raise ConfigError(
+                f"{manifest.name}: fold {fold} of {folds} validates on no case (labelled cases outside the test "
+                f"split per domain: {sizes}; each domain is split into {folds} folds); use fewer folds"
+            )
     if not train:
         raise ConfigError(f"{manifest.name}: no labelled case to train on ({desc})")
     overlap = set(train) & set(val)

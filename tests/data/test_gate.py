@@ -65,6 +65,21 @@ def test_nonfinite_voxels_are_refused_with_count_and_first_index(tmp_path: Path,
     assert "replaced" in replaced.warnings[0].message
 
 
+def test_finite_values_too_large_for_any_scan_are_refused(tmp_path: Path) -> None:
+    """Byte-swapped or damaged float data can hold finite values near float32's limit: their z-score is NaN
+    (checked here with NumPy in float32), which would stop training with a NaN loss naming no case."""
+    image, _ = blob_case((16, 18, 20), seed=0)
+    huge = (image / np.abs(image).max() * 3e38).astype(np.float32)
+    with np.errstate(all="ignore"):
+        z = (huge - huge.mean()) / huge.std()
+    assert not np.isfinite(z).all()  # what normalising it would give
+    result = check_image_case("huge", [write_nifti(tmp_path / "huge.nii.gz", huge)], ["MRI"])
+    assert not result.ok and [p.check for p in result.errors] == ["finite"]
+    assert "values up to 3e+38" in result.errors[0].message and "overflows" in result.errors[0].message
+    ct = (image / np.abs(image).max() * 3000 - 1000).astype(np.float32)  # Hounsfield units pass
+    assert check_image_case("ct", [write_nifti(tmp_path / "ct.nii.gz", ct)], ["CT"]).ok
+
+
 def test_gate_manifest_names_every_bad_case(make_msd) -> None:
     root = make_msd(n=4)
     image, label = blob_case((16, 18, 20), seed=1)

@@ -213,3 +213,34 @@ def test_plan_spacing_override_coarsens_the_grid(make_msd, tmp_path: Path, capsy
         assert e.value.code == 2
         assert "--spacing" in capsys.readouterr().err
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_plan_refuses_a_spacing_that_leaves_nothing_or_too_much_to_train_on(make_msd, tmp_path: Path, capsys) -> None:
+    """``--spacing 100,100,100`` would give a median volume of 0 voxels, ``1e-6,1,1`` one of millions along an
+    axis (training then fails elsewhere, or allocates tens of GB): refused, naming the shape; no plan written.
+    ``--max-cases`` below 1 is a usage error."""
+    root = make_msd(n=3)
+    for bad, word in (("100,100,100", "too coarse"), ("1e-6,1,1", "too fine")):
+        out = tmp_path / f"{word}.json"
+        assert main(["plan", str(root), "-o", str(out), "--quiet", "--spacing", bad]) != 0
+        err = capsys.readouterr().err
+        assert f"--spacing is too {word.split()[1]}" in err and "median volume would be" in err
+        assert not out.exists()
+    for bad in ("0", "-1", "x"):
+        with pytest.raises(SystemExit) as e:
+            main(["plan", str(root), "-o", str(tmp_path / "p.json"), "--max-cases", bad])
+        assert e.value.code == 2 and "--max-cases" in capsys.readouterr().err
+
+
+def test_a_label_stored_as_x_y_z_1_is_planned_like_its_3d_map(make_msd) -> None:
+    import nibabel as nib
+
+    root = make_msd(n=3)
+    flat = make_plan(load_dataset(root))
+    path = root / "labelsTr" / "blob_001.nii.gz"
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., None], img.affine), str(path))
+    four = make_plan(load_dataset(root))
+    assert four.fingerprint["cases_used"] == 3 and not four.fingerprint.get("skipped_cases")
+    assert four.median_shape == flat.median_shape and four.patch_size == flat.patch_size
+    assert four.channels == flat.channels  # the foreground intensity statistics too

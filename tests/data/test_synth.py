@@ -297,3 +297,30 @@ def test_synth_from_skips_and_names_a_bad_case(
     for dom in manifest.domains:
         assert len(dom.cases) == 2 and not any("blob_001" in c.id for c in dom.cases)
     assert not list(out.rglob("blob_001*"))
+
+
+def test_synth_from_leaves_out_cases_the_input_checks_refuse(
+    make_msd: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A source image with NaN voxels would become an all-zero "scan" carrying the real label, and an undeclared
+    label value would be copied into every simulated domain: both cases are refused by the input checks, named,
+    and left out (exit 1)."""
+    import nibabel as nib
+
+    root = make_msd(n=4, shape=(16, 18, 20))
+    img = nib.load(root / "imagesTr" / "blob_001.nii.gz")
+    voxels = np.asarray(img.dataobj, dtype=np.float32)
+    voxels[3, 4, 5] = np.nan
+    nib.save(nib.Nifti1Image(voxels, img.affine), str(root / "imagesTr" / "blob_001.nii.gz"))
+    lab = nib.load(root / "labelsTr" / "blob_002.nii.gz")
+    values = np.asarray(lab.dataobj).copy()
+    values[0, 0, 0] = 7  # the dataset declares 0, 1, 2
+    nib.save(nib.Nifti1Image(values, lab.affine, lab.header), str(root / "labelsTr" / "blob_002.nii.gz"))
+    out = tmp_path / "out"
+    assert main(["synth", str(out), "--from", str(root), "--scanners", "A,B", "--quiet"]) == 1
+    printed = capsys.readouterr().out
+    assert "blob_001" in printed and "blob_002" in printed
+    manifest = Manifest.load(out / "manifest.json")
+    for dom in manifest.domains:
+        assert sorted(c.id.split("_B")[0].split("_A")[0] for c in dom.cases) == ["blob_000", "blob_003"]
+    assert not list(out.rglob("blob_001*")) and not list(out.rglob("blob_002*"))

@@ -168,6 +168,24 @@ def test_crossval_refuses_a_fold_that_validates_on_a_test_case(tmp_path: Path, c
     assert not (tmp_path / "run" / "postprocessing.json").exists()
 
 
+def test_crossval_refuses_a_k_fold_run_missing_a_fold(tmp_path: Path, capsys) -> None:
+    """Folds 0 and 2 of a 3-fold run: fold 1's validation cases would have no out-of-fold prediction, and the
+    scores and the rule would cover part of the cases while saying "all"; refused, naming the fold."""
+    from medattn.models import build_model
+    from medattn.models.model_file import save_model
+    from tests.infer.conftest import small_plan
+
+    data = blob_dataset(tmp_path / "blobs")
+    for k, val in ((0, ["c0", "c1"]), (2, ["c4", "c5"])):
+        fold = tmp_path / "run" / f"fold_{k}"
+        save_model(fold / "model.pt", build_model("ag_unet", 1, 3, channels=(4, 8, 16)), small_plan())
+        (fold / "split.json").write_text(json.dumps({"train": [], "val": val}))
+        (fold / "config.json").write_text(json.dumps({"folds": 3, "fold": str(k)}))
+    assert main(["crossval", str(tmp_path / "run"), str(data), "--quiet"]) != 0
+    assert "3-fold split but fold_1 is missing" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "postprocessing.json").exists() and not (tmp_path / "run" / "crossval").exists()
+
+
 def test_crossval_of_a_single_run_uses_its_val_cases_only(tmp_path: Path, capsys) -> None:
     """A dataset too small for folds: ``crossval RUN`` on one ``--fold fixed`` run predicts the manifest's val
     cases (never train, never test) and writes ``RUN/postprocessing.json``, which ``predict RUN`` applies; a run

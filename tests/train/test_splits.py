@@ -142,3 +142,25 @@ def test_unlabelled_cases_are_left_out() -> None:
     d = replace(d, cases=(replace(d.cases[0], label=None), *d.cases[1:]))
     split = make_split(replace(m, domains=(d, m.domains[1])), "all")
     assert "siteA_00" not in split.train and len(split.train) == 11
+
+
+def test_more_folds_than_cases_is_refused() -> None:
+    """10 folds of 4 + 4 cases would leave folds that validate on nothing and train on the same cases (and go into
+    an ensemble as near-copies); 5 folds of two domains with 4 cases each leave fold 4 without a validation case."""
+    m = manifest(n=(4, 4))
+    with pytest.raises(ConfigError, match="10 folds need at least 10 labelled cases outside the test split, found 8"):
+        make_split(m, "0", folds=10)
+    assert make_split(m, "3", folds=5).val  # folds 0..3 each validate on a case of each domain
+    with pytest.raises(ConfigError, match=r"fold 4 of 5 validates on no case .*'siteA': 4, 'siteB': 4"):
+        make_split(m, "4", folds=5)
+
+
+def test_a_labelled_case_in_no_split_is_named(caplog: pytest.LogCaptureFixture) -> None:
+    m = manifest(splits=True)
+    d = m.domains[0]
+    extra = Case("siteA_new", ("siteA/new.nii.gz",), "siteA/new_seg.nii.gz")  # added without adding it to a split
+    m = replace(m, domains=(replace(d, cases=(*d.cases, extra)), *m.domains[1:]))
+    with caplog.at_level("WARNING"):
+        split = make_split(m, "fixed")
+    assert "siteA_new" not in split.train + split.val
+    assert "domain 'siteA': 1 labelled case(s) are in none of its splits and are not used: ['siteA_new']" in caplog.text
