@@ -419,5 +419,10 @@ def _fmt(values: Iterable[float]) -> str:
 
 
 def _list(values: np.ndarray) -> str:
-    shown = ", ".join(f"{float(v):g}" for v in values[:_MAX_LISTED])
+    """``e.g. 1.0000001, 2.5, ...``: each value as its shortest exact form in its own dtype (``%g`` would show a
+    float32 1.0000001 as the integer it is not)."""
+    shown = ", ".join(
+        np.format_float_positional(v, trim="-") if values.dtype.kind == "f" else f"{float(v):g}"
+        for v in values[:_MAX_LISTED]
+    )
     return f"e.g. {shown}" + (", ..." if len(values) > _MAX_LISTED else "")

@@ -123,6 +123,14 @@ def c_fractional(root: Path) -> tuple[Path, str, list[str]]:
     return lab_path(root), "labels", ["1 voxel with non-integer values", "e.g. 0.5"]
 
 
+def c_nearly_integer(root: Path) -> tuple[Path, str, list[str]]:
+    _, label = blob_case(SHAPE, 1)
+    lab = label.astype(np.float32)
+    lab[lab == 1] = np.float32(1.0000001)  # shown as it is, not rounded to the integer it is not
+    write_nifti(lab_path(root), lab)
+    return lab_path(root), "labels", ["with non-integer values", "e.g. 1.0000001"]
+
+
 def c_nan(root: Path) -> tuple[Path, str, list[str]]:
     image, _ = blob_case(SHAPE, 1)
     image[2, 3, 4:7] = np.nan
@@ -182,8 +190,8 @@ def c_metres(root: Path) -> tuple[Path, str, list[str]]:
 
 
 CORRUPTIONS = [
-    c_truncated, c_2d, c_shape, c_origin, c_orientation, c_voxel_size, c_undeclared, c_fractional, c_nan, c_inf,
-    c_missing_label, c_missing_image, c_garbage, c_4d, c_label_4d, c_zero_spacing, c_metres,
+    c_truncated, c_2d, c_shape, c_origin, c_orientation, c_voxel_size, c_undeclared, c_fractional, c_nearly_integer,
+    c_nan, c_inf, c_missing_label, c_missing_image, c_garbage, c_4d, c_label_4d, c_zero_spacing, c_metres,
 ]  # fmt: skip
 
 

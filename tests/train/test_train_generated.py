@@ -96,6 +96,45 @@ def test_killed_run_resumes_exactly_on_generated_data(full_run: Path, data: Path
     assert main(["train", str(data), "--out", str(run), "--resume", "--epochs", "5", "--quiet"]) == 2
 
 
+def test_resume_refuses_data_whose_files_changed_since_the_run_started(
+    full_run: Path, data: Path, tmp_path: Path
+) -> None:
+    """``split.json`` records a digest of every training and validation case's files; a label edited in place (or
+    another dataset with the same case ids) is refused on ``--resume``, naming the case."""
+    import shutil
+
+    import nibabel as nib
+
+    from medattn.data.importers import load_dataset
+    from medattn.errors import DataError
+    from medattn.train.config import TrainConfig
+    from medattn.train.trainer import EpochRecord, train
+
+    copy = tmp_path / "blobs"
+    shutil.copytree(data.parent, copy)  # the dataset folder of the manifest ``data``
+    manifest = load_dataset(copy / data.name)
+    run = tmp_path / "run"
+
+    def kill_after_first_epoch(record: EpochRecord) -> None:
+        if record.epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        config = TrainConfig.load(full_run / "config.json")
+        train(config, manifest, run, progress=False, on_epoch_end=kill_after_first_epoch)
+    split = json.loads((run / "split.json").read_text())
+    assert sorted(split["file_digests"]) == sorted(split["train"] + split["val"])
+    case = next(c for _, c in manifest.iter_cases() if c.id == split["train"][0])
+    assert case.label is not None
+    path = manifest.resolve(case.label)
+    img = nib.load(path)
+    edited = np.asarray(img.dataobj).copy()
+    edited[edited == 2] = 1  # a label corrected in place: same id, same grid, other voxels
+    nib.save(nib.Nifti1Image(edited, img.affine, img.header), str(path))
+    with pytest.raises(DataError, match=rf"files of 1 case\(s\) differ .*{case.id}"):
+        train(None, manifest, run, resume=True, progress=False)
+
+
 # ---- the input gate ---------------------------------------------------------------------------------------------
 
 
