@@ -230,6 +230,12 @@ class CaseChecker:
             )
         if self.on("affine"):
             why = _affine_mismatch(ref.header.affine, f.header.affine, self.tol)
+            if why and _same_world_grid(ref, f, self.tol):
+                why = (
+                    f"it covers the same voxels stored in another orientation ({axcodes(f.header.affine)}, image "
+                    f"{axcodes(ref.header.affine)}), which medattn does not reorient: store it in the image's "
+                    "orientation (e.g. nibabel's as_reoriented, or the tool that made it)"
+                )
             if why:
                 self.error(f, "affine", f"{other} is not on the grid of image {ref.rel}: {why}")
 
@@ -330,6 +336,23 @@ class CaseChecker:
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------
+
+
+def _same_world_grid(ref: _File, f: _File, tol: Tolerances) -> bool:
+    """Whether ``f``'s voxel centres are ``ref``'s, listed in another axis order or direction (a flipped or
+    permuted copy of the same grid): each corner voxel of one lies on a corner voxel of the other."""
+    if ref.header is None or f.header is None or ref.spatial is None or f.spatial is None:
+        return False
+    if len(ref.spatial) < 3 or len(f.spatial) < 3 or sorted(ref.spatial[:3]) != sorted(f.spatial[:3]):
+        return False
+
+    def corners(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        idx = np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
+        return idx @ np.asarray(affine, float)[:3, :3].T + np.asarray(affine, float)[:3, 3]
+
+    a, b = corners(ref.header.affine, ref.spatial), corners(f.header.affine, f.spatial)
+    dist = np.linalg.norm(a[:, None, :] - b[None, :, :], axis=-1)
+    return bool(np.all(dist.min(axis=1) <= tol.origin_atol_mm) and np.all(dist.min(axis=0) <= tol.origin_atol_mm))
 
 
 def _affine_mismatch(a: np.ndarray, b: np.ndarray, tol: Tolerances) -> str | None:

@@ -102,6 +102,14 @@ def c_orientation(root: Path) -> tuple[Path, str, list[str]]:
     return lab_path(root), "affine", ["orientation LAS, image RAS"]
 
 
+def c_reoriented(root: Path) -> tuple[Path, str, list[str]]:
+    _, label = blob_case(SHAPE, 1)
+    flipped = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flipped[0, 3] = SHAPE[0] - 1  # the image's own voxels, listed from the other end of x
+    write_nifti(lab_path(root), label[::-1].copy(), flipped)
+    return lab_path(root), "affine", ["covers the same voxels stored in another orientation (LAS, image RAS)"]
+
+
 def c_voxel_size(root: Path) -> tuple[Path, str, list[str]]:
     _, label = blob_case(SHAPE, 1)
     write_nifti(lab_path(root), label, np.diag([1.0, 1.0, 2.0, 1.0]))
@@ -190,8 +198,8 @@ def c_metres(root: Path) -> tuple[Path, str, list[str]]:
 
 
 CORRUPTIONS = [
-    c_truncated, c_2d, c_shape, c_origin, c_orientation, c_voxel_size, c_undeclared, c_fractional, c_nearly_integer,
-    c_nan, c_inf, c_missing_label, c_missing_image, c_garbage, c_4d, c_label_4d, c_zero_spacing, c_metres,
+    c_truncated, c_2d, c_shape, c_origin, c_orientation, c_reoriented, c_voxel_size, c_undeclared, c_fractional,
+    c_nearly_integer, c_nan, c_inf, c_missing_label, c_missing_image, c_garbage, c_4d, c_label_4d, c_zero_spacing, c_metres,
 ]  # fmt: skip
 
 
