@@ -199,7 +199,8 @@ def c_metres(root: Path) -> tuple[Path, str, list[str]]:
 
 CORRUPTIONS = [
     c_truncated, c_2d, c_shape, c_origin, c_orientation, c_reoriented, c_voxel_size, c_undeclared, c_fractional,
-    c_nearly_integer, c_nan, c_inf, c_missing_label, c_missing_image, c_garbage, c_4d, c_label_4d, c_zero_spacing, c_metres,
+    c_nearly_integer, c_nan, c_inf, c_missing_label, c_missing_image, c_garbage, c_4d, c_label_4d, c_zero_spacing,
+    c_metres,
 ]  # fmt: skip
 
 
