@@ -61,10 +61,15 @@ def add_import_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--channels", help="folder layout: comma-separated channel file stems in order, e.g. FLAIR,T1")
     g.add_argument("--label-name", help="folder layout: stem of the label file in each case folder, e.g. GT_W")
     g.add_argument("--modality", help="modality of every channel when the layout does not say (MR, CT, ...)")
+    g.add_argument(
+        "--labels",
+        help="folder, BIDS or DICOM layout (which declare 0 background, 1 foreground): the label values and names, "
+        "e.g. 1=edema,2=core (0 is background unless named)",
+    )
 
 
 #: Destinations of :func:`add_import_options`, as :func:`medattn.data.importers.load_dataset` names them.
-IMPORT_OPTIONS = ("domain_from", "channels", "label_name", "modality")
+IMPORT_OPTIONS = ("domain_from", "channels", "label_name", "modality", "labels")
 
 
 def add_seed(p: Options, default: int = 0) -> None:

@@ -329,7 +329,9 @@ class CaseChecker:
                 f,
                 "labels",
                 f"label value(s) {found}{more} not declared; declared labels: "
-                + ", ".join(f"{k} ({v})" for k, v in declared.items()),
+                + ", ".join(f"{k} ({v})" for k, v in declared.items())
+                + " (a folder, BIDS or DICOM dataset declares more with --labels 1=NAME,2=NAME; a manifest or "
+                "dataset.json in its 'labels')",
             )
         elif len(values) and set(int(v) for v in values) == {0}:
             self.warn(f, "labels", "label holds only background (0): a negative case, or the wrong file?")

@@ -306,7 +306,8 @@ class Manifest:
         if not isinstance(domains_raw, list) or not domains_raw:
             raise fail("'domains' must be a non-empty list")
         domains = []
-        seen_ids: set[str] = set()
+        seen_ids: dict[str, str] = {}  # case id -> its domain
+        seen_files: dict[tuple[str, ...], str] = {}  # a case's image files -> its id
         seen_domains: set[str] = set()
         for di, dd in enumerate(domains_raw):
             if not isinstance(dd, Mapping) or "name" not in dd or "cases" not in dd:
@@ -327,8 +328,13 @@ class Manifest:
                 if problem is not None:
                     raise fail(f"domain {dname!r}, case id {cid!r}: {problem}")
                 if cid in seen_ids:
-                    raise fail(f"case id {cid!r} appears twice")
-                seen_ids.add(cid)
+                    where_ = (
+                        f" (in domains {seen_ids[cid]!r} and {dname!r}; case ids must be unique across domains)"
+                        if seen_ids[cid] != dname
+                        else ""
+                    )
+                    raise fail(f"case id {cid!r} appears twice{where_}")
+                seen_ids[cid] = dname
                 images = cd["images"]
                 if isinstance(images, str):
                     images = [images]
@@ -339,6 +345,10 @@ class Manifest:
                         f"case {cid!r} lists {len(images)} image files but the manifest declares "
                         f"{len(channels)} channels (give one file per channel, or one 4D file)"
                     )
+                files = tuple(PurePosixPath(p).as_posix() for p in images)
+                if files in seen_files:  # one scan twice: k-fold could train on it and validate on it
+                    raise fail(f"cases {seen_files[files]!r} and {cid!r} list the same image file(s) {list(files)[:2]}")
+                seen_files[files] = cid
                 entries = [(f"images[{i}]", p) for i, p in enumerate(images)]
                 if cd.get("label"):
                     entries.append(("label", cd["label"]))

@@ -16,6 +16,8 @@ Training checkpoints (optimiser, scheduler, RNG state) are the trainer's busines
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,10 +88,21 @@ def load_model(path: str | Path, device: DeviceLike = "cpu") -> LoadedModel:
     path = Path(path)
     if not path.is_file():
         raise DataError("model file does not exist", path)
+    if not zipfile.is_zipfile(path):  # what torch.save writes; anything else would be unpickled as a legacy file
+        raise DataError(
+            "cannot load model file: not a PyTorch zip archive (truncated, corrupt, or another format)", path
+        )
     try:
         doc = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle/zip errors come in many types
-        raise DataError(f"cannot load model file ({type(e).__name__}: {e})", path) from e
+    except pickle.UnpicklingError as e:  # weights_only refused an object: not written by medattn (or tampered)
+        raise DataError(
+            "not a medattn model file: it holds Python objects beyond tensors and plain values, which are not "
+            "loaded; never load it with weights_only=False unless you trust where it came from",
+            path,
+        ) from e
+    except Exception as e:  # zip and read errors come in many types
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise DataError(f"cannot load model file: truncated or corrupt ({type(e).__name__}: {first})", path) from e
     if not isinstance(doc, dict) or doc.get("format") != MODEL_FORMAT:
         raise DataError(
             f"not a medattn model file (format {doc.get('format') if isinstance(doc, dict) else None!r})", path
@@ -101,6 +114,11 @@ def load_model(path: str | Path, device: DeviceLike = "cpu") -> LoadedModel:
         plan = Plan.from_dict(doc["plan"])
     except Exception as e:
         raise DataError(f"model file is inconsistent: {e}", path) from e
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    if bad:  # a diverged or damaged training: every mask it predicts would be garbage
+        raise DataError(
+            f"model file holds non-finite (NaN or Inf) weights in {len(bad)} tensor(s), e.g. {bad[0]}", path
+        )
     model.to(device).eval()
     labels = {int(k): str(v) for k, v in doc.get("labels", {}).items()}
     return LoadedModel(model=model, plan=plan, labels=labels, meta=dict(doc.get("meta", {})), doc=doc)

@@ -135,6 +135,14 @@ def test_an_incomplete_or_odd_case_folder_is_left_out_alone_and_named(
     assert [c.id for c in m.domains[1].cases] == ["siteB0", "siteB1"]
     assert "siteA0: case left out: it holds extra file(s) ['T1_brain']" in caplog.text
     assert "siteB2: case left out: it lacks channel file(s) ['FLAIR']" in caplog.text
+    other = tmp_path / "other"
+    _sites(other)
+    (other / "siteB" / "siteB1" / "T1.nii").write_bytes(b"")  # beside T1.nii.gz: one channel in two files
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        m = load_dataset(other)
+    assert [c.id for c in m.domains[1].cases] == ["siteB0", "siteB2"]
+    assert "siteB1: case left out: it holds ['T1.nii', 'T1.nii.gz'], one channel in two files" in caplog.text
     named = load_dataset(root, channels="T1,FLAIR")  # named channels: the extra file is simply not one of them
     assert [c.id for c in named.domains[0].cases] == ["siteA0", "siteA1", "siteA2"]
     assert [c.id for c in named.domains[1].cases] == ["siteB0", "siteB1"]
@@ -436,3 +444,26 @@ def test_validate_refuses_manifest_climbing_out(tmp_path: Path, capsys: pytest.C
         "data root; a manifest written by an earlier `medattn synth --from` is fixed by running that command again)"
     ]
     assert not (tmp_path / "report.json").exists()
+
+
+def test_labels_option_declares_the_classes_of_a_folder_dataset(tmp_path: Path, make_msd) -> None:
+    """A folder layout declares 0 and 1 only; a three-class label (blob cases hold 0, 1, 2) is refused until
+    ``--labels`` declares the classes. A manifest or dataset.json declares its own, and other ones are refused."""
+    from medattn.cli import main
+    from medattn.data.importers import parse_labels
+
+    root = tmp_path / "sites"
+    _sites(root, cases=2)
+    assert load_dataset(root).labels == {0: "background", 1: "foreground"}
+    m = load_dataset(root, labels="1=core,2=rim")
+    assert m.labels == {0: "background", 1: "core", 2: "rim"}
+    assert main(["validate", str(root), "-o", "", "--quiet"]) == 1
+    assert main(["validate", str(root), "-o", "", "--quiet", "--labels", "1=core,2=rim"]) == 0
+    assert parse_labels({0: "bg", 3: "x"}) == {0: "bg", 3: "x"}
+    for bad, why in (("1", "is not VALUE=NAME"), ("a=b", "is not a whole number"), ("1=a,1=b", "named twice")):
+        with pytest.raises(ManifestError, match=why):
+            parse_labels(bad)
+    msd = make_msd(n=2)  # its dataset.json declares 0, 1, 2
+    assert load_dataset(msd, labels="1=core,2=rim").labels == {0: "background", 1: "core", 2: "rim"}
+    with pytest.raises(ManifestError, match="declares its own labels"):
+        load_dataset(msd, labels="1=tumour")

@@ -75,7 +75,8 @@ def test_save_rewrites_root_relative_to_new_location(tmp_path: Path) -> None:
     [
         (lambda d: d.pop("domains"), "missing required key 'domains'"),
         (lambda d: d["domains"][0]["cases"][0].update(images=["/abs/a1.nii.gz"]), "is absolute"),
-        (lambda d: d["domains"][1]["cases"][0].update(id="a1"), "case id 'a1' appears twice"),
+        (lambda d: d["domains"][1]["cases"][0].update(id="a1"), "case id 'a1' appears twice (in domains 'siteA' and"),
+        (lambda d: d["domains"][1]["cases"][0].update(images="a/a1.nii.gz"), "cases 'a1' and 'b1' list the same"),
         (lambda d: d["domains"][0]["splits"].update(val=["zz"]), "names unknown cases ['zz']"),
         (lambda d: d["domains"][0]["cases"][0].update(images=["x", "y"]), "lists 2 image files"),
         (lambda d: d.update(labels={"one": "organ"}), "label entry 'one'"),

@@ -20,11 +20,19 @@ and no notion of domains; that is what this module adds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from medattn.data.importers.bids import import_bids, is_bids, parse_bids_name
-from medattn.data.importers.common import DEFAULT_LABELS, SIDECAR_KEYS, as_list, is_label_stem, read_sidecar
+from medattn.data.importers.common import (
+    DEFAULT_LABELS,
+    SIDECAR_KEYS,
+    as_list,
+    finish,
+    is_label_stem,
+    read_sidecar,
+)
 from medattn.data.importers.decathlon import import_dataset_json, import_msd, import_nnunet_v2
 from medattn.data.importers.dicom import has_series, import_dicom
 from medattn.data.importers.folders import import_domain_folders
@@ -59,6 +67,7 @@ def load_dataset(
     channels: str | Sequence[str] | None = None,
     label_name: str | None = None,
     modality: str | None = None,
+    labels: str | Mapping[int, str] | None = None,
 ) -> Manifest:
     """Load a manifest or import a dataset folder; ``PATH:DOMAIN[,DOMAIN...]`` selects and orders domains.
 
@@ -69,12 +78,16 @@ def load_dataset(
         channels: folder/BIDS layouts: channel file stems (or BIDS suffixes) in network order, e.g. ``"FLAIR,T1"``.
         label_name: folder layouts: stem (or stem ending) of the label file, e.g. ``"GT_W"``.
         modality: modality of every channel when the layout does not say (``"MR"``, ``"CT"``).
+        labels: layouts that declare no labels (folders, BIDS, DICOM; they default to 0 background and 1
+            foreground): the label values and names, ``"1=edema,2=core"`` (0 is background unless named) or a
+            mapping. A manifest or ``dataset.json`` declares its own, and giving other ones is refused.
 
     Raises:
         ManifestError: naming the file or folder that could not be understood.
     """
     path, domains = split_spec(spec)
     chans = as_list(channels)
+    declared = path.is_file() or (path / "manifest.json").is_file() or (path / "dataset.json").is_file()
     if path.is_file():
         if path.name == "dataset.json":
             manifest = import_dataset_json(path.parent, modality)
@@ -86,9 +99,39 @@ def load_dataset(
         )
     else:
         raise ManifestError("no such file or folder", path)
+    if labels is not None:
+        wanted = parse_labels(labels, path)
+        if declared and wanted != dict(manifest.labels):
+            raise ManifestError(
+                f"--labels: the dataset declares its own labels {dict(manifest.labels)}; change them there", path
+            )
+        manifest = finish(replace(manifest, labels=wanted), path)
     if domains:
         manifest = manifest.select(domains)
     return manifest
+
+
+def parse_labels(labels: str | Mapping[int, str], where: Path | None = None) -> dict[int, str]:
+    """``"1=edema,2=core"`` (or a mapping) as ``{0: "background", 1: "edema", 2: "core"}``; 0 is background unless
+    named. Raises ManifestError naming the entry that is not ``VALUE=NAME`` with a whole VALUE >= 0."""
+    if isinstance(labels, Mapping):
+        items = [(str(k), str(v)) for k, v in labels.items()]
+    else:
+        items = []
+        for entry in (e.strip() for e in str(labels).split(",") if e.strip()):
+            value, sep, name = entry.partition("=")
+            if not sep or not name.strip():
+                raise ManifestError(f"--labels: {entry!r} is not VALUE=NAME (e.g. 1=edema,2=core)", where)
+            items.append((value.strip(), name.strip()))
+    out: dict[int, str] = {}
+    for value, name in items:
+        if not value.isdigit():
+            raise ManifestError(f"--labels: label value {value!r} is not a whole number >= 0", where)
+        if int(value) in out:
+            raise ManifestError(f"--labels: label value {value} is named twice", where)
+        out[int(value)] = name
+    out.setdefault(0, "background")
+    return dict(sorted(out.items()))
 
 
 def split_spec(spec: str | Path) -> tuple[Path, list[str]]:

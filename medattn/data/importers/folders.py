@@ -178,14 +178,25 @@ def _case_folders(
     most case folders hold when ``channels`` is not given) or holds an extra one is left out, named, and the others
     import; when no channel set is held by most case folders the import is refused, naming them."""
     found: list[tuple[Path, list[str], dict[str, Path], Path | None]] = []
+    ambiguous: list[str] = []
     for cdir in case_dirs:
-        files = {strip_suffix(f.name): f for f in _visible_files(cdir) if has_suffix(f, IMAGE_SUFFIXES)}
+        images = [f for f in _visible_files(cdir) if has_suffix(f, IMAGE_SUFFIXES)]
+        files = {strip_suffix(f.name): f for f in images}
         if not files:
+            continue
+        if len(files) < len(images):  # T1.nii beside T1.nii.gz: which one is the channel?
+            twins = sorted(
+                f.name for f in images if sum(strip_suffix(g.name) == strip_suffix(f.name) for g in images) > 1
+            )
+            log.warning("%s: case left out: it holds %s, one channel in two files", cdir, twins)
+            ambiguous.append(f"{cdir.name} holds {twins}")
             continue
         label = _pick_label(files, label_name, cdir)
         chan_files = {k: v for k, v in files.items() if k != label}
         found.append((cdir, sorted(chan_files), chan_files, files[label] if label else None))
     if not found:
+        if ambiguous:
+            raise ManifestError(f"no case folder left: {'; '.join(ambiguous[:3])}", case_dirs[0].parent)
         return [], []
     if channels:
         names = list(channels)
