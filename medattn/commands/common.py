@@ -32,9 +32,9 @@ EXIT_DRIFT = 4
 
 
 def import_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The folder-import options (``--domain-from``, ``--channels``, ``--label-name``, ``--modality``) as keyword
-    arguments of :func:`medattn.data.importers.load_dataset` (None where not given or not an option of the
-    command)."""
+    """The folder-import options (``--domain-from``, ``--channels``, ``--label-name``, ``--modality``,
+    ``--labels``) as keyword arguments of :func:`medattn.data.importers.load_dataset` (None where not given or not
+    an option of the command)."""
     return {k: getattr(args, k, None) for k in IMPORT_OPTIONS}
 
 

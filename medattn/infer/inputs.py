@@ -73,7 +73,7 @@ def collect_inputs(
             folder, with ``:DOMAIN`` to select domains).
         num_channels: channels the model expects (used to group nnU-Net-style channel files).
         data_root: overrides a manifest's root.
-        import_options: ``domain_from``, ``channels``, ``label_name``, ``modality`` for folder datasets.
+        import_options: ``domain_from``, ``channels``, ``label_name``, ``modality``, ``labels`` for folder datasets.
         split: only the cases of the dataset's split of this name (e.g. ``test``); needs a dataset input.
 
     Raises:

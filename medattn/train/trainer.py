@@ -351,10 +351,15 @@ def case_digests(manifest: Manifest, case_ids: list[str], data_root: str | Path 
             continue
         h = hashlib.blake2b(digest_size=16)
         for rel in (*case.images, *([case.label] if case.label else [])):
-            with open(manifest.resolve(rel, data_root), "rb") as f:
-                while block := f.read(1 << 20):
-                    h.update(block)
-            h.update(b"\0")  # file boundary
+            path = manifest.resolve(rel, data_root)
+            # a DICOM series is a folder: its files, by name, in order
+            files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+            for file in files:
+                h.update(file.relative_to(path).as_posix().encode() if file != path else b"")
+                with open(file, "rb") as f:
+                    while block := f.read(1 << 20):
+                        h.update(block)
+                h.update(b"\0")  # file boundary
         out[case.id] = h.hexdigest()
     return out
 

@@ -81,9 +81,15 @@ def test_shared_options_read_the_same_in_every_command() -> None:
 def test_import_options_come_from_the_arguments() -> None:
     parser = build_parser()
     args = parser.parse_args(["validate", "DATA", "--channels", "FLAIR,T1", "--label-name", "GT_W"])
-    assert import_options(args) == {"domain_from": None, "channels": "FLAIR,T1", "label_name": "GT_W", "modality": None}
+    assert import_options(args) == {
+        "domain_from": None,
+        "channels": "FLAIR,T1",
+        "label_name": "GT_W",
+        "modality": None,
+        "labels": None,
+    }
     args = parser.parse_args(["drift", "m.pt", "--reference", "R", "--target", "T"])  # no import options there
-    assert import_options(args) == dict.fromkeys(("domain_from", "channels", "label_name", "modality"))
+    assert import_options(args) == dict.fromkeys(("domain_from", "channels", "label_name", "modality", "labels"))
 
 
 def test_building_the_parser_imports_no_library() -> None:
