@@ -409,12 +409,31 @@ def make_dataset(
             from medattn.errors import ConfigError
 
             raise ConfigError("cache='disk' needs a cache_dir")
-        return PersistentDataset(items, transform, cache_dir=str(cache_dir))
+        return PersistentDataset(items, transform, cache_dir=str(cache_dir), hash_func=_file_state_key)
     if cache == "none":
         return Dataset(items, transform)
     from medattn.errors import ConfigError
 
     raise ConfigError(f"cache must be 'memory', 'disk' or 'none', not {cache!r}")
+
+
+def _file_state_key(item: Mapping[str, Any]) -> bytes:
+    """The disk cache's key of an item: MONAI's hash of the item (its paths) and of each file's size and
+    modification time. MONAI keys on the paths alone, so a file edited or replaced in place (a label corrected,
+    then ``adapt --resume`` or a re-run into the same folder) would be read back stale from the cache."""
+    from monai.data.utils import pickle_hashing
+
+    stats: list[tuple[str, int | None, int | None]] = []
+    for key in (IMAGE, LABEL):
+        value = item.get(key)
+        for path in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(path, (str, Path)):
+                try:
+                    st = Path(path).stat()
+                    stats.append((str(path), st.st_size, st.st_mtime_ns))
+                except OSError:
+                    stats.append((str(path), None, None))
+    return pickle_hashing({**dict(item), "_file_state": stats})
 
 
 def apply(transform: Compose, data: Mapping[str, Any]) -> Any:

@@ -198,3 +198,23 @@ def test_single_4d_file_holds_the_channels(tmp_path: Path) -> None:
     )
     assert d["image"].shape == (2, 10, 11, 12)
     torch.testing.assert_close(d["image"][0], -d["image"][1], atol=1e-5, rtol=1e-5)
+
+
+def test_the_disk_cache_reads_a_file_edited_in_place_anew(make_msd, tmp_path: Path) -> None:
+    """MONAI's disk cache keys on the item's paths; medattn's key adds each file's size and modification time, so a
+    label corrected in place is not read back stale (``adapt --resume`` reuses ``RUN/cache``)."""
+    import os
+
+    root = make_msd(n=1, shape=(16, 18, 20))
+    item = load_dataset(root).datalist()[0]
+    plan = make_plan(load_dataset(root))
+    cache = tmp_path / "cache"
+    before = make_dataset([item], eval_transforms(plan), cache="disk", cache_dir=cache)[0]["label"]
+    img = nib.load(item["label"])
+    edited = np.zeros(img.shape, np.uint8)  # the label emptied in place: same path
+    nib.save(nib.Nifti1Image(edited, img.affine, img.header), item["label"])
+    stamp = os.stat(item["label"]).st_mtime + 5
+    os.utime(item["label"], (stamp, stamp))
+    after = make_dataset([item], eval_transforms(plan), cache="disk", cache_dir=cache)[0]["label"]
+    assert float(before.sum()) > 0 and float(after.sum()) == 0
+    assert len(list(cache.iterdir())) == 2  # one entry per file state
