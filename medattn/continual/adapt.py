@@ -79,6 +79,42 @@ def _check_out(out: Path, cfg: AdaptConfig, resume: bool) -> None:
         raise ConfigError(f"{out}: output folder exists and is not empty; use a new --out or --resume")
 
 
+#: The start model's and every case's file digests, recorded at the start of a run (``--resume`` compares them).
+INPUTS_NAME = "inputs.json"
+
+
+def _check_same_inputs(
+    out: Path, model_path: Path, manifest: Manifest, data_root: str | Path | None, resume: bool
+) -> None:
+    """Record the digests of the start model and of every case's files; on ``--resume``, refuse another start model
+    or cases whose files changed since the run started (their finished methods learned from the old ones). A run
+    written before the digests were recorded is not compared."""
+    from medattn.data.digests import case_digests, changed_cases, file_digest
+
+    cases = case_digests(manifest, [c.id for _, c in manifest.iter_cases()], data_root)
+    now = {"model": file_digest(model_path), "cases": cases}
+    saved = out / INPUTS_NAME
+    if resume and saved.is_file():
+        try:
+            before = json.loads(saved.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{saved}: cannot read the earlier run's input digests: {e}") from e
+        if before.get("model") != now["model"]:
+            raise DataError(
+                "--resume: this start model is not the file the run started from (its bytes differ); resume with "
+                "that model, or start a new run with another --out",
+                model_path,
+            )
+        changed = changed_cases(before.get("cases") or {}, cases)
+        if changed:
+            raise DataError(
+                f"--resume: the files of {len(changed)} case(s) differ from those the run started on (e.g. "
+                f"{changed[:5]}); restore them, or start a new run with another --out",
+                manifest.base_dir or manifest.name,
+            )
+    atomic_write_text(saved, json.dumps(now, indent=2) + "\n")
+
+
 def _check_labels(manifest: Manifest, start: Any, model_path: Path) -> None:
     k = int(start.model.config["out_channels"])
     if len(manifest.labels) != k:
@@ -220,6 +256,7 @@ def adapt(
             manifest, cfg.labelled, order=order, seed=cfg.seed, test_fraction=cfg.test_fraction
         )
     manifest, excluded = _gate(manifest, cfg, data_root, resume, out, quiet)
+    _check_same_inputs(out, model_path, manifest, data_root, resume)
     cfg.save(out / "config.json")
     atomic_write_text(out / EXCLUDED_NAME, json.dumps(excluded, indent=2) + "\n")
     if budget:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medattn.data.digests import case_digests, changed_cases
 from medattn.data.manifest import Manifest
 from medattn.data.plan import Plan
 from medattn.errors import MedattnError
@@ -143,7 +144,7 @@ def train(
     config = config.replace(fold=resolve_fold(manifest, config.fold))
     split = make_split(manifest, str(config.fold), config.folds, config.split_seed)
     split, excluded = _gate(manifest, split, config, info, progress and info.is_main)
-    digests = case_digests(manifest, [*split.train, *split.val], config.data_root)
+    digests = case_digests(manifest, [*split.train, *split.val], config.data_root)  # --resume: the same files
     if resume:
         _check_same_split(out, split, digests)
     planning = manifest.without({e["case"] for e in excluded})
@@ -337,33 +338,6 @@ def _gate(
     return kept, excluded
 
 
-def case_digests(manifest: Manifest, case_ids: list[str], data_root: str | Path | None) -> dict[str, str]:
-    """Per case, a BLAKE2b digest of its files' bytes (images, then label), so that ``--resume`` can tell that a
-    run goes on with the data it started on: the same ids in another dataset, or a label edited in place, would
-    otherwise be trained on unnoticed. Reading the files costs about what loading them once does (hippocampus:
-    208 cases, 27 MB)."""
-    import hashlib
-
-    out: dict[str, str] = {}
-    wanted = set(case_ids)
-    for _, case in manifest.iter_cases():
-        if case.id not in wanted:
-            continue
-        h = hashlib.blake2b(digest_size=16)
-        for rel in (*case.images, *([case.label] if case.label else [])):
-            path = manifest.resolve(rel, data_root)
-            # a DICOM series is a folder: its files, by name, in order
-            files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-            for file in files:
-                h.update(file.relative_to(path).as_posix().encode() if file != path else b"")
-                with open(file, "rb") as f:
-                    while block := f.read(1 << 20):
-                        h.update(block)
-                h.update(b"\0")  # file boundary
-        out[case.id] = h.hexdigest()
-    return out
-
-
 def _check_same_split(out: Path, split: Split, digests: Mapping[str, str]) -> None:
     """A resumed run trains on the cases it started with, file for file: refuse when the gate now keeps other
     ones, or when a case's files differ from those recorded at the start (runs written before the digests were
@@ -382,8 +356,7 @@ def _check_same_split(out: Path, split: Split, digests: Mapping[str, str]) -> No
                 f"--resume: the {side} cases differ from those the run started with (e.g. {change}); a case's "
                 "files changed or now fail the input checks. Restore them, or start a new run with another --out"
             )
-    recorded = saved.get("file_digests") or {}
-    changed = sorted(i for i, d in recorded.items() if i in digests and digests[i] != d)
+    changed = changed_cases(saved.get("file_digests") or {}, dict(digests))
     if changed:
         raise DataError(
             f"--resume: the files of {len(changed)} case(s) differ from those the run started on (e.g. "

@@ -132,3 +132,35 @@ def test_command_line_runs_several_strategies_and_writes_everything(
     assert (
         main(["adapt", str(start_model), str(shift_manifest), "--strategy", "gem", "--out", str(tmp_path / "x")]) == 2
     )
+
+
+def test_resume_refuses_another_start_model_or_edited_cases(
+    shift_manifest: Path, start_model: Path, model_a: Path, tmp_path: Path
+) -> None:
+    """A run records the digests of its start model and of every case's files (``RUN/inputs.json``); ``--resume``
+    with another start model, or after a label was edited in place, is refused naming it."""
+    import shutil
+
+    import nibabel as nib
+
+    from medattn.continual.adapt import INPUTS_NAME, _check_same_inputs
+    from medattn.data.importers import load_dataset
+    from medattn.errors import DataError
+
+    data = tmp_path / "data"
+    shutil.copytree(shift_manifest.parent, data)
+    manifest = load_dataset(data / shift_manifest.name)
+    out = tmp_path / "run"
+    out.mkdir()
+    _check_same_inputs(out, start_model, manifest, None, resume=False)
+    recorded = json.loads((out / INPUTS_NAME).read_text())
+    assert sorted(recorded["cases"]) == sorted(c.id for _, c in manifest.iter_cases())
+    _check_same_inputs(out, start_model, manifest, None, resume=True)  # the same inputs: resumes
+    with pytest.raises(DataError, match="not the file the run started from"):
+        _check_same_inputs(out, model_a, manifest, None, resume=True)
+    case = next(c for _, c in manifest.iter_cases() if c.label is not None)
+    path = manifest.resolve(str(case.label))
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine, img.header), str(path))
+    with pytest.raises(DataError, match=rf"files of 1 case\(s\) differ .*{case.id}"):
+        _check_same_inputs(out, start_model, manifest, None, resume=True)
