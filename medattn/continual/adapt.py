@@ -105,7 +105,15 @@ def _check_same_inputs(
                 "that model, or start a new run with another --out",
                 model_path,
             )
-        changed = changed_cases(before.get("cases") or {}, cases)
+        recorded = before.get("cases") or {}
+        if set(recorded) != set(cases):
+            differ = sorted(set(recorded) ^ set(cases))
+            raise DataError(
+                f"--resume: the dataset's cases are not those the run started on ({len(differ)} differ, e.g. "
+                f"{differ[:5]}); resume with that dataset, or start a new run with another --out",
+                manifest.base_dir or manifest.name,
+            )
+        changed = changed_cases(recorded, cases)
         if changed:
             raise DataError(
                 f"--resume: the files of {len(changed)} case(s) differ from those the run started on (e.g. "

@@ -222,14 +222,21 @@ def load_rule(path: str | Path, labels: Mapping[int, str] | None = None) -> Rule
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise DataError(f"not a postprocessing rule (format is not {FORMAT!r})", p)
     classes: dict[int, ClassRule] = {}
-    for key, r in (doc.get("classes") or {}).items():
+    raw = doc.get("classes") or {}
+    if not isinstance(raw, dict):
+        raise DataError("'classes' must map label values to rules", p)
+    for key, r in raw.items():
+        if not str(key).isdigit():
+            raise DataError(f"label {key!r}: not a label value (a whole number)", p)
+        if not isinstance(r, dict):
+            raise DataError(f"label {key}: expected a rule object with 'op', got {r!r}", p)
         op = r.get("op")
         if op not in ("none", "largest_component", "min_volume"):
             raise DataError(f"label {key}: unknown operation {op!r}", p)
         vol = r.get("min_volume_mm3")
         if op == "min_volume" and not (isinstance(vol, (int, float)) and vol >= 0):
             raise DataError(f"label {key}: min_volume needs a non-negative min_volume_mm3", p)
-        classes[int(key)] = ClassRule(op, float(vol) if op == "min_volume" else None)
+        classes[int(key)] = ClassRule(op, float(vol) if op == "min_volume" and vol is not None else None)
     if labels is not None:
         unknown = sorted(set(classes) - {int(k) for k in labels})
         if unknown:

@@ -196,6 +196,8 @@ def run_predict(
     loaded = load_models(members, device)
     plan = loaded.plan
     rule = _load_rule(rule_path, plan.labels)
+    if rule is not None:
+        check_rule_models(rule, members, rule_path)
     if plan.num_channels != 1:  # nnU-Net-style channel files group into cases only for a multi-channel model
         cases = collect_inputs(input_spec, num_channels=plan.num_channels, **collect)  # type: ignore[arg-type]
     names = [ch.name for ch in plan.channels]
@@ -310,6 +312,25 @@ def rule_file(specs: Sequence[str | Path], choice: str | None) -> Path | None:
     if len(specs) == 1 and Path(specs[0]).is_dir() and (Path(specs[0]) / RULE_NAME).is_file():
         return Path(specs[0]) / RULE_NAME
     return None
+
+
+def check_rule_models(rule: Any, members: Sequence[Path], rule_path: Path | None) -> None:
+    """Refuse a postprocessing rule learned (by ``crossval``) on other models than these: a fold retrained since
+    would be postprocessed by what its predecessor's out-of-fold masks chose. The rule records each fold's model
+    digest; a rule without them (written by hand, or before they were recorded) is not compared."""
+    from medattn.data.digests import file_digest
+
+    recorded = (rule.evidence or {}).get("models")
+    if not isinstance(recorded, dict):
+        return
+    for member in members:
+        name = member.parent.name
+        if name in recorded and recorded[name] != file_digest(member):
+            raise DataError(
+                f"the postprocessing rule was learned on other models: {name}/model.pt changed since crossval "
+                "ran; run medattn crossval again, or predict with --no-postprocessing",
+                rule_path,
+            )
 
 
 def _load_rule(path: Path | None, labels: Any) -> Any:

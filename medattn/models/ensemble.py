@@ -47,6 +47,7 @@ def model_paths(specs: Sequence[str | Path]) -> list[Path]:
         if p.is_dir():
             folds = sorted(p.glob(FOLD_GLOB), key=lambda f: _fold_number(f.parent.name))
             if folds:
+                check_every_fold_is_there(p, [f.parent for f in folds])
                 out.extend(folds)
             elif (p / "model.pt").is_file():
                 out.append(p / "model.pt")
@@ -166,3 +167,44 @@ def load_models(specs: Sequence[str | Path], device: DeviceLike = "cpu") -> Load
         return LoadedEnsemble(paths, loaded[0].model, plan, 1, loaded)
     net = EnsembleNetwork([m.model for m in loaded], plan.num_classes).eval()
     return LoadedEnsemble(paths, net, plan, len(loaded), loaded)
+
+
+def check_every_fold_is_there(run: Path, folds: list[Path]) -> None:
+    """Refuse a k-fold run missing some of its folds (a crashed, deleted or still running one), or holding a fold
+    that has not finished training (``config.json`` but no ``summary.json``: its ``model.pt`` is the best epoch so
+    far): ``predict`` would ensemble fewer or half-trained models under a postprocessing rule learned on all, and
+    ``crossval``'s scores and rule would cover only part of the cases while saying "all". Each fold's
+    ``config.json`` records ``folds`` (k) and ``fold``."""
+    import json
+
+    expected: set[int] = set()
+    present: set[str] = set()
+    for f in folds:
+        cfg_path = f / "config.json"
+        if not cfg_path.is_file():
+            continue
+        if not (f / "summary.json").is_file():
+            raise DataError(
+                "the fold has not finished training (no summary.json; its model.pt is the best epoch so far): "
+                "let it finish, or resume it with medattn train ... --resume",
+                f,
+            )
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except (OSError, ValueError):
+            raise DataError("cannot read the fold's config.json", cfg_path) from None
+        k = cfg.get("folds")
+        if isinstance(k, int) and k >= 2:
+            expected.add(k)
+        present.add(str(cfg.get("fold", f.name.rsplit("_", 1)[-1])))
+    if len(expected) > 1:
+        raise DataError(f"the folds were trained as different k-fold splits (k = {sorted(expected)})", run)
+    if expected:
+        missing = [f"fold_{i}" for i in range(next(iter(expected))) if str(i) not in present]
+        if missing:
+            raise DataError(
+                f"the run is a {next(iter(expected))}-fold split but {', '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} missing (no model.pt): their validation cases would have "
+                "no out-of-fold prediction; train the missing fold(s) (medattn train ... --fold N) first",
+                run,
+            )

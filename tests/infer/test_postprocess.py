@@ -150,6 +150,24 @@ def test_crossval_learns_on_out_of_fold_cases_and_predict_applies_it(tmp_path: P
     assert m["postprocessed"]["summary"]["mean"]["dice"]["mean"] == pytest.approx(
         pp_doc["summary"]["mean"]["dice"]["mean"], abs=1e-6
     )  # evaluate's postprocessing of the raw masks = predict's postprocessed masks
+    # the rule records the folds' models; a fold retrained since crossval is refused the stale rule
+    assert sorted(rule.evidence["models"]) == ["fold_0", "fold_1"]
+    from medattn.models import build_model
+    from medattn.models.model_file import load_model, save_model
+
+    old = load_model(run / "fold_1" / "model.pt")
+    save_model(run / "fold_1" / "model.pt", build_model("ag_unet_fullres", 1, 3, channels=(4, 8)), old.plan)
+    capsys.readouterr()
+    assert main(["predict", str(run), str(data), str(tmp_path / "stale"), "--split", "test", "--quiet"]) != 0
+    assert "learned on other models: fold_1/model.pt changed since crossval ran" in capsys.readouterr().err
+    # a damaged rule file is named, never an internal error
+    for damage in ({"1": "largest"}, {"head": {"op": "none"}}):
+        bad = tmp_path / "bad_rule.json"
+        bad.write_text(json.dumps({**json.loads((run / "postprocessing.json").read_text()), "classes": damage}))
+        args = ["evaluate", str(tmp_path / "raw"), str(data), "--split", "test", "-o", str(tmp_path / "b.json")]
+        assert main([*args, "--postprocessing", str(bad), "--quiet"]) != 0
+        err = capsys.readouterr().err
+        assert "bad_rule.json" in err and "internal error" not in err
 
 
 def test_crossval_refuses_a_fold_that_validates_on_a_test_case(tmp_path: Path, capsys) -> None:
@@ -181,9 +199,19 @@ def test_crossval_refuses_a_k_fold_run_missing_a_fold(tmp_path: Path, capsys) ->
         save_model(fold / "model.pt", build_model("ag_unet", 1, 3, channels=(4, 8, 16)), small_plan())
         (fold / "split.json").write_text(json.dumps({"train": [], "val": val}))
         (fold / "config.json").write_text(json.dumps({"folds": 3, "fold": str(k)}))
+        (fold / "summary.json").write_text("{}")
     assert main(["crossval", str(tmp_path / "run"), str(data), "--quiet"]) != 0
     assert "3-fold split but fold_1 is missing" in capsys.readouterr().err
     assert not (tmp_path / "run" / "postprocessing.json").exists() and not (tmp_path / "run" / "crossval").exists()
+    # predict RUN would ensemble the folds left under a rule learned on all of them: refused the same way
+    assert main(["predict", str(tmp_path / "run"), str(data), str(tmp_path / "pred"), "--quiet"]) != 0
+    assert "3-fold split but fold_1 is missing" in capsys.readouterr().err
+    # a fold still training (config.json, model.pt of its best epoch so far, no summary.json)
+    (tmp_path / "run" / "fold_1").mkdir()
+    for name in ("model.pt", "split.json", "config.json"):
+        (tmp_path / "run" / "fold_1" / name).write_bytes((tmp_path / "run" / "fold_0" / name).read_bytes())
+    assert main(["predict", str(tmp_path / "run"), str(data), str(tmp_path / "pred"), "--quiet"]) != 0
+    assert "fold_1: the fold has not finished training" in capsys.readouterr().err
 
 
 def test_crossval_of_a_single_run_uses_its_val_cases_only(tmp_path: Path, capsys) -> None:
