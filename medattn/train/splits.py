@@ -82,6 +82,18 @@ def _labelled(d: Domain) -> list[str]:
     return [c.id for c in d.cases if c.label is not None]
 
 
+def _nnunet_folds(manifest: Manifest) -> int:
+    """How many of nnU-Net's folds (``fold<k>_train``/``fold<k>_val`` splits, from ``splits_final.json``) every
+    domain carries; 0 when they do not all carry the same complete set."""
+    counts = set()
+    for d in manifest.domains:
+        k = 0
+        while f"fold{k}_train" in d.splits and f"fold{k}_val" in d.splits:
+            k += 1
+        counts.add(k)
+    return counts.pop() if len(counts) == 1 else 0
+
+
 def resolve_fold(manifest: Manifest, fold: str | None) -> str:
     """``None`` -> ``"fixed"`` when the manifest has a train split for every domain, else ``"0"``."""
     if fold is not None:
@@ -173,12 +185,26 @@ def make_split(manifest: Manifest, fold: str, folds: int = 5, split_seed: int = 
                 f"{manifest.name}: {folds} folds need at least {folds} labelled cases outside the test split, "
                 f"found {pool}: some folds would validate on nothing and train on the same cases"
             )
-        for d in manifest.domains:
-            held_out = d.held_out_ids()
-            t, v = kfold([i for i in _labelled(d) if i not in held_out], folds, int(fold), split_seed)
-            train += t
-            val += v
-        desc = f"fold {fold} of {folds} (split seed {split_seed}, stratified by domain){left_out}"
+        nnunet = _nnunet_folds(manifest)
+        if nnunet:  # the dataset's own folds (nnU-Net's splits_final.json), kept so that a patient stays on one side
+            if folds != nnunet:
+                raise ConfigError(
+                    f"{manifest.name} carries nnU-Net's {nnunet} folds (splits_final.json); use --folds {nnunet}"
+                )
+            if int(fold) >= folds:
+                raise ConfigError(f"fold {fold} is outside 0..{folds - 1}")
+            for d in manifest.domains:
+                held_out, labelled = d.held_out_ids(), set(_labelled(d))
+                train += [i for i in d.splits[f"fold{fold}_train"] if i in labelled and i not in held_out]
+                val += [i for i in d.splits[f"fold{fold}_val"] if i in labelled and i not in held_out]
+            desc = f"fold {fold} of nnU-Net's {folds} (the dataset's splits_final.json){left_out}"
+        else:
+            for d in manifest.domains:
+                held_out = d.held_out_ids()
+                t, v = kfold([i for i in _labelled(d) if i not in held_out], folds, int(fold), split_seed)
+                train += t
+                val += v
+            desc = f"fold {fold} of {folds} (split seed {split_seed}, stratified by domain){left_out}"
         if not val:  # the domains stratified apart: each has fewer cases than folds
             sizes = {d.name: len([i for i in _labelled(d) if i not in d.held_out_ids()]) for d in manifest.domains}
             raise ConfigError(

@@ -92,6 +92,15 @@ def test_nnunet_v2_region_labels_rejected(tmp_path: Path) -> None:
         load_dataset(root)
 
 
+def test_nnunet_v2_ignore_label_is_refused_not_learned_as_a_class(tmp_path: Path) -> None:
+    root = _nnunet(tmp_path)
+    doc = json.loads((root / "dataset.json").read_text())
+    doc["labels"] = {"background": 0, "core": 1, "rim": 2, "ignore": 3}
+    (root / "dataset.json").write_text(json.dumps(doc))
+    with pytest.raises(ManifestError, match=r"label 'ignore' .3. marks unannotated voxels"):
+        load_dataset(root)
+
+
 def test_domain_folders_with_case_folders(tmp_path: Path) -> None:
     root = tmp_path / "sites"
     for site, n in [("siteB", 2), ("siteA", 1)]:
@@ -226,6 +235,29 @@ def test_bids_synthetic_multichannel(tmp_path: Path) -> None:
     c = m.domain("GE").cases[0]
     assert c.images == ("sub-01/anat/sub-01_T1w.nii.gz", "sub-01/anat/sub-01_T2w.nii.gz")
     assert c.label.endswith("sub-01_T1w_dseg.nii.gz")
+
+
+def test_bids_takes_the_segmentation_over_a_brain_mask_and_names_the_choice(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """derivatives/ with a brain mask and a lesion segmentation of one image: the shortest name was the brain mask
+    (every case got an all-ones label); the segmentation is taken, the choice is named, --label-name decides."""
+    root = tmp_path / "bids"
+    root.mkdir()
+    (root / "dataset_description.json").write_text('{"Name": "Toy BIDS"}')
+    image, label = blob_case((8, 8, 8), seed=1)
+    write_nifti(root / "sub-01" / "anat" / "sub-01_FLAIR.nii.gz", image)
+    deriv = root / "derivatives" / "labels" / "sub-01" / "anat"
+    write_nifti(deriv / "sub-01_FLAIR_desc-brain_mask.nii.gz", np.ones_like(label))
+    write_nifti(deriv / "sub-01_FLAIR_desc-lesion_dseg.nii.gz", label)
+    write_nifti(deriv / "sub-01_FLAIR_desc-core_dseg.nii.gz", (label == 1).astype(label.dtype))
+    with caplog.at_level("WARNING"):
+        m = load_dataset(root)
+    case = m.domains[0].cases[0]
+    assert case.label is not None and case.label.endswith("desc-core_dseg.nii.gz")  # the shortest segmentation
+    assert "several label files" in caplog.text and "--label-name" in caplog.text
+    chosen = load_dataset(root, label_name="desc-lesion_dseg").domains[0].cases[0]
+    assert chosen.label is not None and chosen.label.endswith("desc-lesion_dseg.nii.gz")
 
 
 def test_label_stem_and_bids_name_parsing() -> None:

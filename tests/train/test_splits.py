@@ -164,3 +164,28 @@ def test_a_labelled_case_in_no_split_is_named(caplog: pytest.LogCaptureFixture) 
         split = make_split(m, "fixed")
     assert "siteA_new" not in split.train + split.val
     assert "domain 'siteA': 1 labelled case(s) are in none of its splits and are not used: ['siteA_new']" in caplog.text
+
+
+def test_nnunet_folds_of_the_dataset_are_the_folds_trained() -> None:
+    """A dataset imported with nnU-Net's splits_final.json (``fold<k>_train``/``fold<k>_val``) trains those folds
+    (a patient's scans stay on one side), not a shuffle of medattn's; another --folds is refused."""
+    m = manifest(splits=True)  # siteA_00..04 train, 05, 06 test; siteB_00..02 train, 03, 04 test
+    folds = {
+        "siteA": [("siteA_00", "siteA_01"), ("siteA_02", "siteA_03", "siteA_04")],
+        "siteB": [("siteB_00",), ("siteB_01", "siteB_02")],
+    }
+    domains = []
+    for d in m.domains:
+        sp = dict(d.splits)
+        for k in (0, 1):
+            val = folds[d.name][k]
+            sp[f"fold{k}_val"] = val
+            sp[f"fold{k}_train"] = tuple(i for i in d.splits["train"] if i not in val)
+        domains.append(replace(d, splits=sp))
+    m = replace(m, domains=tuple(domains))
+    split = make_split(m, "1", folds=2)
+    assert sorted(split.val) == ["siteA_02", "siteA_03", "siteA_04", "siteB_01", "siteB_02"]
+    assert sorted(split.train) == ["siteA_00", "siteA_01", "siteB_00"]
+    assert "nnU-Net" in split.description
+    with pytest.raises(ConfigError, match="carries nnU-Net's 2 folds"):
+        make_split(m, "0", folds=5)

@@ -158,7 +158,7 @@ def import_folder(
     if (root / "dataset.json").is_file():
         return import_dataset_json(root, modality)
     if is_bids(root):
-        return import_bids(root, domain_from=domain_from, channels=channels, modality=modality)
+        return import_bids(root, domain_from=domain_from, channels=channels, modality=modality, label_name=label_name)
     if has_series(root):
         return import_dicom(root, domain_from=domain_from, modality=modality)
     msd = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name in MSD_FOLDERS)

@@ -56,12 +56,16 @@ def import_bids(
     domain_from: str | None = None,
     channels: list[str] | None = None,
     modality: str | None = None,
+    label_name: str | None = None,
 ) -> Manifest:
     """Import a BIDS folder: each image with a label under ``derivatives/`` becomes a case.
 
     With ``channels`` (BIDS suffixes, e.g. ``["T1w", "T2w"]``) images of one subject/session are grouped into
     multi-channel cases. ``domain_from`` names each case's domain from a sidecar key (e.g. ``Manufacturer``) or
-    a filename entity (``suffix``, ``ses``, ``acq``, ``sub``); without it there is a single domain.
+    a filename entity (``suffix``, ``ses``, ``acq``, ``sub``); without it there is a single domain. Of several
+    label files of an image, ``label_name`` (the ending of their stem, e.g. ``desc-lesion_dseg``) chooses; without
+    it a segmentation is taken over a ``_mask`` (a binary mask of the scan, e.g. the brain), and the shortest name
+    among the rest, with a warning naming them.
     """
     root = Path(root)
     subjects = [d for d in sorted(root.iterdir()) if d.name.startswith("sub-") and d.is_dir()]
@@ -81,8 +85,22 @@ def import_bids(
             for p in label_files
             if strip_suffix(p.name).startswith(stem + "_") and is_label_stem(strip_suffix(p.name)[len(stem) :])
         ]
+        if label_name:
+            cands = [p for p in cands if strip_suffix(p.name).endswith(label_name)]
+        if len(cands) > 1:
+            # a BIDS "_mask" is a binary mask of the scan (the brain, say), not what is segmented
+            segs = [p for p in cands if not strip_suffix(p.name).lower().endswith("_mask")]
+            cands = segs or cands
         # Prefer whole-structure masks ("_seg-manual", "_dseg") over sub-structure ones ("_gmseg"): shortest name.
-        return min(cands, key=lambda p: len(p.name)) if cands else None
+        chosen = min(cands, key=lambda p: len(p.name)) if cands else None
+        if len(cands) > 1 and chosen is not None:
+            log.warning(
+                "%s: several label files %s; took %s (the shortest); choose another with --label-name",
+                img.name,
+                sorted(p.name for p in cands),
+                chosen.name,
+            )
+        return chosen
 
     groups: dict[tuple[Any, ...], dict[str, Path]] = defaultdict(dict)
     for img in images:

@@ -72,6 +72,13 @@ def _msd_labels(raw: Any, src: Path) -> dict[int, str]:
     out: dict[int, str] = {}
     for k, v in raw.items():
         if isinstance(v, int) and not isinstance(v, bool):  # nnU-Net style name -> value
+            if str(k).lower() == "ignore":  # nnU-Net v2's unannotated voxels: not a class to learn or score
+                raise ManifestError(
+                    f"label 'ignore' ({v}) marks unannotated voxels (nnU-Net v2's sparse annotation); medattn has no "
+                    "ignore label and would learn and score it as a class: remove those voxels' value, or use "
+                    "nnU-Net for sparsely annotated data",
+                    src,
+                )
             out[v] = str(k)
             continue
         if isinstance(v, list):
