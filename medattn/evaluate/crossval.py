@@ -91,8 +91,19 @@ def run_crossval(
     test_ids = {i for d in manifest.domains for i in d.held_out_ids()}
     assignment: dict[str, str] = {}
     per_fold: list[list[str]] = []
+    from medattn.data.digests import case_digests, changed_cases
+
     for f in folds:
-        val = [str(i) for i in json.loads((f / "split.json").read_text()).get("val", [])]
+        saved = json.loads((f / "split.json").read_text())
+        val = [str(i) for i in saved.get("val", [])]
+        changed = changed_cases(saved.get("file_digests") or {}, case_digests(manifest, val, data_root))
+        if changed:  # another dataset with the same case ids, or files edited since the fold trained
+            raise DataError(
+                f"the files of {len(changed)} validation case(s) differ from those the fold trained with (e.g. "
+                f"{changed[:5]}): out-of-fold scores of other scans would choose the postprocessing; give the "
+                "dataset the folds were trained on",
+                f / "split.json",
+            )
         for i in val:
             if i in test_ids:
                 raise DataError(

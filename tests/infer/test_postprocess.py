@@ -168,6 +168,18 @@ def test_crossval_learns_on_out_of_fold_cases_and_predict_applies_it(tmp_path: P
         assert main([*args, "--postprocessing", str(bad), "--quiet"]) != 0
         err = capsys.readouterr().err
         assert "bad_rule.json" in err and "internal error" not in err
+    # crossval of the folds on data whose validation files changed since they trained: refused, naming the fold
+    import shutil
+
+    copy = tmp_path / "edited"
+    shutil.copytree(data.parent, copy)
+    val_case = vals[0][0]
+    lab = copy / "labels" / f"{val_case}.nii.gz"
+    img = nib.load(str(lab))
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine, img.header), str(lab))
+    assert main(["crossval", str(run), str(copy / data.name), "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert "fold_0" in err and f"differ from those the fold trained with (e.g. ['{val_case}'])" in err
 
 
 def test_crossval_refuses_a_fold_that_validates_on_a_test_case(tmp_path: Path, capsys) -> None:
