@@ -137,7 +137,7 @@ class CaseResult:
     rank: int = 0
     nonfinite_replaced: int = 0  # NaN/Inf voxels replaced (``--replace-nonfinite``)
     warnings: list[str] = field(default_factory=list)  # the input gate's warnings for this case
-    removed_stale: list[str] = field(default_factory=list)  # an earlier run's outputs of a case that failed now
+    removed_stale: list[str] = field(default_factory=list)  # an earlier run's outputs of it this run does not write
     uncertainty_maps: list[str] = field(default_factory=list)  # ``--save-uncertainty``: the maps written
     uncertainty: dict[str, Any] | None = None  # and their summary (medattn.infer.uncertainty.summarise)
 
@@ -422,6 +422,17 @@ def predict_cases(
             _predict_one(
                 case, data, transform, lut, predictor, out, options, protected, result, seg_writer, postprocess
             )
+            # an earlier run's probability or uncertainty maps of this case would sit beside the new mask
+            result.removed_stale = _remove_stale(
+                case,
+                out,
+                options,
+                plan,
+                protected,
+                mask=False,
+                probabilities=options.save_probabilities is None,
+                uncertainty=not options.save_uncertainty,
+            )
         except Exception as e:  # one bad case must not stop the others; the reason is recorded
             result.status = "failed"
             result.file = getattr(e, "path", None) or str(case.images[0])
@@ -522,12 +533,24 @@ def _seg_writer(members: Sequence[Path], loaded: Any, cases: Sequence[InputCase]
 
 
 def _remove_stale(
-    case: InputCase, out: Path, options: PredictOptions, plan: Any, protected: Sequence[Path]
+    case: InputCase,
+    out: Path,
+    options: PredictOptions,
+    plan: Any,
+    protected: Sequence[Path],
+    *,
+    mask: bool = True,
+    probabilities: bool = True,
+    uncertainty: bool = True,
 ) -> list[str]:
-    """Remove what an earlier run wrote for a case that failed in this one, so no old mask passes for a new one."""
-    stale = [output_path(case, out, options.output_format)]
-    stale += probability_paths(case, out, label_lookup(plan), options.output_format)
-    stale += uncertainty_paths(case, out).values()
+    """Remove what an earlier run wrote for a case that this one does not write: everything of a case that failed
+    now (so no old mask passes for a new one), or the probability or uncertainty maps of a case predicted now
+    without them (they would sit beside a mask they no longer match)."""
+    stale = [output_path(case, out, options.output_format)] if mask else []
+    if probabilities:
+        stale += probability_paths(case, out, label_lookup(plan), options.output_format)
+    if uncertainty:
+        stale += uncertainty_paths(case, out).values()
     keep = {Path(p).resolve() for p in protected}
     removed = []
     for p in stale:

@@ -129,6 +129,11 @@ def test_probability_maps_sum_to_one_and_agree_with_the_mask(tmp_path: Path, mod
     assert rc == 0
     per = [np.asarray(nib.load(str(tmp_path / "per" / "probabilities" / f"scan_{k}.nii.gz")).dataobj) for k in range(3)]
     np.testing.assert_allclose(np.stack(per, -1), arr, atol=1e-6)
+    # predicted again into the same folder without the maps: the earlier run's maps go, not left beside the new mask
+    assert main(["predict", str(model), str(src), str(tmp_path / "per"), "--quiet"]) == 0
+    assert not list((tmp_path / "per" / "probabilities").glob("*.nii.gz"))
+    doc = json.loads((tmp_path / "per" / "predictions.json").read_text())
+    assert len(doc["cases"][0]["removed_stale"]) == 3
 
 
 def test_manifest_input_with_the_shipped_config_and_mirror_flag(tmp_path: Path, model_file, make_msd) -> None:
