@@ -129,6 +129,11 @@ def run_crossval(
     guard.check_file(run / RULE_NAME, "RUN/postprocessing.json")
     prepare_output_dir(out, "RUN/crossval")
     protected = sorted(guard.files)
+    # an earlier crossval's records go first: a run killed half-way must not leave new masks beside an old
+    # "complete" predictions.json, summary and rule (they are written again once every fold is through)
+    for old in (out / SUMMARY_NAME, out / "summary.json", run / RULE_NAME, *out.glob("*.nii.gz")):
+        if old.is_file() and old.resolve() not in {Path(p).resolve() for p in protected}:
+            old.unlink()
     device = resolve_device(options.device)
     results: list[dict[str, Any]] = []
     oof: list[Case] = []

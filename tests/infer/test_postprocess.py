@@ -168,6 +168,11 @@ def test_crossval_learns_on_out_of_fold_cases_and_predict_applies_it(tmp_path: P
         assert main([*args, "--postprocessing", str(bad), "--quiet"]) != 0
         err = capsys.readouterr().err
         assert "bad_rule.json" in err and "internal error" not in err
+    # crossval again: an earlier run's mask of a case no fold validates now does not stay beside the new records
+    stale = run / "crossval" / "zz_old.nii.gz"
+    stale.write_bytes((run / "crossval" / f"{vals[0][0]}.nii.gz").read_bytes())
+    assert main(["crossval", str(run), str(data), "--quiet"]) == 0
+    assert not stale.exists() and (run / "postprocessing.json").is_file()
     # crossval of the folds on data whose validation files changed since they trained: refused, naming the fold
     import shutil
 
