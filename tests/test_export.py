@@ -77,3 +77,12 @@ def test_a_refused_export_leaves_the_previous_one_in_place(model: Path, tmp_path
     assert main(["export", str(model), str(out), "--format", "torchscript"]) != 0
     assert out.read_bytes() == before and plan_path(out).read_bytes() == plan_before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.ts", "net.ts.plan.json"]  # no temporary left
+
+
+def test_export_never_writes_over_a_file_that_is_not_an_earlier_export(model: Path, tmp_path: Path, capsys) -> None:
+    """``export run1/model.pt run2/checkpoint.pt`` used to replace another run's checkpoint with the network."""
+    other = tmp_path / "checkpoint.pt"
+    other.write_bytes(b"another run's checkpoint")
+    assert main(["export", str(model), str(other), "--format", "onnx"]) != 0
+    assert "not an earlier export" in capsys.readouterr().err
+    assert other.read_bytes() == b"another run's checkpoint" and not plan_path(other).exists()

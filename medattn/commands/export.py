@@ -17,10 +17,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from medattn.data.guard import prepare_output_file
+    from medattn.errors import DataError
     from medattn.export import export_model, plan_path
 
-    for path in (args.out, plan_path(args.out)):
+    out, plan = Path(args.out), plan_path(args.out)
+    if out.exists() and not plan.is_file():  # another file (a checkpoint, a model, data): never written over
+        raise DataError(
+            f"OUT exists and is not an earlier export (no {plan.name} beside it); choose another path, or remove it",
+            out,
+        )
+    for path in (out, plan):
         prepare_output_file(path, "OUT")
     record = export_model(args.model, args.out, args.format)
     print(
