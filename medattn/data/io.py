@@ -271,7 +271,10 @@ def atomic_path(path: str | Path, protected: Iterable[str | Path] = ()) -> Any:
     suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".gz") else path.suffix
     # The name says who writes it, so medattn.data.guard.clean_orphans can tell a killed writer's leftovers.
     owner = f"{TEMP_TAG}{host_tag()}-{os.getpid()}-"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{owner}", suffix=".tmp" + suffix, dir=path.parent)
+    # a file name holds at most 255 bytes: a long case name is shortened here (the destination keeps it whole)
+    room = 255 - len(f"..{owner}") - len((".tmp" + suffix).encode()) - 16  # 16: mkstemp's random part, and spare
+    stem = path.name.encode()[: max(room, 1)].decode(errors="ignore") or "x"
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.{owner}", suffix=".tmp" + suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates 0600 files; outputs should get the permissions any new file gets (0666 less the umask).

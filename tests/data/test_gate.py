@@ -141,6 +141,16 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+def test_a_case_name_near_the_file_name_limit_is_written(tmp_path: Path) -> None:
+    """The temporary name adds the writer's tag to the destination's: a 230-byte case name (e.g. built from a long
+    series description) used to fail with "File name too long" (errno 36)."""
+    dest = tmp_path / ("c" * 230 + "_\u00e9.nii.gz")  # a multi-byte character near the cut
+    with atomic_path(dest) as tmp:
+        assert len(tmp.name.encode()) <= 255 and tmp.name.endswith(".nii.gz")
+        tmp.write_bytes(b"mask")
+    assert dest.read_bytes() == b"mask" and [p.name for p in tmp_path.iterdir()] == [dest.name]
+
+
 def test_temporary_names_carry_the_writer_and_orphans_are_removed(tmp_path: Path) -> None:
     target = tmp_path / "case.nii.gz"
     with atomic_path(target) as tmp:
