@@ -123,5 +123,5 @@ def drift_report(
     report.ranking_files = write_ranking(
         report.ranking, ranking_csv, ranking_json, threshold=report.threshold, fpr=report.options.fpr
     )
-    write_json(out, report.to_dict())
+    write_json(out, report.to_dict(), non_finite="null")  # strict JSON: a value not defined (a blank scan's) is null
     return report

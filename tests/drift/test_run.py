@@ -124,7 +124,7 @@ def test_cli_exit_codes_plots_and_named_failures(setup: dict, tmp_path: Path) ->
         ]
     )
     assert code == 4
-    doc = json.loads(out.read_text())
+    doc = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
     assert doc["drift"] is True and doc["dice"]["reference_mean"] is not None
     assert all(Path(p).is_file() for p in doc["plots"])
     # No drift, exit 0: a target that is the reference itself (MMD and KS see no difference at all).
