@@ -17,7 +17,7 @@ import pytest
 
 from medattn.cli import main
 from medattn.errors import DataError
-from tests.conftest import write_dicom_series, write_nifti
+from tests.conftest import blob_case, write_dicom_series, write_nifti
 
 SHAPE = (12, 10, 7)
 
@@ -363,3 +363,17 @@ def test_a_gapped_acquisition_with_consecutive_numbers_is_read(tmp_path: Path) -
     got, header = read_volume(tmp_path / "gapped", dtype=None)
     np.testing.assert_array_equal(got, vol)
     np.testing.assert_allclose(header.affine, aff, atol=1e-4)
+
+
+def test_modality_option_cannot_contradict_the_series_headers(tmp_path: Path) -> None:
+    """DICOM carries its modality: ``--modality CT`` on MR series (or the reverse) would normalise them as the
+    other one; refused naming both. Agreeing with the headers, it is accepted."""
+    from medattn.data.importers import load_dataset
+    from medattn.errors import ManifestError
+
+    for i in range(2):
+        image, _ = blob_case((8, 9, 10), seed=i)
+        write_dicom_series(tmp_path / "pacs" / f"p{i}", np.round(image * 500).astype(np.int16), np.eye(4))
+    with pytest.raises(ManifestError, match="--modality CT but the series' headers say MR"):
+        load_dataset(tmp_path / "pacs", modality="CT")
+    assert load_dataset(tmp_path / "pacs", modality="MR").channels[0].modality == "MR"

@@ -104,6 +104,14 @@ def import_dicom(root: Path, *, domain_from: str | None = None, modality: str | 
             f"the series have several modalities ({', '.join(sorted(modalities))}); import one modality at a time",
             root,
         )
+    if modality is not None:
+        stored = {normalise_modality(m) for m in modalities} - {normalise_modality(modality)}
+        if stored:  # the series' own header says otherwise: a CT read as MR would be normalised as MR
+            raise ManifestError(
+                f"--modality {modality} but the series' headers say {', '.join(sorted(stored))}; DICOM carries its "
+                "modality, so leave --modality out (or import the series of one modality)",
+                root,
+            )
     channel = Channel("image", normalise_modality(modality or (modalities.pop() if modalities else "MR")))
     domains = tuple(Domain(name, tuple(cases)) for name, cases in sorted(by_domain.items()))
     labelled = sum(c.label is not None for d in domains for c in d.cases)
