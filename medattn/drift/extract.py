@@ -69,7 +69,7 @@ def extract_features(
         case_id = str(item.get("case_id", Path(images[0]).name))
         try:
             label = item.get("label")
-            check_input_case(
+            checked = check_input_case(
                 case_id,
                 images,
                 channel_names,
@@ -105,8 +105,11 @@ def extract_features(
                     dice=dice,
                     source=str(images[0]),
                     foreground_entropy=float(vol["foreground_entropy"]),
+                    extra={"input_warnings": [p.message for p in checked.warnings]} if checked.warnings else {},
                 )
             )
+            for p in checked.warnings:  # a blank scan's features are measured, but not silently
+                log.warning("volume %s: %s: %s", case_id, p.check, p.message)
         except DataError as e:
             log.warning("skipping %s", e)
             failures.append({"case": case_id, "file": e.path or images[0], "reason": e.problem})

@@ -38,8 +38,9 @@ from medattn.drift.features import VolumeFeatures
 
 #: The ordering rule, as written into the ranking JSON and the drift report.
 RANKING_RULE = (
-    "flagged volumes (Mahalanobis score above the calibrated threshold) first; then by the mean of the score rank "
-    "and the foreground-entropy rank (1 = highest, ties averaged); ties by the higher score, then the case id"
+    "volumes with an input warning (a blank scan, say: labelling it teaches nothing) last; then flagged volumes "
+    "(Mahalanobis score above the calibrated threshold) first; then by the mean of the score rank and the "
+    "foreground-entropy rank (1 = highest, ties averaged); ties by the higher score, then the case id"
 )
 #: The foreground entropy's definition, as written into the ranking JSON.
 ENTROPY_DEFINITION = (
@@ -59,6 +60,7 @@ COLUMNS = (
     "score_rank",
     "entropy_rank",
     "mean_rank",
+    "input_warning",
 )
 RANKING_FORMAT = "medattn-drift-ranking"
 #: Rows listed in the drift report and its text summary.
@@ -99,10 +101,13 @@ def labelling_ranking(
             "score_rank": float(score_rank[i]),
             "entropy_rank": float(entropy_rank[i]),
             "mean_rank": float(mean_rank[i]),
+            "input_warning": "; ".join(f.extra.get("input_warnings", [])) or None,
         }
         for i, f in enumerate(target)
     ]
-    rows.sort(key=lambda r: (not r["flagged"], r["mean_rank"], -r["volume_score"], r["case_id"]))
+    rows.sort(
+        key=lambda r: (bool(r["input_warning"]), not r["flagged"], r["mean_rank"], -r["volume_score"], r["case_id"])
+    )
     return [{"rank": k, **r} for k, r in enumerate(rows, start=1)]
 
 

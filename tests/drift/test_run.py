@@ -355,3 +355,25 @@ def test_dicom_series_folders_as_reference_and_target_report_the_scanner_change(
     assert code == (4 if doc["drift"] else 0)
     assert (doc["n_reference"], doc["n_target"], doc["failures"]) == (6, 6, [])
     assert doc["metadata_changes"]["Manufacturer"] == {"reference": ["Acme"], "target": ["Zenith"]}
+
+
+def test_a_blank_scan_is_named_and_ranked_last_to_label(setup: dict, tmp_path: Path, caplog) -> None:
+    """A constant image's features are measured (it may well drift), but its input warning is logged and in the
+    ranking, and it comes after every other volume: labelling a blank scan teaches nothing."""
+    from medattn.drift.inputs import dataset_items
+
+    items = setup["manifest"].datalist(domain="A")[:3]
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for k, item in enumerate(items):
+        img = nib.load(item["image"][0])
+        voxels = np.asarray(img.dataobj, dtype=np.float32)
+        nib.save(nib.Nifti1Image(voxels, img.affine), str(folder / f"copy_{k}.nii.gz"))
+    nib.save(nib.Nifti1Image(np.full(voxels.shape, 7.0, np.float32), img.affine), str(folder / "blank.nii.gz"))
+    with caplog.at_level("WARNING"):
+        target, failures = extract_features(setup["loaded"], dataset_items(str(folder), None, 1))
+    assert failures == [] and len(target) == 4
+    assert "volume blank: intensity: image is constant" in caplog.text
+    rows = analyse(setup["feats"]["A"], target, DriftOptions(permutations=50)).ranking
+    assert rows[-1]["case_id"] == "blank" and "constant" in rows[-1]["input_warning"]
+    assert all(r["input_warning"] is None for r in rows[:-1])
