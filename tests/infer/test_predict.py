@@ -261,3 +261,23 @@ def test_a_folder_of_links_names_its_cases_by_the_links(tmp_path: Path, model_fi
     assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["case7.nii.gz", "case8.nii.gz"]
     assert nib.load(str(tmp_path / "out" / "case7.nii.gz")).shape == (20, 18, 14)
     assert sorted(p.name for p in store.iterdir()) == ["blob0.nii.gz", "blob1.nii.gz"]
+
+
+def test_tta_of_a_model_trained_without_flips_says_so(tmp_path: Path, caplog) -> None:
+    """Mirroring a network never shown a flipped image can lower its accuracy: predict --tta warns where the model
+    file records training with flip_prob 0, and not where it flipped."""
+    import torch
+
+    from medattn.models import build_model
+    from medattn.models.model_file import save_model
+    from tests.infer.conftest import small_plan
+
+    src = write_nifti(tmp_path / "in" / "scan.nii.gz", blob_case(SHAPE, seed=0)[0], _affine("lps"))
+    torch.manual_seed(0)
+    net = build_model("ag_unet", 1, 3, channels=(4, 8, 16))
+    for p_flip, name in ((0.0, "noflip.pt"), (0.5, "flip.pt")):
+        model = save_model(tmp_path / name, net, small_plan(), meta={"run": {"augment": {"flip_prob": p_flip}}})
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert main(["predict", str(model), str(src), str(tmp_path / f"out_{name}"), "--tta", "--quiet"]) == 0
+        assert ("trained without flips" in caplog.text) == (p_flip == 0.0)
