@@ -260,6 +260,28 @@ def test_bids_takes_the_segmentation_over_a_brain_mask_and_names_the_choice(
     assert chosen.label is not None and chosen.label.endswith("desc-lesion_dseg.nii.gz")
 
 
+def test_bids_domain_from_an_entity_one_image_lacks_leaves_that_case_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--domain-from ses`` where one subject has no session: that case is left out, named; the others import.
+    When no image has it, the import is refused."""
+    root = tmp_path / "bids"
+    root.mkdir()
+    (root / "dataset_description.json").write_text('{"Name": "Toy BIDS"}')
+    image, label = blob_case((8, 8, 8), seed=1)
+    for sub, ses in (("01", "pre"), ("02", "post"), ("03", None)):
+        name = f"sub-{sub}_ses-{ses}_T1w" if ses else f"sub-{sub}_T1w"
+        folder = f"sub-{sub}/ses-{ses}/anat" if ses else f"sub-{sub}/anat"
+        write_nifti(root / folder / f"{name}.nii.gz", image)
+        write_nifti(root / "derivatives" / "labels" / folder / f"{name}_dseg.nii.gz", label)
+    with caplog.at_level("WARNING"):
+        m = load_dataset(root, domain_from="ses")
+    assert m.domain_names == ["post", "pre"]
+    assert "case left out, --domain-from 'ses' names no domain for it: sub-03_T1w.nii.gz" in caplog.text
+    with pytest.raises(ManifestError, match="--domain-from 'acq'"):
+        load_dataset(root, domain_from="acq")
+
+
 def test_label_stem_and_bids_name_parsing() -> None:
     assert all(is_label_stem(s) for s in ["GT_W", "t2_seg-manual", "mt1_gmseg_goldstandard", "x_dseg", "mask"])
     assert not any(is_label_stem(s) for s in ["FLAIR", "T1", "t2s_uncropped", "sub-01_T2star"])

@@ -116,6 +116,7 @@ def import_bids(
     cases_by_domain: dict[str, list[Case]] = defaultdict(list)
     domain_meta: dict[str, dict[str, Any]] = {}
     unlabelled = 0
+    no_domain: list[str] = []
     modalities: dict[str, str] = {}
     for _key, by_suffix in sorted(groups.items()):
         order = channels or list(by_suffix)
@@ -139,12 +140,11 @@ def import_bids(
                 dname = suffix if domain_from == "suffix" else ent[domain_from]
             elif domain_from in side:
                 dname = str(side[domain_from])
-            else:
-                raise ManifestError(
-                    f"--domain-from {domain_from!r}: neither a filename entity nor a key of the sidecar of "
-                    f"{paths[0].name} (keys: {sorted(side)[:12]}...)",
-                    paths[0],
+            else:  # this image alone lacks it (a subject without a session, say): left out, named
+                no_domain.append(
+                    f"{paths[0].name}: neither a filename entity nor a key of its sidecar (keys: {sorted(side)[:12]})"
                 )
+                continue
         else:
             dname = slug(root.name)
         dname = slug(dname)
@@ -156,6 +156,10 @@ def import_bids(
             domain_meta.setdefault(dname, {domain_from: side[domain_from]})
     if unlabelled:
         log.info("%s: %d image(s) without a label under derivatives/ were left out", root, unlabelled)
+    if no_domain and not cases_by_domain:
+        raise ManifestError(f"--domain-from {domain_from!r}: {no_domain[0]}", root)
+    for why in no_domain:
+        log.warning("%s: case left out, --domain-from %r names no domain for it: %s", root, domain_from, why)
     if not cases_by_domain:
         raise ManifestError("BIDS folder has no image with a label under derivatives/", root)
     if channels:
