@@ -73,6 +73,18 @@ class DiceCSVLogger(CSVLogger):
         self.dice_history: dict[int, dict[int, float]] = _read_dice(eval_path)
         self.memory_file: TextIO | None = None  # memory.csv, opened at the first memory to log
 
+    def before_training_exp(self, strategy: Any, metric_values: list[Any], **kwargs: Any) -> None:
+        super().before_training_exp(strategy, metric_values, **kwargs)
+        # rows an interrupted run wrote for this experience before it stopped: it is trained again from its start
+        exp = str(self.training_exp_id)
+        self.training_file = _drop_rows(self.training_file, TRAIN_COLUMNS, "training_exp", exp)
+        self.eval_file = _drop_rows(self.eval_file, EVAL_COLUMNS, "training_exp", exp)
+        memory = Path(self.log_folder) / "memory.csv"
+        if memory.is_file():
+            if self.memory_file is None:
+                self.memory_file = _open_csv(memory, MEMORY_COLUMNS)
+            self.memory_file = _drop_rows(self.memory_file, MEMORY_COLUMNS, "training_exp", exp)
+
     def after_training_exp(self, strategy: Any, metric_values: list[Any], **kwargs: Any) -> None:
         # The evaluator (whose loggers these are) is the strategy's last plugin: the memory is already updated.
         stored = stored_per_domain(strategy)
@@ -156,6 +168,25 @@ def _cell(value: Any) -> str:
 def _write(file: TextIO, row: Sequence[Any]) -> None:
     csv.writer(file, lineterminator="\n").writerow([_cell(v) for v in row])
     file.flush()
+
+
+def _drop_rows(handle: TextIO, columns: Sequence[str], column: str, value: str) -> TextIO:
+    """Remove the rows whose ``column`` is ``value`` from the CSV file open for appending in ``handle`` (rewritten
+    atomically when there are any); returns the handle to append with."""
+    handle.flush()
+    path = Path(handle.name)
+    rows = list(csv.DictReader(io.StringIO(path.read_text())))
+    kept = [r for r in rows if r.get(column) != value]
+    if len(kept) == len(rows):
+        return handle
+    handle.close()
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(kept)
+    atomic_write_text(path, buf.getvalue())
+    log.info("%s: %d row(s) of an interrupted training experience %s removed", path, len(rows) - len(kept), value)
+    return _open_csv(path, columns)
 
 
 def _open_csv(path: Path, columns: Sequence[str]) -> TextIO:
