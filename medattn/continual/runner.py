@@ -134,10 +134,10 @@ def mirrored_training(doc: Mapping[str, Any], cfg: AdaptConfig) -> tuple[bool, s
     (a model written by ``adapt``, say), this adaptation flips them. A network never shown a flipped image can be
     far worse on one than on the image itself (the tests' phantom model, trained without flips, loses about 0.2 of
     Dice on the mean over all eight mirrorings), so test-time mirroring is only as good as the training behind it."""
-    meta = doc.get("meta") or {}
-    augment = (meta.get("run") or {}).get("augment") if isinstance(meta, Mapping) else None
-    if isinstance(augment, Mapping) and "flip_prob" in augment:
-        p = float(augment["flip_prob"])
+    from medattn.models.model_file import recorded_flip_prob
+
+    p = recorded_flip_prob(doc)
+    if p is not None:
         return p > 0, f"its model file records training with flips at probability {p:g}"
     p = float(cfg.augment_config().flip_prob)
     return p > 0, f"its model file records no training run, and this adaptation flips at probability {p:g}"

@@ -165,7 +165,7 @@ def domain_split(
             return train, test
     elif test_split in d.splits:  # a test split and no train split: train on the other labelled cases
         test = [i for i in d.splits[test_split] if i in labelled]
-        train = [i for i in labelled if i not in set(test) and i not in held]
+        train = [i for i in labelled if i not in {*test, *held}]
         log.warning(
             "domain %r has no %r split; training on its %d labelled case(s) outside its %r split",
             domain,

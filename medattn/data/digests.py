@@ -3,7 +3,7 @@
 ``train --resume`` and ``adapt --resume`` would otherwise accept the same case ids in another dataset, a label edited
 in place since the run started, or (``adapt``) another start model, and mix what they learned before with what they
 learn now without a word. Reading the files costs about what loading them once does (hippocampus: 208 cases,
-27 MB).
+15 MB of images and labels, `du -cb` of imagesTr and labelsTr).
 """
 
 from __future__ import annotations

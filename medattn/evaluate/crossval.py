@@ -73,6 +73,7 @@ def run_crossval(
         DataError: a fold's validation case that is in a test split, missing from the dataset, or validated by
             two folds; no labelled out-of-fold case.
     """
+    from medattn.data.digests import case_digests, changed_cases, file_digest
     from medattn.data.guard import InputGuard, prepare_output_dir
     from medattn.data.io import read_volume, spacing_from_affine
     from medattn.infer.inputs import InputCase
@@ -91,8 +92,6 @@ def run_crossval(
     test_ids = {i for d in manifest.domains for i in d.held_out_ids()}
     assignment: dict[str, str] = {}
     per_fold: list[list[str]] = []
-    from medattn.data.digests import case_digests, changed_cases
-
     for f in folds:
         saved = json.loads((f / "split.json").read_text())
         val = [str(i) for i in saved.get("val", [])]
@@ -131,8 +130,9 @@ def run_crossval(
     protected = sorted(guard.files)
     # an earlier crossval's records go first: a run killed half-way must not leave new masks beside an old
     # "complete" predictions.json, summary and rule (they are written again once every fold is through)
+    keep = {Path(p).resolve() for p in protected}
     for old in (out / SUMMARY_NAME, out / "summary.json", run / RULE_NAME, *out.glob("*.nii.gz")):
-        if old.is_file() and old.resolve() not in {Path(p).resolve() for p in protected}:
+        if old.is_file() and old.resolve() not in keep:
             old.unlink()
     device = resolve_device(options.device)
     results: list[dict[str, Any]] = []
@@ -165,8 +165,6 @@ def run_crossval(
         raise DataError("no out-of-fold prediction could be made (every case failed)", run)
     labels = {int(k): str(v) for k, v in manifest.labels.items() if int(k) != 0}
     rule = determine_rule(oof, labels)
-    from medattn.data.digests import file_digest
-
     # which models chose it: predict refuses the rule for a fold retrained since
     rule.evidence["models"] = {f.name: file_digest(f / "model.pt") for f in folds}
     save_rule(rule, run / RULE_NAME, protected)

@@ -320,10 +320,10 @@ def _warn_untrained_mirroring(loaded: Any, members: Sequence[Path]) -> None:
     """Say so where mirroring TTA is asked of a model whose file records training without flips: a network never
     shown a flipped image can be far worse on one (the tests' phantom model: 0.81 Dice on the images, 0.61 on the
     mean of their eight mirrorings), so the averaged mask may be worse than the plain one."""
-    for member, model in zip(members, getattr(loaded, "loaded", [loaded])):
-        meta = (getattr(model, "doc", None) or {}).get("meta") or {}
-        augment = (meta.get("run") or {}).get("augment") if isinstance(meta, dict) else None
-        if isinstance(augment, dict) and float(augment.get("flip_prob", 1.0)) == 0.0:
+    from medattn.models.model_file import recorded_flip_prob
+
+    for member, model in zip(members, loaded.loaded):
+        if recorded_flip_prob(model.doc) == 0.0:
             log.warning(
                 "%s was trained without flips (its model file records flip_prob 0): mirrored test-time passes may "
                 "lower its accuracy rather than raise it; predict without --tta, or check on labelled cases first",

@@ -77,6 +77,16 @@ def save_model(
     return atomic_write_with(path, lambda tmp: torch.save(doc, tmp), protected)
 
 
+def recorded_flip_prob(doc: Mapping[str, Any]) -> float | None:
+    """The flip probability of the training run a model file records (``meta.run.augment.flip_prob``, written by
+    ``medattn train``), or None where it records none (a model written by ``adapt``, say)."""
+    meta = doc.get("meta") or {}
+    augment = (meta.get("run") or {}).get("augment") if isinstance(meta, Mapping) else None
+    if isinstance(augment, Mapping) and "flip_prob" in augment:
+        return float(augment["flip_prob"])
+    return None
+
+
 def load_model(path: str | Path, device: DeviceLike = "cpu") -> LoadedModel:
     """Load a model file safely (``weights_only=True``) and rebuild the network in eval mode on ``device``.
 

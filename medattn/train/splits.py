@@ -82,6 +82,12 @@ def _labelled(d: Domain) -> list[str]:
     return [c.id for c in d.cases if c.label is not None]
 
 
+def _trainable(d: Domain) -> list[str]:
+    """The labelled cases of ``d`` outside its test split: what k-fold and ``--fold all`` draw from."""
+    held_out = d.held_out_ids()
+    return [i for i in _labelled(d) if i not in held_out]
+
+
 def _nnunet_folds(manifest: Manifest) -> int:
     """How many of nnU-Net's folds (``fold<k>_train``/``fold<k>_val`` splits, from ``splits_final.json``) every
     domain carries; 0 when they do not all carry the same complete set."""
@@ -162,8 +168,7 @@ def make_split(manifest: Manifest, fold: str, folds: int = 5, split_seed: int = 
     left_out = f"; {n_test} test case(s) left out" if n_test else ""
     if fold == "all":
         for d in manifest.domains:
-            held_out = d.held_out_ids()
-            train += [i for i in _labelled(d) if i not in held_out]
+            train += _trainable(d)
         desc = f"all cases, no validation{left_out}"
     elif fold == "fixed":
         if not has_fixed_split(manifest):
@@ -179,7 +184,7 @@ def make_split(manifest: Manifest, fold: str, folds: int = 5, split_seed: int = 
     else:
         if not fold.isdigit():
             raise ConfigError(f"fold: expected 0..{folds - 1}, 'fixed' or 'all', got {fold!r}")
-        pool = sum(len([i for i in _labelled(d) if i not in d.held_out_ids()]) for d in manifest.domains)
+        pool = sum(len(_trainable(d)) for d in manifest.domains)
         if pool < folds:
             raise ConfigError(
                 f"{manifest.name}: {folds} folds need at least {folds} labelled cases outside the test split, "
@@ -194,19 +199,18 @@ def make_split(manifest: Manifest, fold: str, folds: int = 5, split_seed: int = 
             if int(fold) >= folds:
                 raise ConfigError(f"fold {fold} is outside 0..{folds - 1}")
             for d in manifest.domains:
-                held_out, labelled = d.held_out_ids(), set(_labelled(d))
-                train += [i for i in d.splits[f"fold{fold}_train"] if i in labelled and i not in held_out]
-                val += [i for i in d.splits[f"fold{fold}_val"] if i in labelled and i not in held_out]
+                usable = set(_trainable(d))
+                train += [i for i in d.splits[f"fold{fold}_train"] if i in usable]
+                val += [i for i in d.splits[f"fold{fold}_val"] if i in usable]
             desc = f"fold {fold} of nnU-Net's {folds} (the dataset's splits_final.json){left_out}"
         else:
             for d in manifest.domains:
-                held_out = d.held_out_ids()
-                t, v = kfold([i for i in _labelled(d) if i not in held_out], folds, int(fold), split_seed)
+                t, v = kfold(_trainable(d), folds, int(fold), split_seed)
                 train += t
                 val += v
             desc = f"fold {fold} of {folds} (split seed {split_seed}, stratified by domain){left_out}"
         if not val:  # the domains stratified apart: each has fewer cases than folds
-            sizes = {d.name: len([i for i in _labelled(d) if i not in d.held_out_ids()]) for d in manifest.domains}
+            sizes = {d.name: len(_trainable(d)) for d in manifest.domains}
             raise ConfigError(
                 f"{manifest.name}: fold {fold} of {folds} validates on no case (labelled cases outside the test "
                 f"split per domain: {sizes}; each domain is split into {folds} folds); use fewer folds"

@@ -124,7 +124,7 @@ def test_cli_exit_codes_plots_and_named_failures(setup: dict, tmp_path: Path) ->
         ]
     )
     assert code == 4
-    doc = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    doc = json.loads(out.read_text())
     assert doc["drift"] is True and doc["dice"]["reference_mean"] is not None
     assert all(Path(p).is_file() for p in doc["plots"])
     # No drift, exit 0: a target that is the reference itself (MMD and KS see no difference at all).
@@ -377,3 +377,9 @@ def test_a_blank_scan_is_named_and_ranked_last_to_label(setup: dict, tmp_path: P
     rows = analyse(setup["feats"]["A"], target, DriftOptions(permutations=50)).ranking
     assert rows[-1]["case_id"] == "blank" and "constant" in rows[-1]["input_warning"]
     assert all(r["input_warning"] is None for r in rows[:-1])
+    # the report of such a target is strict JSON: what the blank scan leaves undefined is null, not NaN
+    out = tmp_path / "report.json"
+    manifest = str(setup["root"] / "ph" / "manifest.json")
+    args = ["drift", str(setup["root"] / "model.pt"), "--reference", f"{manifest}:A", "--target", str(folder)]
+    main([*args, "-o", str(out), "--permutations", "50", "--quiet"])
+    json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))

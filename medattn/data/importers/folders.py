@@ -185,9 +185,8 @@ def _case_folders(
         if not files:
             continue
         if len(files) < len(images):  # T1.nii beside T1.nii.gz: which one is the channel?
-            twins = sorted(
-                f.name for f in images if sum(strip_suffix(g.name) == strip_suffix(f.name) for g in images) > 1
-            )
+            stems = Counter(strip_suffix(f.name) for f in images)
+            twins = sorted(f.name for f in images if stems[strip_suffix(f.name)] > 1)
             log.warning("%s: case left out: it holds %s, one channel in two files", cdir, twins)
             ambiguous.append(f"{cdir.name} holds {twins}")
             continue
@@ -217,14 +216,9 @@ def _case_folders(
         missing = [c for c in names if c not in chan_files]
         extra = [c for c in order if c not in names] if not channels else []
         if missing or extra:
-            why = " and ".join(
-                part
-                for part in (
-                    f"lacks channel file(s) {missing}" if missing else "",
-                    f"holds extra file(s) {extra}" if extra else "",
-                )
-                if part
-            )
+            parts = [f"lacks channel file(s) {missing}"] if missing else []
+            parts += [f"holds extra file(s) {extra}"] if extra else []
+            why = " and ".join(parts)
             left_out.append(f"{cdir.name} {why}")
             log.warning("%s: case left out: it %s (the channels are %s)", cdir, why, names)
             continue
