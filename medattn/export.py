@@ -4,9 +4,14 @@ runtimes without medattn, with its preprocessing plan beside it.
 ``OUT`` is the network file (``model.onnx``, ``model.ts``); ``OUT.plan.json`` beside it is the plan
 (:class:`~medattn.data.plan.Plan`: spacing, orientation, normalisation, patch size, label values and names) plus
 an ``export`` block: the format, the input (``image``: float32, batch 1, the channels and the plan's patch size:
-one sliding window) and output (``logits``: the classes' logits, label order), the source model's SHA-256 and the
-largest absolute difference between the exported network and PyTorch on a random window, measured at export time.
-An export whose difference exceeds :data:`MAX_ABS_DIFF` is refused.
+one sliding window) and output (``logits``: the classes' logits, label order), the SHA-256 of the source model and
+of the network file, and the largest absolute difference between the exported network and PyTorch on a random
+window, measured at export time. An export whose difference exceeds :data:`MAX_ABS_DIFF` is refused.
+
+The two files are each written atomically, the network first; a process killed between the two renames leaves a
+new network beside the previous export's plan. The plan's ``network_sha256`` names the network it belongs to, and
+:func:`load_exported` refuses a network whose plan records another one (a runtime without medattn can compare the
+same digest).
 
 What is exported is the network on one window; the sliding window, its blending, TTA and the mapping back to the
 input grid stay with the caller (:func:`load_exported` gives a callable that :func:`medattn.infer.sliding.
@@ -88,6 +93,7 @@ def export_model(model_path: str | Path, out: str | Path, fmt: str, seed: int = 
         diff = float((got - reference).abs().max())
         if not diff <= MAX_ABS_DIFF:  # raised inside: the temporary file goes, a previous export at OUT stays
             raise ConfigError(f"the {fmt} export differs from PyTorch by {diff:.2e} (> {MAX_ABS_DIFF}); not kept")
+        network_sha256 = file_sha256(tmp)
     record = {
         "format": fmt,
         "network_file": out.name,
@@ -96,6 +102,7 @@ def export_model(model_path: str | Path, out: str | Path, fmt: str, seed: int = 
         "labels": {str(k): v for k, v in sorted(plan.labels.items())},
         "source_model": str(model_path),
         "source_sha256": file_sha256(model_path),
+        "network_sha256": network_sha256,
         "max_abs_diff_vs_pytorch": diff,
         "check_window_seed": seed,
     }
@@ -135,11 +142,35 @@ def _to_torchscript(net: nn.Module, window: torch.Tensor, path: Path) -> None:
         torch.jit.save(traced, str(path))
 
 
+def check_plan_matches(path: Path) -> None:
+    """Refuse a network whose ``OUT.plan.json`` (if there is one) records another network file's SHA-256."""
+    from medattn.data.io import file_sha256
+
+    plan = plan_path(path)
+    if not (path.is_file() and plan.is_file()):
+        return
+    try:
+        recorded = json.loads(plan.read_text()).get("export", {}).get("network_sha256")
+    except (OSError, ValueError, AttributeError) as e:
+        raise DataError(f"the export's plan {plan.name} cannot be read: {e}", path) from None
+    if recorded is not None and recorded != file_sha256(path):
+        raise DataError(
+            f"this network is not the one its plan {plan.name} was written for (an export interrupted between its"
+            " two files, or a file replaced by hand); export the model again",
+            path,
+        )
+
+
 def load_exported(path: str | Path, fmt: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """An exported network as a callable on a batch of windows (B, C, *patch) -> logits (B, K, *patch), for
     :func:`medattn.infer.sliding.sliding_window_predict` (batches run one window at a time: the shape is static).
-    ``fmt`` defaults from the suffix (``.onnx``: ONNX Runtime on the CPU; else TorchScript)."""
+    ``fmt`` defaults from the suffix (``.onnx``: ONNX Runtime on the CPU; else TorchScript).
+
+    Raises:
+        DataError: the plan beside ``path`` records another network (an export killed between its two writes).
+    """
     path = Path(path)
+    check_plan_matches(path)
     fmt = fmt or ("onnx" if path.suffix == ".onnx" else "torchscript")
     if fmt == "onnx":
         try:

@@ -3,6 +3,7 @@ and, through the sliding window, on a whole volume (labels equal); the plan trav
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -39,6 +40,7 @@ def test_exported_network_matches_pytorch_on_a_window_and_a_volume(model: Path, 
     assert record["format"] == fmt and record["input"]["shape"] == [1, 1, 16, 24, 16]
     assert record["max_abs_diff_vs_pytorch"] < 1e-4  # measured 1.0e-6 (TorchScript) and 1.1e-6 (ONNX), Xeon CPU
     assert doc["labels"] == {"0": "background", "1": "core", "2": "rim"} and doc["patch_size"] == [16, 24, 16]
+    assert record["network_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()  # the file beside it
 
     loaded = load_model(model)
     exported = load_exported(out)
@@ -86,3 +88,28 @@ def test_export_never_writes_over_a_file_that_is_not_an_earlier_export(model: Pa
     assert main(["export", str(model), str(other), "--format", "onnx"]) != 0
     assert "not an earlier export" in capsys.readouterr().err
     assert other.read_bytes() == b"another run's checkpoint" and not plan_path(other).exists()
+
+
+def test_a_network_beside_another_exports_plan_is_refused(model: Path, tmp_path: Path, monkeypatch) -> None:
+    """An export killed between its two renames leaves a new network beside the previous export's plan (the
+    patch size, labels and normalisation of another model): loading that pair is refused, naming the file."""
+    import medattn.data.io as io
+    from medattn.errors import DataError
+    from medattn.models import build_model
+    from medattn.models.model_file import save_model
+
+    out = tmp_path / "net.ts"
+    assert main(["export", str(model), str(out), "--format", "torchscript"]) == 0
+    load_exported(out)  # a whole export loads
+    plan_before = plan_path(out).read_bytes()
+    torch.manual_seed(1)
+    other = save_model(tmp_path / "other.pt", build_model("ag_unet", 1, 3, channels=(4, 8, 16)), small_plan())
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies after the network's rename, before the plan's
+
+    monkeypatch.setattr(io, "atomic_write_text", killed)
+    assert main(["export", str(other), str(out), "--format", "torchscript"]) != 0  # "interrupted"
+    assert plan_path(out).read_bytes() == plan_before  # the old plan, beside the new network
+    with pytest.raises(DataError, match="not the one its plan"):
+        load_exported(out)
