@@ -72,6 +72,7 @@ def export_model(model_path: str | Path, out: str | Path, fmt: str, seed: int = 
         ConfigError: an unknown format, a missing ONNX package, or an export that does not reproduce PyTorch.
     """
     from medattn.data.io import atomic_path, atomic_write_text, file_sha256
+    from medattn.data.plan import normalisation_text
     from medattn.models.model_file import load_model
 
     if fmt not in FORMATS:
@@ -89,7 +90,7 @@ def export_model(model_path: str | Path, out: str | Path, fmt: str, seed: int = 
             _to_onnx(net, window, Path(tmp))
         else:
             _to_torchscript(net, window, Path(tmp))
-        got = load_exported(tmp, fmt)(window)
+        got = _load_network(Path(tmp), fmt)(window)
         diff = float((got - reference).abs().max())
         if not diff <= MAX_ABS_DIFF:  # raised inside: the temporary file goes, a previous export at OUT stays
             raise ConfigError(f"the {fmt} export differs from PyTorch by {diff:.2e} (> {MAX_ABS_DIFF}); not kept")
@@ -100,6 +101,7 @@ def export_model(model_path: str | Path, out: str | Path, fmt: str, seed: int = 
         "input": {"name": "image", "dtype": "float32", "shape": list(shape)},
         "output": {"name": "logits", "dtype": "float32", "shape": [1, plan.num_classes, *plan.patch_size]},
         "labels": {str(k): v for k, v in sorted(plan.labels.items())},
+        "normalisation": {ch.name: f"{ch.scheme}: {normalisation_text(ch)}" for ch in plan.channels},
         "source_model": str(model_path),
         "source_sha256": file_sha256(model_path),
         "network_sha256": network_sha256,
@@ -143,12 +145,18 @@ def _to_torchscript(net: nn.Module, window: torch.Tensor, path: Path) -> None:
 
 
 def check_plan_matches(path: Path) -> None:
-    """Refuse a network whose ``OUT.plan.json`` (if there is one) records another network file's SHA-256."""
+    """Refuse a network without its ``OUT.plan.json``, or whose plan records another network file's SHA-256."""
     from medattn.data.io import file_sha256
 
     plan = plan_path(path)
-    if not (path.is_file() and plan.is_file()):
-        return
+    if not path.is_file():
+        return  # the reader names it
+    if not plan.is_file():
+        raise DataError(
+            f"no {plan.name} beside the network: an export interrupted before its plan, or a network moved without"
+            " it (its input size, labels and normalisation are in the plan); export the model again",
+            path,
+        )
     try:
         recorded = json.loads(plan.read_text()).get("export", {}).get("network_sha256")
     except (OSError, ValueError, AttributeError) as e:
@@ -167,10 +175,16 @@ def load_exported(path: str | Path, fmt: str | None = None) -> Callable[[torch.T
     ``fmt`` defaults from the suffix (``.onnx``: ONNX Runtime on the CPU; else TorchScript).
 
     Raises:
-        DataError: the plan beside ``path`` records another network (an export killed between its two writes).
+        DataError: no plan beside ``path``, or one that records another network (an export killed between its two
+            writes).
     """
     path = Path(path)
     check_plan_matches(path)
+    return _load_network(path, fmt)
+
+
+def _load_network(path: Path, fmt: str | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """:func:`load_exported` without the plan check (the export's own check of its temporary file)."""
     fmt = fmt or ("onnx" if path.suffix == ".onnx" else "torchscript")
     if fmt == "onnx":
         try:

@@ -41,6 +41,8 @@ def test_exported_network_matches_pytorch_on_a_window_and_a_volume(model: Path, 
     assert record["max_abs_diff_vs_pytorch"] < 1e-4  # measured 1.0e-6 (TorchScript) and 1.1e-6 (ONNX), Xeon CPU
     assert doc["labels"] == {"0": "background", "1": "core", "2": "rim"} and doc["patch_size"] == [16, 24, 16]
     assert record["network_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()  # the file beside it
+    assert record["normalisation"] == {"MRI": "zscore: per-volume z-score; no clipping; the dataset statistics"
+                                                " beside it are recorded, not used"}  # fmt: skip
 
     loaded = load_model(model)
     exported = load_exported(out)
@@ -112,4 +114,7 @@ def test_a_network_beside_another_exports_plan_is_refused(model: Path, tmp_path:
     assert main(["export", str(other), str(out), "--format", "torchscript"]) != 0  # "interrupted"
     assert plan_path(out).read_bytes() == plan_before  # the old plan, beside the new network
     with pytest.raises(DataError, match="not the one its plan"):
+        load_exported(out)
+    plan_path(out).unlink()  # the first export to OUT, killed the same way: a network without a plan
+    with pytest.raises(DataError, match=r"no net\.ts\.plan\.json beside the network"):
         load_exported(out)

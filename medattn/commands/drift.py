@@ -2,8 +2,9 @@
 reference the model knows (:func:`medattn.drift.run.drift_report`).
 
 Exit codes: 0 no drift, 4 drift (whether or not volumes were refused), 1 no drift found but some volumes were
-refused, or too few readable volumes to test, 2 an output that would touch an input or cannot be written, 3 data
-error (model file, dataset description, channels that do not match the model's).
+refused, or too few readable volumes to test, 2 fewer volumes given than the tests take (at least 4 reference and
+2 target), an output that would touch an input or cannot be written, 3 data error (model file, dataset description,
+channels that do not match the model's).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medattn.commands.common import EXIT_DRIFT, EXIT_OK, EXIT_PROBLEMS
+from medattn.commands.common import EXIT_DRIFT, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
 from medattn.commands.options import add_data_root, add_device, add_out, add_seed
 from medattn.runtime import resolve_device
 
@@ -73,7 +74,7 @@ def drift_options(args: argparse.Namespace) -> DriftOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medattn.drift.analysis import TooFewVolumesError
+    from medattn.drift.analysis import TooFewVolumesError, TooFewVolumesGivenError
     from medattn.drift.run import drift_report
     from medattn.drift.summary import format_report
 
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except TooFewVolumesError as e:
         print(f"medattn drift: {e}")
-        return EXIT_TOO_FEW
+        return EXIT_USAGE if isinstance(e, TooFewVolumesGivenError) else EXIT_TOO_FEW
     print(format_report(report))
     print(f"report written to {Path(args.out)}; plots: {', '.join(report.plots)}")
     print(f"labelling ranking of the target volumes: {', '.join(report.ranking_files)}")

@@ -19,7 +19,19 @@ before any voxel is read:
 * one volume: no slice position repeated (several echoes or time points at the same positions are named as such,
   by the attribute that tells them apart; an exact repeat is a duplicated slice), at least two slices;
 * slices evenly spaced along the slice normal (a gap of twice the others is a missing slice) and stacked along the
-  normal (a gantry tilt or a sheared stack is refused: the voxel grid would not be a parallelepiped).
+  normal (a gantry tilt or a sheared stack is refused: the voxel grid would not be a parallelepiped);
+* one kind of image: a derived or secondary slice (ImageType) among the acquired ones is refused, even where it
+  fits the spacing.
+
+After reading, the middle slice is compared with pydicom's own decoding and modality LUT (an independent reader),
+where pydicom can decode its transfer syntax: GDCM inverts MONOCHROME1 pixels (a display convention: the stored
+values times the rescale slope plus the intercept are still the real values), and any other disagreement between
+the two readers is refused rather than trained on. A MONOCHROME1 series is read by pydicom slice by slice, and a
+warning says so; one pydicom cannot decode is refused.
+
+Files are found by their DICOM marker, a ``.dcm`` name, or, for the bare data sets some scanners and PACS exports
+write (no 128-byte preamble, no ``DICM``, names like ``IM0001``), by a forced header read that finds a SOP class or
+an image size.
 
 Geometry follows DICOM (and dcm2niix): index i runs along the row direction (the first three values of
 ImageOrientationPatient) by the column spacing (PixelSpacing[1]), j along the column direction by PixelSpacing[0],
@@ -34,7 +46,9 @@ case's metadata (:data:`METADATA_KEYS`), so datasets of DICOM series split into 
 
 from __future__ import annotations
 
+import logging
 import math
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +57,8 @@ from typing import Any
 import numpy as np
 
 from medattn.errors import DataError
+
+log = logging.getLogger(__name__)
 
 #: Header attributes copied into a case's metadata (when present and not empty), under their DICOM keyword (but
 #: ManufacturerModelName as BIDS's ``ManufacturersModelName``, see :data:`_BIDS_NAMES`); values as DICOM stores
@@ -85,6 +101,24 @@ _VOLUME_KEYS = (
 )
 #: Files a DICOM export puts beside the series that are not slices (the media directory), and hidden files.
 _IGNORED_NAMES = ("DICOMDIR",)
+#: Suffixes of files that are not DICOM slices (an export's notes and thumbnails, converted volumes): never parsed.
+_NOT_DICOM_SUFFIXES = (
+    ".txt", ".json", ".xml", ".csv", ".tsv", ".pdf", ".html", ".htm", ".md", ".log", ".ini", ".jpg", ".jpeg",
+    ".png", ".bmp", ".gif", ".nii", ".gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".raw", ".zip", ".bval", ".bvec",
+)  # fmt: skip
+_BACKSLASH = "\\"  # DICOM's separator of multiple values, as a header dump shows them
+
+
+class NotDicomError(ValueError):
+    """A file that a forced header read finds no DICOM data set in."""
+
+
+#: What reading a header of a file that is not DICOM (or is damaged) raises: pydicom's errors for truncated or
+#: garbled data sets, and :class:`NotDicomError`.
+_NOT_READABLE = (OSError, ValueError, EOFError, AttributeError, KeyError, TypeError, IndexError, struct.error,
+                 NotImplementedError, OverflowError)  # fmt: skip
+#: How many files without a DICOM marker or ``.dcm`` name :func:`is_series_folder` parses before it gives up.
+_PARSED_AT_MOST = 16
 #: Positions closer than this along the normal (mm) are the same slice position.
 SAME_POSITION_MM = 1e-3
 #: A gap may differ from the median gap by this share of it (DICOM stores positions as decimal strings; a missing
@@ -115,6 +149,7 @@ class SeriesInfo:
         metadata: :data:`METADATA_KEYS` found in the first slice's header.
         slope_varies: the slices have different rescale slopes or intercepts (voxels are read as float).
         stored_dtype: the stored pixel type, for the header (``uint16``, ``int16``...).
+        photometric: PhotometricInterpretation (``MONOCHROME2``; ``MONOCHROME1`` is read by pydicom).
     """
 
     folder: Path
@@ -125,6 +160,7 @@ class SeriesInfo:
     metadata: dict[str, Any] = field(default_factory=dict)
     slope_varies: bool = False
     stored_dtype: str = "uint16"
+    photometric: str = "MONOCHROME2"
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -132,35 +168,65 @@ class SeriesInfo:
 
 
 def is_series_folder(path: str | Path) -> bool:
-    """Whether ``path`` is a folder that holds DICOM files (looks at the first few entries only: the 128-byte
-    preamble and ``DICM`` marker, or a ``.dcm`` name). A dataset folder (``manifest.json``, ``dataset.json``) is not."""
+    """Whether ``path`` is a folder that holds DICOM files: one with the 128-byte preamble and ``DICM`` marker or a
+    ``.dcm`` name, or a bare data set (no preamble) that a forced header read finds a SOP class or an image size in
+    (at most :data:`_PARSED_AT_MOST` such reads). Files with a suffix of :data:`_NOT_DICOM_SUFFIXES` are passed over,
+    so notes or thumbnails beside the slices do not hide the series. A dataset folder (``manifest.json``,
+    ``dataset.json``) is not a series folder."""
     p = Path(path)
     if not p.is_dir() or (p / "manifest.json").is_file() or (p / "dataset.json").is_file():
         return False
-    seen = 0
+    parsed = 0
     for entry in sorted(p.iterdir()):
-        if entry.name.startswith(".") or entry.name.upper() in _IGNORED_NAMES or not entry.is_file():
+        if _passed_over(entry) or entry.suffix.lower() in _NOT_DICOM_SUFFIXES:
             continue
         if entry.suffix.lower() == ".dcm" or _has_dicm_marker(entry):
             return True
-        seen += 1
-        if seen >= 8:
-            break
+        if parsed < _PARSED_AT_MOST:
+            parsed += 1
+            try:
+                read_header(entry)
+                return True
+            except _NOT_READABLE:
+                continue
     return False
+
+
+def _passed_over(path: Path) -> bool:
+    """Hidden files, the media directory and sub-folders: never a slice of the folder's series."""
+    return path.name.startswith(".") or path.name.upper() in _IGNORED_NAMES or not path.is_file()
+
+
+def read_header(path: Path, tags: list[str] | None = None) -> Any:
+    """The pydicom header of ``path`` (no pixels; only ``tags`` if given), also of a bare data set without the
+    preamble and marker, which pydicom reads only when forced. A forced read that finds neither a SOP class nor an
+    image size is not DICOM (a text file parses as an empty data set).
+
+    Raises:
+        NotDicomError, or pydicom's error for a damaged file (one of ``_NOT_READABLE``).
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    wanted = None if tags is None else [*tags, "SOPClassUID", "Rows", "Columns"]
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=wanted)
+    except InvalidDicomError as e:
+        raise NotDicomError(str(e)) from None
+    if "SOPClassUID" not in ds and not ("Rows" in ds and "Columns" in ds):
+        raise NotDicomError("no SOP class and no image size: not a DICOM data set")
+    return ds
 
 
 def series_modality(folder: str | Path) -> str | None:
     """The Modality (``CT``, ``MR``...) of the first readable DICOM file in ``folder`` (one header, no pixels), or
     None. The series' own checks (one series, one modality) are :func:`scan_series`'s."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     for path in sorted(Path(folder).iterdir()):
-        if path.name.startswith(".") or path.name.upper() in _IGNORED_NAMES or not path.is_file():
+        if _passed_over(path):
             continue
         try:
-            value = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality")
-        except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError):
+            value = read_header(path, ["Modality"]).get("Modality")
+        except _NOT_READABLE:
             continue
         return str(value) if value else None
     return None
@@ -248,9 +314,6 @@ def scan_series(folder: str | Path) -> SeriesInfo:
 
 
 def _scan_series(folder: Path) -> SeriesInfo:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError("not a folder of DICOM files", folder)
@@ -260,8 +323,8 @@ def _scan_series(folder: Path) -> SeriesInfo:
         if path.name.startswith(".") or path.name.upper() in _IGNORED_NAMES or path.is_dir():
             continue
         try:
-            headers.append((path, pydicom.dcmread(path, stop_before_pixels=True)))
-        except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError) as e:
+            headers.append((path, read_header(path)))
+        except _NOT_READABLE as e:
             unreadable.append(f"{path.name} ({type(e).__name__})")
     if unreadable:
         raise DataError(
@@ -290,6 +353,18 @@ def _scan_series(folder: Path) -> SeriesInfo:
             " export the series as classic single-frame DICOM or convert it with dcm2niix",
             folder,
         )
+    # An enhanced object of one frame keeps its geometry in per-frame sequences, not in the classic attributes.
+    enhanced = [
+        (p, ds) for p, ds in headers if "enhanced" in _sop_name(ds).lower() or "SharedFunctionalGroupsSequence" in ds
+    ]
+    if enhanced:
+        p, ds = enhanced[0]
+        raise DataError(
+            f"enhanced DICOM objects are not supported yet ({len(enhanced)} file(s), e.g. {p.name}: {_sop_name(ds)},"
+            " whose geometry is in its functional groups); export the series as classic single-frame DICOM or"
+            " convert it with dcm2niix",
+            folder,
+        )
     no_geometry = [(p, [k for k in _GEOMETRY_KEYS if k not in ds]) for p, ds in headers]
     no_geometry = [(p, missing) for p, missing in no_geometry if missing]
     if no_geometry:
@@ -314,6 +389,16 @@ def _scan_series(folder: Path) -> SeriesInfo:
             folder,
         )
     first = headers[0][1]
+    image_kinds: Counter[tuple[str, ...]] = Counter(_image_kind(ds) for _, ds in headers)
+    if len(image_kinds) > 1:
+        rare = min(image_kinds, key=lambda k: image_kinds[k])
+        odd = next(p for p, ds in headers if _image_kind(ds) == rare)
+        raise DataError(
+            "slices of different kinds in one series (ImageType "
+            + "; ".join(f"{_BACKSLASH.join(k) or 'none'}: {n} file(s)" for k, n in image_kinds.most_common())
+            + f", e.g. {odd.name}): a derived or secondary image among the acquired slices; remove it",
+            folder,
+        )
     for key in ("Rows", "Columns"):
         values = Counter(int(ds.get(key, 0)) for _, ds in headers)
         if len(values) > 1:
@@ -403,7 +488,15 @@ def _scan_series(folder: Path) -> SeriesInfo:
         metadata=_header_metadata(first),
         slope_varies=len(slopes) > 1,
         stored_dtype=f"{'int' if signed else 'uint'}{bits}",
+        photometric=str(first.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip(),
     )
+
+
+def _image_kind(ds: Any) -> tuple[str, ...]:
+    """ImageType's first two values (ORIGINAL or DERIVED, PRIMARY or SECONDARY), upper case."""
+    value = ds.get("ImageType")
+    values = [value] if isinstance(value, str) else list(value or [])
+    return tuple(str(v).strip().upper() for v in values[:2])
 
 
 #: What places a slice in the patient (checked once the objects are known to be images).
@@ -462,7 +555,9 @@ def read_series(info: SeriesInfo) -> tuple[np.ndarray, dict[str, Any]]:
     """The voxels of a checked series, (X, Y, Z), rescaled to their real values, with MONAI-style metadata.
 
     Read by SimpleITK's GDCM ``ImageSeriesReader`` in ``info.files`` order; its grid must agree with the headers'
-    (:data:`GRID_AGREEMENT_MM` at every corner), else DataError (never seen on a regular series).
+    (:data:`GRID_AGREEMENT_MM` at every corner), else DataError (never seen on a regular series). The middle slice
+    must equal pydicom's reading of it where pydicom can decode it (:func:`_pydicom_slice`); a MONOCHROME1 series
+    is read by pydicom (see the module docstring).
     """
     import SimpleITK as sitk
 
@@ -475,7 +570,9 @@ def read_series(info: SeriesInfo) -> tuple[np.ndarray, dict[str, Any]]:
     try:
         image = reader.Execute()
     except RuntimeError as e:
-        raise DataError(f"cannot read the series' voxels ({reader_error(e)})", info.folder) from e
+        raise DataError(
+            f"cannot read the series' voxels ({_unreadable_slice(info) or reader_error(e)})", info.folder
+        ) from e
     arr, meta = sitk_to_array(image)
     if arr.shape[:3] != info.shape:
         raise DataError(f"SimpleITK read {arr.shape[:3]} voxels where the headers give {info.shape}", info.folder)
@@ -489,6 +586,7 @@ def read_series(info: SeriesInfo) -> tuple[np.ndarray, dict[str, Any]]:
             f"SimpleITK places the series {offset:.3f} mm from where its headers do; refusing an ambiguous geometry",
             info.folder,
         )
+    arr = _checked_against_pydicom(info, arr)
     meta = {
         **meta,
         "affine": info.affine.copy(),
@@ -496,3 +594,67 @@ def read_series(info: SeriesInfo) -> tuple[np.ndarray, dict[str, Any]]:
         "filename_or_obj": str(info.folder),
     }
     return arr, meta
+
+
+def _pydicom_slice(path: Path) -> np.ndarray | None:
+    """A slice's real values (stored values through the modality LUT: rescale slope and intercept), (columns, rows)
+    as float64, decoded by pydicom; None where pydicom cannot decode it (a compressed transfer syntax without its
+    codec package)."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        ds = pydicom.dcmread(path, force=True)
+        pixels = ds.pixel_array
+    except (*_NOT_READABLE, RuntimeError):  # no handler for the transfer syntax (or a bare data set without one)
+        return None
+    return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64).T
+
+
+def _checked_against_pydicom(info: SeriesInfo, arr: np.ndarray) -> np.ndarray:
+    """``arr`` (SimpleITK's voxels) once its middle slice equals pydicom's; a MONOCHROME1 series as pydicom reads it."""
+    k = len(info.files) // 2
+    reference = _pydicom_slice(info.files[k])
+    if info.photometric == "MONOCHROME1":
+        slices = [reference if i == k else _pydicom_slice(p) for i, p in enumerate(info.files)]
+        decoded = [s for s in slices if s is not None]
+        if len(decoded) < len(slices):
+            raise DataError(
+                "a MONOCHROME1 series in a transfer syntax pydicom cannot decode here: SimpleITK would invert its"
+                " values (MONOCHROME1 is a display convention), and they cannot be read otherwise; decompress it"
+                " (e.g. gdcmconv --raw) or convert it with dcm2niix",
+                info.folder,
+            )
+        log.warning(
+            "%s: MONOCHROME1 series: its real values (stored values times the rescale slope plus the intercept) are"
+            " read by pydicom, not inverted for display as SimpleITK would",
+            info.folder,
+        )
+        return np.stack(decoded, axis=-1).astype(arr.dtype if arr.dtype.kind == "f" else np.float32)
+    if reference is None:
+        return arr
+    got = arr[..., k] if arr.ndim == 3 else arr[:, :, k, 0]
+    scale = float(np.abs(reference).max()) if reference.size else 0.0
+    diff = np.abs(got.astype(np.float64) - reference)
+    if reference.shape != got.shape or float(diff.max()) > 1e-5 * scale + 1e-3:
+        worst = float(diff.max()) if reference.shape == got.shape else float("nan")
+        raise DataError(
+            f"SimpleITK and pydicom read different voxel values from {info.files[k].name} (largest difference"
+            f" {worst:g}, values up to {scale:g}); refusing a series whose two readers disagree",
+            info.folder,
+        )
+    return arr
+
+
+def _unreadable_slice(info: SeriesInfo) -> str | None:
+    """Which slice SimpleITK cannot read on its own (after the series reader failed), as a reason naming it."""
+    import SimpleITK as sitk
+
+    from medattn.data.io import reader_error
+
+    for path in info.files:
+        try:
+            sitk.ReadImage(str(path))
+        except RuntimeError as e:
+            return f"{path.name}: {reader_error(e)}"
+    return None

@@ -433,6 +433,22 @@ def make_plan(
     )
 
 
+def normalisation_text(ch: ChannelNorm) -> str:
+    """How a channel's voxels are normalised, in words: what ``format_plan`` prints and an export records (a
+    runtime without medattn must not apply the dataset statistics a z-score channel only records)."""
+    if ch.scheme == "ct":
+        return f"clip [{ch.clip_low:.4g}, {ch.clip_high:.4g}], then (x - {ch.mean:.4g}) / {ch.std:.4g}"
+    return (
+        "per-volume z-score"
+        + (
+            " inside the body (the voxels that differ from the volume's dominant border value)"
+            if ch.use_body_mask
+            else ""
+        )
+        + "; no clipping; the dataset statistics beside it are recorded, not used"
+    )
+
+
 def format_plan(plan: Plan) -> str:
     """Human-readable summary of a plan and its fingerprint."""
     fp = plan.fingerprint.get("overall", {})
@@ -460,12 +476,7 @@ def format_plan(plan: Plan) -> str:
         "  normalisation:",
     ]
     for ch in plan.channels:
-        detail = (
-            f"clip [{ch.clip_low:.4g}, {ch.clip_high:.4g}], then (x - {ch.mean:.4g}) / {ch.std:.4g}"
-            if ch.scheme == "ct"
-            else "per-volume z-score" + (" inside the body" if ch.use_body_mask else "")
-        )
-        lines.append(f"    {ch.name} ({ch.modality}): {ch.scheme}: {detail}")
+        lines.append(f"    {ch.name} ({ch.modality}): {ch.scheme}: {normalisation_text(ch)}")
     doms = plan.fingerprint.get("domains", {})
     if len(doms) > 1:
         lines.append("  per domain (median spacing | median shape | foreground intensity mean/std of channel 0):")

@@ -28,8 +28,16 @@ from medattn.errors import DataError
 DECISION_RULE = "drift when MMD (whitened) or KS-on-PCA p-value < alpha/2 on the model features"
 
 
+#: The fewest reference and target volumes the set-level tests take.
+MIN_REFERENCE, MIN_TARGET = 4, 2
+
+
 class TooFewVolumesError(DataError):
     """Fewer readable volumes than the set-level tests need (at least 4 reference and 2 target volumes)."""
+
+
+class TooFewVolumesGivenError(TooFewVolumesError):
+    """Fewer volumes given than the tests need: said before any volume is read (a usage error, not the data's)."""
 
 
 @dataclass
@@ -155,9 +163,10 @@ def analyse(
     failures: list[dict[str, str]] | None = None,
 ) -> DriftReport:
     """Tests, volume scores, metadata changes and Dice drop from already extracted features."""
-    if len(reference) < 4 or len(target) < 2:
+    if len(reference) < MIN_REFERENCE or len(target) < MIN_TARGET:
         raise TooFewVolumesError(
-            f"need at least 4 reference and 2 target volumes, got {len(reference)} and {len(target)}"
+            f"need at least {MIN_REFERENCE} reference and {MIN_TARGET} target volumes, got {len(reference)} and"
+            f" {len(target)} readable ones"
         )
     ref = np.stack([f.vector(options.features) for f in reference])
     tgt = np.stack([f.vector(options.features) for f in target])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from medattn.drift.analysis import DriftReport, analyse
+from medattn.drift.analysis import MIN_REFERENCE, MIN_TARGET, DriftReport, TooFewVolumesGivenError, analyse
 from medattn.drift.extract import extract_features
 from medattn.drift.inputs import check_channels, dataset_items
 from medattn.drift.options import DriftOptions
@@ -47,6 +47,7 @@ def run_drift(
         reference_split, target_split: only the cases of this manifest split.
 
     Raises:
+        TooFewVolumesGivenError: fewer volumes given than the tests need (before any is read).
         TooFewVolumesError: fewer readable volumes than the tests need.
         DataError: the model file, a split, channels that do not match the model's, or nothing to read.
         ManifestError: a dataset that cannot be understood.
@@ -61,6 +62,11 @@ def run_drift(
     tgt_items = dataset_items(target, data_root, nch, target_split)
     check_channels(loaded.plan, ref_items, reference)
     check_channels(loaded.plan, tgt_items, target)
+    if len(ref_items) < MIN_REFERENCE or len(tgt_items) < MIN_TARGET:  # before minutes of feature extraction
+        raise TooFewVolumesGivenError(
+            f"need at least {MIN_REFERENCE} reference and {MIN_TARGET} target volumes, given {len(ref_items)} and"
+            f" {len(tgt_items)}"
+        )
     ref_f, ref_fail = extract_features(loaded, ref_items, overlap=options.overlap, device=device, progress=progress)
     tgt_f, tgt_fail = extract_features(loaded, tgt_items, overlap=options.overlap, device=device, progress=progress)
     failures = [{**f, "set": "reference"} for f in ref_fail] + [{**f, "set": "target"} for f in tgt_fail]

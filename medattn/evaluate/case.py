@@ -64,6 +64,8 @@ def evaluate_case(
         raise_if_refused(check_image_case(case, [pred_path], ["prediction"], label=label_path, labels=declared))
         gt, gt_hdr = read_volume(label_path, dtype=None)
         pred, pred_hdr = read_volume(pred_path, dtype=None)
+        # (X, Y, Z, 1): one 3D map, as a label of that shape is read (the gate has checked it holds one volume)
+        gt, pred = (a[..., 0] if a.ndim == 4 and a.shape[3] == 1 else a for a in (gt, pred))
         if pred.ndim != 3 or pred.shape != gt.shape:
             raise DataError(f"prediction shape {pred.shape} differs from the label's {gt.shape}", pred_path, case)
         diff = float(np.abs(np.asarray(pred_hdr.affine) - np.asarray(gt_hdr.affine)).max())

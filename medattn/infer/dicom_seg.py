@@ -123,6 +123,8 @@ class SegWriter:
             series_description=f"medattn {self.model_name}"[:64],
             content_description="medattn automatic segmentation",
             content_label="MEDATTN",
+            # an empty mask keeps every frame (highdicom would revert to that, with a warning --quiet cannot hush)
+            omit_empty_frames=bool(frames.any()),
         )
 
 

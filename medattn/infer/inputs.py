@@ -90,6 +90,15 @@ def collect_inputs(
     kind = input_kind(spec)
     if kind == "image":
         cases = [InputCase(case_name(path), (path.resolve(),))]
+        if path.is_dir():  # a series folder: series in folders below it are other inputs, not predicted with it
+            nested = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+            if nested:
+                log.warning(
+                    "%s: only the series in this folder is predicted, not what its sub-folder(s) %s hold; give"
+                    " each series folder as its own input, or the folder above them",
+                    path,
+                    ", ".join(nested[:5]) + (" ..." if len(nested) > 5 else ""),
+                )
     elif kind == "folder":
         cases = _folder_cases(path, num_channels)
         skipped = sorted(

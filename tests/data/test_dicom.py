@@ -122,6 +122,27 @@ def _write_case(tmp_path: Path, problem: str) -> Path:
         ds = dcmread(paths[0])
         ds.NumberOfFrames = 2
         ds.save_as(paths[0])
+    elif problem == "enhanced_one_frame":  # e.g. highdicom's legacy conversion, one frame per object
+        for p in paths:
+            ds = dcmread(p)
+            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.4"
+            ds.save_as(p)
+    elif problem == "derived_slice":  # a secondary capture of the series' UID, one gap past the last slice
+        lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff
+        extra = folder / "extra"
+        write_dicom_series(extra, vol[:, :, :1], aff, positions=[lps[:3, 3] + SHAPE[2] * lps[:3, 2]])
+        ds = dcmread(next(extra.iterdir()))
+        ds.SeriesInstanceUID, ds.ImageType, ds.InstanceNumber = (
+            dcmread(paths[0]).SeriesInstanceUID,
+            ["DERIVED", "SECONDARY"],
+            99,
+        )
+        ds.save_as(folder / "zz_derived.dcm")
+        shutil.rmtree(extra)
+        for p in paths:
+            ds = dcmread(p)
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "M"]
+            ds.save_as(p)
     return folder
 
 
@@ -143,6 +164,10 @@ REFUSALS = {
     "zero_orientation": r"not two perpendicular unit vectors \(lengths 0\.0000 and 0\.0000",
     "no_pixel_spacing": r"1 slice\(s\) lack the geometry a volume needs \(slice004\.dcm has no PixelSpacing\)",
     "enhanced": r"multi-frame \(enhanced\) DICOM is not supported yet \(slice000\.dcm: 2 frames\)",
+    "enhanced_one_frame": r"enhanced DICOM objects are not supported yet \(7 file\(s\), e\.g\. slice000\.dcm: "
+    r"Legacy Converted Enhanced MR Image Storage",
+    "derived_slice": r"slices of different kinds in one series \(ImageType ORIGINAL\\PRIMARY: 7 file\(s\); "
+    r"DERIVED\\SECONDARY: 1 file\(s\), e\.g\. zz_derived\.dcm\)",
 }
 
 
@@ -377,3 +402,106 @@ def test_modality_option_cannot_contradict_the_series_headers(tmp_path: Path) ->
     with pytest.raises(ManifestError, match="--modality CT but the series' headers say MR"):
         load_dataset(tmp_path / "pacs", modality="CT")
     assert load_dataset(tmp_path / "pacs", modality="MR").channels[0].modality == "MR"
+
+
+def _bare(path: Path, out: Path) -> None:
+    """``path`` as a bare data set: no 128-byte preamble, no ``DICM`` marker, no file meta (older scanners and PACS
+    exports write these, with names such as ``IM0001``)."""
+    from pydicom import dcmread
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = dcmread(path)
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)
+    out.write_bytes(buf.getvalue())
+
+
+def test_series_without_a_preamble_or_behind_notes_are_found_not_dropped(tmp_path: Path) -> None:
+    """A folder of bare data sets named IM0000... and one whose first eight files are notes were passed over as
+    not series: `validate ROOT` checked one case of three and said nothing. Now the bare series is found and reads
+    as written; the one with notes is found and refused by name (a series folder holds only its series)."""
+    from medattn.data.importers.dicom import find_series_folders
+    from medattn.data.io import read_volume
+
+    root = tmp_path / "root"
+    vol, aff = _volume(3), _oblique_affine()
+    write_dicom_series(root / "good", vol, aff)
+    written = write_dicom_series(tmp_path / "tmp", vol, aff)
+    (root / "bare").mkdir()
+    for i, p in enumerate(written):
+        _bare(p, root / "bare" / f"IM{i:04d}")
+    write_dicom_series(root / "notes", vol, aff, names="s{:03d}.dcm")
+    for i in range(8):
+        (root / "notes" / f"0{i}.txt").write_text("note\n")
+    assert find_series_folders(root) == [root / "bare", root / "good", root / "notes"]
+    got, header = read_volume(root / "bare", dtype=None)
+    np.testing.assert_array_equal(got, vol)
+    np.testing.assert_allclose(header.affine, aff, atol=1e-4)
+    with pytest.raises(DataError, match=r"8 file\(s\) in the series folder are not readable DICOM: 00\.txt"):
+        read_volume(root / "notes")
+
+
+def test_a_monochrome1_series_reads_its_real_values_not_the_display_inversion(tmp_path: Path, caplog) -> None:
+    """SimpleITK (GDCM) inverts MONOCHROME1 pixels, a display convention: a CT read as -2049 - HU, validated and
+    predicted without a word. The real values (stored x slope + intercept) are read, equal to the volume written,
+    and the log says how."""
+    from medattn.data.io import read_volume
+
+    vol, aff = _volume(4), _oblique_affine()
+    write_dicom_series(
+        tmp_path / "m1", vol, aff, extra={"PhotometricInterpretation": "MONOCHROME1", "RescaleSlope": "2",
+                                          "RescaleIntercept": "-1024"},
+    )  # fmt: skip
+    with caplog.at_level("WARNING"):
+        got, _ = read_volume(tmp_path / "m1", dtype=None)
+    np.testing.assert_array_equal(got, vol.astype(np.float64) * 2 - 1024)
+    assert "MONOCHROME1 series: its real values" in caplog.text
+
+
+def test_voxels_the_two_readers_disagree_on_are_refused(tmp_path: Path, monkeypatch) -> None:
+    """The middle slice is checked against pydicom's decoding: a disagreement is refused naming the file."""
+    import medattn.data.dicom as dicom
+    from medattn.data.io import read_volume
+
+    write_dicom_series(tmp_path / "s", _volume(5), _oblique_affine())
+    own = dicom._pydicom_slice
+    monkeypatch.setattr(dicom, "_pydicom_slice", lambda p: own(p) + 1.0)  # one reader off by one everywhere
+    with pytest.raises(DataError, match=r"SimpleITK and pydicom read different voxel values from slice003\.dcm"):
+        read_volume(tmp_path / "s")
+
+
+def test_a_truncated_slice_is_named(tmp_path: Path) -> None:
+    from medattn.data.io import read_volume
+
+    paths = write_dicom_series(tmp_path / "s", _volume(6), _oblique_affine())
+    paths[4].write_bytes(paths[4].read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"cannot read the series' voxels \(slice004\.dcm: "):
+        read_volume(tmp_path / "s")
+
+
+def test_the_same_series_in_two_folders_is_refused(tmp_path: Path) -> None:
+    """A copy of a series (a DICOMDIR export beside the originals) was a second case, free to land in another
+    split than the first."""
+    from medattn.data.importers import load_dataset
+    from medattn.errors import ManifestError
+
+    write_dicom_series(tmp_path / "pacs" / "a", _volume(7), np.eye(4))
+    shutil.copytree(tmp_path / "pacs" / "a", tmp_path / "pacs" / "b_copy")
+    write_dicom_series(tmp_path / "pacs" / "c", _volume(8), np.eye(4))
+    with pytest.raises(ManifestError, match=r"the series in b_copy is the one in a \(the same SeriesInstanceUID"):
+        load_dataset(tmp_path / "pacs")
+
+
+def test_series_below_a_series_folder_given_to_predict_are_named_as_not_predicted(tmp_path: Path, caplog) -> None:
+    """``predict MODEL export/S1`` where S1 also holds a sub-folder of series (a DICOMDIR copy): one input, the
+    series in S1; the ones below it were skipped without a word."""
+    from medattn.infer.inputs import collect_inputs
+
+    write_dicom_series(tmp_path / "S1", _volume(9), np.eye(4))
+    write_dicom_series(tmp_path / "S1" / "copy" / "SE1", _volume(9), np.eye(4))
+    with caplog.at_level("WARNING"):
+        cases = collect_inputs(tmp_path / "S1")
+    assert [c.case_id for c in cases] == ["S1"]
+    assert "only the series in this folder is predicted, not what its sub-folder(s) copy hold" in caplog.text

@@ -168,10 +168,12 @@ def test_cli_exit_codes_plots_and_named_failures(setup: dict, tmp_path: Path) ->
     assert "broken.nii.gz" in doc["failures"][0]["file"]
     assert "1 NaN" in doc["failures"][1]["reason"] and "first at index (1, 2, 3)" in doc["failures"][1]["reason"]
 
-    # Too few readable volumes: exit 1, not a traceback.
+    # Too few readable volumes (two given, one readable): exit 1, not a traceback.
     few = tmp_path / "few"
     few.mkdir()
     (few / "x.nii.gz").write_bytes(b"junk")
+    good = next(p for p in sorted(folder.iterdir()) if p.name not in ("broken.nii.gz", "nan.nii.gz"))
+    (few / "y.nii.gz").write_bytes(good.read_bytes())
     assert (
         main(
             [
@@ -192,7 +194,7 @@ def test_cli_exit_codes_plots_and_named_failures(setup: dict, tmp_path: Path) ->
 
 def test_image_files_as_reference_or_target(setup: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A single image file and a folder of images are read as volumes (as ``predict`` reads them), not as a
-    manifest: one file is one volume, too few for the set-level tests, which says so (exit 1, no traceback)."""
+    manifest: one file is one volume, too few for the set-level tests, which says so (exit 2, no traceback)."""
     from medattn.drift.inputs import dataset_items
     from medattn.errors import DataError
 
@@ -211,12 +213,19 @@ def test_image_files_as_reference_or_target(setup: dict, tmp_path: Path, capsys:
 
     capsys.readouterr()
     argv = ["drift", model, "--permutations", "50", "--quiet", "-o"]
-    assert main([*argv, str(tmp_path / "t.json"), "--reference", f"{manifest}:A", "--target", str(one)]) == 1
-    said = capsys.readouterr()
-    assert "need at least 4 reference and 2 target volumes, got 12 and 1" in said.out
-    assert "internal error" not in said.err
-    assert main([*argv, str(tmp_path / "r.json"), "--reference", str(one), "--target", f"{manifest}:B"]) == 1
-    assert "got 1 and 12" in capsys.readouterr().out
+    import medattn.drift.run as drift_run
+
+    def not_now(*args, **kwargs):
+        raise AssertionError("features extracted before the counts were checked")
+
+    with pytest.MonkeyPatch.context() as mp:  # said before minutes of feature extraction, as a usage error
+        mp.setattr(drift_run, "extract_features", not_now)
+        assert main([*argv, str(tmp_path / "t.json"), "--reference", f"{manifest}:A", "--target", str(one)]) == 2
+        said = capsys.readouterr()
+        assert "need at least 4 reference and 2 target volumes, given 12 and 1" in said.out
+        assert "internal error" not in said.err
+        assert main([*argv, str(tmp_path / "r.json"), "--reference", str(one), "--target", f"{manifest}:B"]) == 2
+        assert "given 1 and 12" in capsys.readouterr().out
 
     # A folder of images as the reference, another as the target: tested end to end, without labels.
     ref_dir, tgt_dir = tmp_path / "ref", tmp_path / "tgt"

@@ -295,3 +295,17 @@ def test_a_probability_map_or_interpolated_mask_is_refused_not_rounded(make_msd,
     assert "non-integer values" in doc["failed"][0]["reason"] and "0.3, 0.9" in doc["failed"][0]["reason"]
     assert doc["failed"][0]["file"].endswith("pred/blob_001.nii.gz")
     assert doc["num_evaluated"] == 2 and doc["summary"]["mean"]["dice"]["mean"] == pytest.approx(1.0)
+
+
+def test_a_prediction_stored_as_x_y_z_1_is_scored_as_its_3d_map(tmp_path: Path) -> None:
+    """A label of shape (X, Y, Z, 1) is read as its 3D map; a prediction stored so (another tool's writer) was
+    refused as a shape mismatch. Scored, its Dice equals NumPy's on the 3D arrays."""
+    root = _dataset(tmp_path / "data", n=1)
+    lab = np.asarray(nib.load(str(root / "labelsTr" / "c0.nii.gz")).dataobj)
+    pred = _perturbed(lab, 1)
+    write_nifti(tmp_path / "pred" / "c0.nii.gz", pred[..., None], np.diag([*SPACING, 1.0]))
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(tmp_path / "pred"), str(root), "-o", str(out), "--quiet"]) == 0
+    got = json.loads(out.read_text())["cases"][0]["classes"]["63"]["dice"]
+    p, g = pred == 63, lab == 63
+    assert got == pytest.approx(2 * (p & g).sum() / (p.sum() + g.sum()), abs=1e-6)

@@ -118,3 +118,18 @@ def test_dicom_seg_of_a_real_ct_series_matches_its_nifti_mask(tmp_path: Path, sh
     assert main(["predict", str(model), str(series), str(tmp_path / "nii"), "--quiet"]) == 0
     mask = np.asarray(nib.load(str(tmp_path / "nii" / "ge_ct_3slice.nii.gz")).dataobj)
     np.testing.assert_array_equal(read_dicom_seg(tmp_path / "seg" / "ge_ct_3slice.dcm", series), mask)
+
+
+def test_an_empty_mask_writes_a_seg_that_reads_back_empty_without_a_warning(tmp_path: Path, caplog) -> None:
+    """Nothing found: the SEG keeps every frame, reads back all background, and highdicom's warning (which
+    ``--quiet`` could not hush) is not raised."""
+    from medattn.infer.dicom_seg import SegWriter, read_dicom_seg
+
+    image, _ = blob_case(SHAPE, seed=5)
+    series = tmp_path / "t1"
+    write_dicom_series(series, np.round(image * 400).astype(np.int16), AFFINE)
+    writer = SegWriter({0: "background", 1: "core"}, "model.pt", "0" * 64, "UNet")
+    with caplog.at_level("WARNING"):
+        path = writer.write(np.zeros(SHAPE, np.uint8), series, tmp_path / "empty.dcm")
+    assert "empty image" not in caplog.text
+    np.testing.assert_array_equal(read_dicom_seg(path, series), np.zeros(SHAPE, np.uint8))

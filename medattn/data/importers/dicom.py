@@ -61,7 +61,8 @@ def import_dicom(root: Path, *, domain_from: str | None = None, modality: str | 
     folder layout), so that every command's case check refuses it by name and the other cases still run.
 
     Raises:
-        ManifestError: no series folder, or ``domain_from`` names a key that a series' headers lack (naming it).
+        ManifestError: no series folder, ``domain_from`` names a key that a series' headers lack (naming it), or one
+            series (its SeriesInstanceUID) is in two folders.
     """
     root = Path(root)
     folders = find_series_folders(root)
@@ -69,13 +70,24 @@ def import_dicom(root: Path, *, domain_from: str | None = None, modality: str | 
         raise ManifestError("no folder holding DICOM files under the root", root)
     by_domain: dict[str, list[Case]] = defaultdict(list)
     modalities: set[str] = set()
+    where: dict[str, Path] = {}  # SeriesInstanceUID -> the first folder holding it
     for folder in folders:
         under = folder.relative_to(root).parts if folder != root else ()
         try:
-            meta = dict(series_info(folder).metadata)
+            info = series_info(folder)
+            meta = dict(info.metadata)
         except DataError as e:  # listed all the same: the case gate refuses it by name, the others still run
             log.warning("%s", e)
             meta = {}
+        else:
+            if info.series_uid and info.series_uid in where:  # a copy (a DICOMDIR export beside the series...)
+                raise ManifestError(
+                    f"the series in {rel(folder, root)} is the one in {rel(where[info.series_uid], root)} (the"
+                    f" same SeriesInstanceUID {info.series_uid}): one scan would be two cases, and could land in"
+                    " both training and test; remove the copy",
+                    root,
+                )
+            where.setdefault(info.series_uid, folder)
         if "Modality" in meta:
             modalities.add(str(meta["Modality"]))
         if domain_from == "folder" or (domain_from and not meta):
