@@ -105,6 +105,8 @@ _IGNORED_NAMES = ("DICOMDIR",)
 _NOT_DICOM_SUFFIXES = (
     ".txt", ".json", ".xml", ".csv", ".tsv", ".pdf", ".html", ".htm", ".md", ".log", ".ini", ".jpg", ".jpeg",
     ".png", ".bmp", ".gif", ".nii", ".gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".raw", ".zip", ".bval", ".bvec",
+    ".pt", ".pth", ".ckpt", ".onnx", ".ts", ".npy", ".npz", ".pkl", ".h5", ".hdf5", ".mat", ".tar", ".bz2", ".xz",
+    ".7z", ".yaml", ".yml", ".py", ".sh", ".tif", ".tiff", ".svg", ".mp4", ".avi",
 )  # fmt: skip
 _BACKSLASH = "\\"  # DICOM's separator of multiple values, as a header dump shows them
 
@@ -185,7 +187,7 @@ def is_series_folder(path: str | Path) -> bool:
         if parsed < _PARSED_AT_MOST:
             parsed += 1
             try:
-                read_header(entry)
+                read_header(entry, defer_size=1024)  # large values (of a file that is not DICOM) are not read
                 return True
             except _NOT_READABLE:
                 continue
@@ -197,7 +199,7 @@ def _passed_over(path: Path) -> bool:
     return path.name.startswith(".") or path.name.upper() in _IGNORED_NAMES or not path.is_file()
 
 
-def read_header(path: Path, tags: list[str] | None = None) -> Any:
+def read_header(path: Path, tags: list[str] | None = None, defer_size: int | None = None) -> Any:
     """The pydicom header of ``path`` (no pixels; only ``tags`` if given), also of a bare data set without the
     preamble and marker, which pydicom reads only when forced. A forced read that finds neither a SOP class nor an
     image size is not DICOM (a text file parses as an empty data set).
@@ -210,7 +212,7 @@ def read_header(path: Path, tags: list[str] | None = None) -> Any:
 
     wanted = None if tags is None else [*tags, "SOPClassUID", "Rows", "Columns"]
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=wanted)
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=wanted, defer_size=defer_size)
     except InvalidDicomError as e:
         raise NotDicomError(str(e)) from None
     if "SOPClassUID" not in ds and not ("Rows" in ds and "Columns" in ds):
