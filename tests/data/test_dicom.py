@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -261,6 +262,13 @@ def _index_map(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.round(m).astype(int)
 
 
+def _on_reference_grid(arr: np.ndarray, affine: np.ndarray, ref: Any) -> np.ndarray:
+    """``arr`` (on ``affine``'s grid) resampled onto the reference NIfTI's voxel order by the index map."""
+    m = _index_map(affine, ref.affine)
+    ijk = np.indices(ref.shape[:3]).reshape(3, -1)
+    return arr[tuple(m[:3, :3] @ ijk + m[:3, 3:4])].reshape(ref.shape[:3])
+
+
 def _reference_series(shared_data: Path) -> list[tuple[str, Path]]:
     root = shared_data / "DICOM"
     if not root.is_dir():
@@ -291,14 +299,35 @@ def test_real_series_have_the_geometry_and_voxels_of_their_dcm2niix_reference(sh
         ours = _corners(header.shape, header.affine)
         dist = np.linalg.norm(ref_corners[:, None] - ours[None], axis=2).min(axis=1)
         assert dist.max() < 0.02, (name, dist.max())
-        m = _index_map(header.affine, ref.affine)
         arr, _ = read_volume(folder, dtype=np.float64)
         ref_arr = np.asarray(ref.dataobj, dtype=np.float64)
-        ijk = np.indices(ref.shape[:3]).reshape(3, -1)
-        mapped = m[:3, :3] @ ijk + m[:3, 3:4]
-        ours_on_ref = arr[tuple(mapped)].reshape(ref.shape[:3])
-        np.testing.assert_allclose(ours_on_ref, ref_arr * _EXPECTED[name], rtol=1e-5, atol=1e-3, err_msg=name)
+        np.testing.assert_allclose(
+            _on_reference_grid(arr, header.affine, ref), ref_arr * _EXPECTED[name], rtol=1e-5, atol=1e-3, err_msg=name
+        )
         assert sorted(header.shape) == sorted(ref.shape[:3])
+
+
+def test_the_real_ct_series_marked_monochrome1_reads_the_hu_of_its_dcm2niix_reference(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """The GE CT series of ../shared/data with PhotometricInterpretation MONOCHROME1 (a copy): the same HU as the
+    unaltered series' dcm2niix NIfTI, voxel for voxel (SimpleITK alone reads -2049 - HU)."""
+    from pydicom import dcmread
+
+    from medattn.data.io import read_volume
+
+    name, ref_path = next(r for r in _reference_series(shared_data) if r[0] == "ge_ct_3slice")
+    copy = tmp_path / name
+    shutil.copytree(shared_data / "DICOM" / name, copy)
+    for p in copy.iterdir():
+        ds = dcmread(p)
+        ds.PhotometricInterpretation = "MONOCHROME1"
+        ds.save_as(p)
+    arr, header = read_volume(copy, dtype=np.float64)
+    want, _ = read_volume(shared_data / "DICOM" / name, dtype=np.float64)
+    np.testing.assert_array_equal(arr, want)
+    ref = nib.load(str(ref_path))
+    np.testing.assert_allclose(_on_reference_grid(arr, header.affine, ref), np.asarray(ref.dataobj, np.float64))
 
 
 def test_malformed_geometry_values_are_a_refusal_not_a_traceback(tmp_path: Path) -> None:
