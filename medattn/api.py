@@ -236,12 +236,35 @@ def _stage(image: ImageLike, affine: np.ndarray | None, folder: Path, stem: str)
             raise ConfigError("a NumPy image needs its voxel-to-RAS affine: model.predict(array, affine=affine)")
         from medattn.data.io import write_volume
 
-        path = write_volume(_storable(np.asarray(image)), np.asarray(affine, dtype=float), folder / f"{stem}.nii.gz")
+        if image.ndim not in (3, 4) or image.dtype.kind not in "biufc":
+            raise ConfigError(
+                f"a NumPy image is (X, Y, Z) or (X, Y, Z, channels) of numbers; got shape {image.shape}, dtype"
+                f" {image.dtype}"
+            )
+        path = write_volume(_storable(np.asarray(image)), _checked_affine(affine), folder / f"{stem}.nii.gz")
         return InputCase(stem, (path,)), "numpy"
     raise ConfigError(
         f"cannot segment a {type(image).__name__}: give a path, a nibabel or SimpleITK image, or a NumPy array"
         " with affine="
     )
+
+
+def _checked_affine(affine: Any) -> np.ndarray:
+    """``affine=`` as a 4x4 float array once it is a voxel-to-world transform: finite, last row 0 0 0 1, its 3x3
+    part invertible (nibabel's own errors on these named neither the argument nor the fault)."""
+    try:
+        a = np.asarray(affine, dtype=float)
+    except (TypeError, ValueError):
+        raise ConfigError(f"affine= must be a 4x4 matrix of numbers, got {type(affine).__name__}") from None
+    if a.shape != (4, 4):
+        raise ConfigError(f"affine= must be the 4x4 voxel-to-RAS matrix, got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ConfigError("affine= holds NaN or infinite values")
+    if not np.allclose(a[3], [0.0, 0.0, 0.0, 1.0]):
+        raise ConfigError(f"affine='s last row must be 0 0 0 1, got {a[3].tolist()}")
+    if abs(float(np.linalg.det(a[:3, :3]))) < 1e-12:
+        raise ConfigError("affine= is singular: its 3x3 part maps the voxel grid onto a plane or a line")
+    return a
 
 
 def _storable(array: np.ndarray) -> np.ndarray:

@@ -4,7 +4,8 @@
 Each command module defines its arguments and its ``run(args) -> int`` (the thin layer over one library call);
 options several commands share are defined once in :mod:`medattn.commands.options`. Heavy imports (torch, monai)
 happen inside ``run``, so ``medattn --help`` is instant. Every command accepts ``--config FILE.yaml`` whose keys
-are option names (``data_root``, ``out``, ...); flags given on the command line override the file.
+are option names (``data_root``, ``out``, ...; a section named after the command overrides the keys beside it);
+flags given on the command line override the file, and positional arguments stay on the command line.
 
 Exit codes: 0 success; 1 the command ran but found problems (validation failures, failed or refused cases, cases
 left out with ``--exclude-invalid``, an internal error); 2 usage or configuration error (an output that would
@@ -72,42 +73,61 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str], args: argparse.Namespace) -> None:
-    """Fill options from ``--config`` (YAML) where the command line did not give them."""
-    if not getattr(args, "config", None):
-        return
-    import yaml
+    """Fill options from ``--config`` (YAML) where the command line did not give them.
 
+    The file's keys are option names; a section named after the command (``train: {...}``) overrides its top-level
+    keys (:func:`~medattn.configdoc.config_section`). Positional arguments (MODEL, DATA, OUT...) stay on the command
+    line: a key naming one is refused, as is an unknown key.
+    """
+    from medattn.configdoc import config_section, read_config_file
     from medattn.errors import ConfigError
 
+    args._given = _given_dests(parser, args.command, argv)
+    if not getattr(args, "config", None):
+        return
     path = Path(args.config)
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: expected a mapping of option names to values")
-    section = doc.get(args.command, doc) if isinstance(doc.get(args.command), dict) else doc
-    given = _given_dests(parser, args.command, argv)
-    known = vars(args)
+    section = config_section(read_config_file(path), args.command, list(_COMMANDS))
+    sub = _subparser(parser, args.command)
+    options = {a.dest for a in sub._actions if a.option_strings and a.dest not in ("help", "config")}
+    positionals = {a.dest for a in sub._actions if not a.option_strings}
     for key, value in section.items():
         k = str(key).replace("-", "_")
-        if k not in known:
+        if k in positionals:
+            raise ConfigError(
+                f"{path}: {key!r} is an argument of the command line (`medattn {args.command} --help`), not an"
+                " option a config file sets"
+            )
+        if k not in options:
             raise ConfigError(f"{path}: unknown option {key!r} for `medattn {args.command}`")
-        if k not in given:
+        if k not in args._given:
             setattr(args, k, value)
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub: argparse.ArgumentParser = action.choices[command]
+    return sub
+
+
 def _given_dests(parser: argparse.ArgumentParser, command: str, argv: Sequence[str]) -> set[str]:
-    """Destinations of the options spelled on the command line (any alias, ``--opt value`` or ``--opt=value``)."""
-    sub = next((a.choices[command] for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
-    words = {w.split("=", 1)[0] for w in argv if w.startswith("-")}
-    given = set()
-    for action in sub._actions if sub is not None else []:
-        if any(opt in words for opt in action.option_strings):
-            given.add(action.dest)
-    return given
+    """Destinations the command line gave (any alias or abbreviation argparse accepts, ``--opt value`` or
+    ``--opt=value``, and the positional arguments): the command's arguments parsed again with every default
+    suppressed, so the namespace holds only what was spelled. (Matching the words against the option strings
+    missed ``--epoch`` for ``--epochs``, and the config file's value won.)"""
+    sub = _subparser(parser, command)
+    rest = list(argv[list(argv).index(command) + 1 :]) if command in argv else list(argv)
+    saved = [(a, a.default) for a in sub._actions]
+    saved_defaults = dict(sub._defaults)
+    try:
+        for a, _ in saved:
+            a.default = argparse.SUPPRESS
+        sub._defaults = {}
+        given, _ = sub.parse_known_args(rest)
+    finally:
+        for a, default in saved:
+            a.default = default
+        sub._defaults = saved_defaults
+    return set(vars(given))
 
 
 def _quiet_readers() -> None:

@@ -101,7 +101,16 @@ def export_model(model_path: str | Path, out: str | Path, fmt: str, seed: int = 
         "input": {"name": "image", "dtype": "float32", "shape": list(shape)},
         "output": {"name": "logits", "dtype": "float32", "shape": [1, plan.num_classes, *plan.patch_size]},
         "labels": {str(k): v for k, v in sorted(plan.labels.items())},
-        "normalisation": {ch.name: f"{ch.scheme}: {normalisation_text(ch)}" for ch in plan.channels},
+        # a runtime without medattn must not apply the dataset statistics a z-score channel only records
+        "normalisation": {
+            ch.name: f"{ch.scheme}: {normalisation_text(ch)}"
+            + (
+                "; no clipping (the dataset statistics of this channel are recorded, not used)"
+                if ch.scheme == "zscore"
+                else ""
+            )
+            for ch in plan.channels
+        },
         "source_model": str(model_path),
         "source_sha256": file_sha256(model_path),
         "network_sha256": network_sha256,

@@ -90,6 +90,23 @@ def test_refused_inputs_raise_with_the_reason(setup: dict) -> None:
         medattn.load_model([])
     with pytest.raises(ConfigError, match="as a str or Path, not bytes"):
         medattn.load_model(str(setup["model"]).encode())  # type: ignore[arg-type]
+    # affines and arrays nibabel would have refused in its own words, or taken: each named as the argument's fault
+    img = setup["image"]
+    singular, last_row = AFFINE.copy(), AFFINE.copy()
+    singular[:, 2], last_row[3, 2] = 0.0, 1.0
+    for affine, said in (
+        (AFFINE[:3, :3], "must be the 4x4 voxel-to-RAS matrix, got shape"),
+        (singular, "affine= is singular"),
+        (last_row, "last row must be 0 0 0 1"),
+        (np.full((4, 4), np.nan), "NaN or infinite"),
+    ):
+        with pytest.raises(ConfigError, match=said):
+            model.predict(img, affine=affine)
+    for array in (img[..., None, None], img.astype(object)):
+        with pytest.raises(ConfigError, match=r"a NumPy image is \(X, Y, Z\) or \(X, Y, Z, channels\) of numbers"):
+            model.predict(array, affine=AFFINE)
+    with pytest.raises(DataError, match="voxels stored as complex"):
+        model.predict(img * (1 + 1j), affine=AFFINE)
 
 
 def _readme_example() -> str:

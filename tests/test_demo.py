@@ -230,3 +230,21 @@ def test_an_invalid_knob_is_named_before_writing(tmp_path: Path, capsys: pytest.
     assert main(["demo", "--out", str(tmp_path / "out"), "--steps", "0", "--quiet"]) == 2
     assert "steps: expected an integer >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_out_holding_the_data_through_data_root_is_refused_and_nothing_deleted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A manifest outside --out whose files --data-root places inside an earlier demo's folder: the demo cleared
+    the folder and so deleted all 38 files of the dataset it was about to read."""
+    earlier = tmp_path / "demo2"
+    assert main(["synth", str(earlier / "data"), "--cases", "4", "--size", "24", "--scanners", "A", "--quiet"]) == 0
+    (earlier / "demo_config.json").write_text("{}\n")  # an earlier demo's folder, which the demo may clear
+    files = sorted(p for p in (earlier / "data").rglob("*") if p.is_file())
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    (ext / "manifest.json").write_text((earlier / "data" / "manifest.json").read_text())
+    argv = ["demo", "--data", str(ext / "manifest.json"), "--data-root", str(earlier / "data"), "--out", str(earlier)]
+    assert main([*argv, "--quiet"]) == 2
+    assert "a file of the --data dataset" in capsys.readouterr().err
+    assert sorted(p for p in (earlier / "data").rglob("*") if p.is_file()) == files

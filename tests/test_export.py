@@ -41,8 +41,8 @@ def test_exported_network_matches_pytorch_on_a_window_and_a_volume(model: Path, 
     assert record["max_abs_diff_vs_pytorch"] < 1e-4  # measured 1.0e-6 (TorchScript) and 1.1e-6 (ONNX), Xeon CPU
     assert doc["labels"] == {"0": "background", "1": "core", "2": "rim"} and doc["patch_size"] == [16, 24, 16]
     assert record["network_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()  # the file beside it
-    assert record["normalisation"] == {"MRI": "zscore: per-volume z-score; no clipping; the dataset statistics"
-                                                " beside it are recorded, not used"}  # fmt: skip
+    assert record["normalisation"] == {"MRI": "zscore: per-volume z-score; no clipping (the dataset statistics of"
+                                              " this channel are recorded, not used)"}  # fmt: skip
 
     loaded = load_model(model)
     exported = load_exported(out)

@@ -203,7 +203,11 @@ def adapt_config(args: argparse.Namespace) -> AdaptConfig:
     from medattn.errors import ConfigError
 
     values: dict[str, Any] = {}
-    strategies = getattr(args, "strategies", None) or getattr(args, "strategy", None)
+    # --strategy and --strategies exclude each other on the command line; the one given there wins over the other
+    # one from --config
+    given: set[str] = getattr(args, "_given", set())
+    first, second = ("strategy", "strategies") if "strategy" in given else ("strategies", "strategy")
+    strategies = getattr(args, first, None) or getattr(args, second, None)
     if strategies:
         values["strategies"] = strategies
     for name in CONFIG_OPTIONS:
@@ -223,16 +227,10 @@ def adapt_config(args: argparse.Namespace) -> AdaptConfig:
 
 def _yaml_methods(path: str | Path) -> dict[str, Any]:
     """The ``methods`` section of a ``--config`` file ({} when absent)."""
-    import yaml
+    from medattn.cli import _COMMANDS
+    from medattn.configdoc import config_section, read_config_file
 
-    from medattn.errors import ConfigError
-
-    try:
-        doc = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read config: {e}") from e
-    section = doc.get("adapt", doc) if isinstance(doc.get("adapt"), dict) else doc
-    methods = section.get("methods") if isinstance(section, dict) else None
+    methods = config_section(read_config_file(path), NAME, list(_COMMANDS)).get("methods")
     return dict(methods) if isinstance(methods, dict) else {}
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medattn.configdoc import check_int, config_fields, int_tuple, names, save_config
+from medattn.configdoc import check_float, check_int, config_fields, int_tuple, names, save_config
 from medattn.errors import ConfigError
 from medattn.typing import Triple
 
@@ -135,10 +135,8 @@ class AdaptConfig:
         ):
             check_int(getattr(self, name), name, minimum)
         for name in ("lr", "weight_decay", "momentum", "poly_power", "grad_clip", "overlap", "test_fraction"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ConfigError(f"{name}: expected a number >= 0, got {v!r}")
-            set_(self, name, float(v))
+            # the momentum is SGD's: at most 1, as train checks it
+            set_(self, name, check_float(getattr(self, name), name, 0.0, 1.0 if name == "momentum" else None))
         if self.lr <= 0 or self.overlap >= 1 or not 0 < self.test_fraction < 1:
             raise ConfigError("lr must be > 0, overlap in [0, 1) and test_fraction in (0, 1)")
         if self.optimizer not in OPTIMIZERS:
@@ -177,10 +175,10 @@ class AdaptConfig:
                 raise ConfigError(f"label_order: expected a file path, got {self.label_order!r}")
             if self.labelled is None:
                 raise ConfigError("label_order: give the number of cases to label with labelled (--labelled N)")
-        a = self.drift_alpha
-        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a < 1:
+        a = check_float(self.drift_alpha, "drift_alpha", 0.0, 1.0, strict=True)
+        if a >= 1:
             raise ConfigError(f"drift_alpha: expected a number in (0, 1), got {a!r}")
-        set_(self, "drift_alpha", float(a))
+        set_(self, "drift_alpha", a)
 
     def augment_config(self) -> Any:
         """The :class:`~medattn.data.transforms.AugmentConfig` of the run."""

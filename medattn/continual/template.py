@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -41,7 +42,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
-from medattn.errors import ConfigError
+from medattn.errors import ConfigError, MedattnError
 from medattn.typing import DeviceLike
 
 if TYPE_CHECKING:
@@ -228,6 +229,15 @@ class SegmentationStrategy(SupervisedTemplate):
             super().backward()
 
     def optimizer_step(self) -> None:
+        # as medattn train does: a loss that is not finite (a learning rate too high, a NaN penalty weight) stops
+        # the run before the step, so no NaN weights reach a model file written with exit 0
+        value = float(self.loss.detach())
+        if not math.isfinite(value):
+            experience = getattr(self.experience, "current_experience", "?")
+            raise MedattnError(
+                f"the training loss became {value} on experience {experience} (iteration"
+                f" {self.clock.train_exp_iterations}); lower lr, or check the method's weights"
+            )
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.grad_clip > 0:

@@ -258,6 +258,16 @@ class CaseChecker:
         nonfinite = 0
         for f in self.images:
             dtypes.append(f.header.dtype if f.header else None)
+            stored = str(f.header.dtype) if f.header else ""
+            if "complex" in stored or stored.startswith(("[", "(", "{")):  # complex, or RGB / structured voxels
+                if self.on("voxels"):
+                    self.error(
+                        f,
+                        "voxels",
+                        f"voxels stored as {stored}: not one real intensity each (a complex image would be read as"
+                        " its real part only); store the magnitude (or each channel) as real numbers",
+                    )
+                continue
             arr = self._read(f) if f.header is not None else None
             if arr is None:
                 continue

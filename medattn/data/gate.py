@@ -235,7 +235,34 @@ def check_input_case(
             why = modality_mismatch(Path(image), name, want)
             if why:
                 raise DataError(why, image, case_id)
+        _warn_ct_without_air(checked, images, channels, modalities)
     return checked
+
+
+def _warn_ct_without_air(
+    checked: CaseResult, images: Sequence[str | Path], channels: Sequence[str], modalities: Sequence[str | None]
+) -> None:
+    """A warning for a CT channel with no negative value: Hounsfield units put air at -1000 and fat near -100, so
+    a CT scan without one is stored with an offset (unsigned, HU + 1024, no rescale intercept) or is no CT; the CT
+    normalisation's clipping would then cut it wrongly, without a word (NIfTI carries no modality to check)."""
+    ranges = checked.stats.get("intensity") or []
+    if len(ranges) != len(channels):
+        return
+    for k, (name, want, rng) in enumerate(zip(channels, modalities, ranges)):
+        lo = rng.get("min")
+        if _MODALITY_KIND.get(str(want).upper()) == "CT" and lo is not None and lo >= 0:
+            image = images[k] if len(images) == len(channels) else images[0]
+            checked.problems.append(
+                Problem(
+                    checked.case,
+                    checked.domain,
+                    str(image),
+                    "intensity",
+                    f"channel {name} (CT) has no negative value (lowest {lo:g}): Hounsfield units put air at -1000;"
+                    " stored without its -1024 offset (unsigned, no rescale intercept), or not a CT?",
+                    "warning",
+                )
+            )
 
 
 #: Modality names a plan or a header may give, by the imaging physics they stand for (what normalisation means).

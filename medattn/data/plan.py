@@ -434,19 +434,11 @@ def make_plan(
 
 
 def normalisation_text(ch: ChannelNorm) -> str:
-    """How a channel's voxels are normalised, in words: what ``format_plan`` prints and an export records (a
-    runtime without medattn must not apply the dataset statistics a z-score channel only records)."""
+    """How a channel's voxels are normalised, in words: what ``format_plan`` prints and an export records."""
     if ch.scheme == "ct":
         return f"clip [{ch.clip_low:.4g}, {ch.clip_high:.4g}], then (x - {ch.mean:.4g}) / {ch.std:.4g}"
-    return (
-        "per-volume z-score"
-        + (
-            " inside the body (the voxels that differ from the volume's dominant border value)"
-            if ch.use_body_mask
-            else ""
-        )
-        + "; no clipping; the dataset statistics beside it are recorded, not used"
-    )
+    body = " inside the body (the voxels that differ from the volume's dominant border value)"
+    return "per-volume z-score" + (body if ch.use_body_mask else "")
 
 
 def format_plan(plan: Plan) -> str:

@@ -36,13 +36,26 @@ DEMO_ENTRIES = (
 DATA_SCANNERS = ("B", "C", "D")
 
 
-def prepare_out(out: Path, data: str | None) -> None:
+def prepare_out(out: Path, data: str | None, data_root: str | None = None) -> None:
     """Make ``out`` ready: create it, or clear an earlier demo from it; refuse a file, a foreign non-empty folder or
-    a folder holding the ``--data`` dataset (clearing would delete the user's data)."""
+    a folder holding any file of the ``--data`` dataset, wherever its manifest or ``--data-root`` places them
+    (clearing would delete the user's data: a manifest outside ``out`` whose root was an earlier demo's ``data``)."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
-    if data is not None and out.resolve() in (Path(data).resolve(), *Path(data).resolve().parents):
-        raise ConfigError(f"--out {out} contains the --data dataset; the demo clears its output folder, choose another")
+    if data is not None:
+        from medattn.data.importers import split_spec
+        from medattn.infer.inputs import input_files
+
+        spec = split_spec(data)[0]
+        files, _ = input_files(spec, data_root=data_root) if spec.exists() else ([], None)  # load_data names it
+        inside = out.resolve()
+        for f in [spec, *([Path(data_root)] if data_root else []), *files]:
+            r = Path(f).resolve()
+            if inside == r or inside in r.parents:
+                raise ConfigError(
+                    f"--out {out} holds {f}, a file of the --data dataset; the demo clears its output folder,"
+                    " choose another"
+                )
     if out.is_dir() and any(out.iterdir()):
         if not (out / "demo_config.json").is_file():
             raise ConfigError(f"--out {out} is not empty and holds no earlier demo; give a new or empty folder")

@@ -62,7 +62,7 @@ def run(
 
     echo = echo or log.info
     out = Path(out)
-    prepare_out(out, data)
+    prepare_out(out, data, data_root)
     atomic_write_text(out / "demo_config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
     steps = StepLog(echo)
 

@@ -139,7 +139,8 @@ class DemoSteps:
         )
         spec = heldout.save(self.out / "heldout.json")
         self.steps.start(
-            "predict", f"predict the {heldout.num_cases} held-out volumes of every scanner (sliding window)"
+            "predict",
+            f"predict the {heldout.num_cases} held-out volumes of the {len(heldout.domains)} scanners (sliding window)",
         )
         pred_dir = self.out / "predictions"
         options = PredictOptions(window_batch=2, device=self.cfg.device, progress=self.progress)

@@ -109,6 +109,8 @@ class PredictOptions:
             raise ConfigError(f"--blend: expected gaussian or constant, got {self.blend!r}")
         if any(a not in (0, 1, 2) for a in self.mirror_axes):
             raise ConfigError(f"--mirror-axes: spatial axes are 0, 1, 2; got {list(self.mirror_axes)}")
+        if len(set(self.mirror_axes)) != len(self.mirror_axes):
+            raise ConfigError(f"--mirror-axes: each axis once, got {list(self.mirror_axes)}")
         if self.accumulator_dtype not in ("float32", "float16"):
             raise ConfigError(f"--accumulator-dtype: expected float32 or float16, got {self.accumulator_dtype!r}")
         if self.save_probabilities is not None and self.save_probabilities not in PROBABILITY_LAYOUTS:
@@ -376,6 +378,8 @@ def make_predictor(
     from medattn.infer.sliding import SlidingWindowPredictor
 
     window = options.window or tuple(plan.patch_size)
+    if options.window:
+        _check_window(tuple(options.window), model, tuple(plan.patch_size))
     return SlidingWindowPredictor(
         model,
         window,
@@ -389,6 +393,28 @@ def make_predictor(
         num_classes=plan.num_classes,
         members=members,
     )
+
+
+def _check_window(window: tuple[int, ...], model: torch.nn.Module, patch: tuple[int, ...]) -> None:
+    """Refuse a ``--window`` that is not a multiple of the network's strides (each window would be zero-padded
+    inside the network: a 7-voxel window changed half the mask); warn for one under half the trained patch on an
+    axis (the network sees less context than it learnt from: a 1-voxel window changed 59% of the mask)."""
+    nets = list(getattr(model, "members", [model]))
+    multiples = {tuple(m) for m in (getattr(n, "required_multiple", None) for n in nets) if m is not None}
+    for multiple in multiples:
+        if any(w % m for w, m in zip(window, multiple)):
+            near = [max(m, round(w / m) * m) for w, m in zip(window, multiple)]
+            raise ConfigError(
+                f"--window {','.join(map(str, window))}: each size must be a multiple of the network's"
+                f" {','.join(map(str, multiple))} (the product of its strides); e.g. {','.join(map(str, near))}"
+            )
+    if any(w < p / 2 for w, p in zip(window, patch)):
+        log.warning(
+            "--window %s is under half the patch the model was trained on (%s) on some axis: each window gives the"
+            " network less context than it learnt from, and the masks may be worse",
+            ",".join(map(str, window)),
+            ",".join(map(str, patch)),
+        )
 
 
 # ---- per case --------------------------------------------------------------------------------------------------
@@ -424,7 +450,12 @@ def predict_cases(
             if isinstance(loaded, BaseException):
                 raise loaded
             data, checked = loaded
-            result.warnings = [f"[{p.check}] {p.message}" for p in checked.warnings]
+            # each warning names its own file: the constant T1 of a FLAIR+T1 case is T1.nii.gz's, not FLAIR's
+            files = [p.file or str(case.images[0]) for p in checked.warnings]
+            result.warnings = [
+                f"[{p.check}] {p.message}" + (f" ({Path(f).name})" if len(case.images) > 1 else "")
+                for p, f in zip(checked.warnings, files)
+            ]
             suffix = output_suffix(case, options.output_format)
             if any(p.check == "geometry" for p in checked.warnings) and suffix not in (".nii", ".nii.gz"):
                 result.warnings.append(
@@ -433,8 +464,8 @@ def predict_cases(
                     "ITK-based viewers, not necessarily in nibabel-based ones (NIfTI output keeps the header "
                     "itself and overlays it in both)"
                 )
-            for w in result.warnings:  # on the console too: a blank scan's mask must not pass as a plain "ok"
-                log.warning("case %s: %s: %s", case.case_id, case.images[0], w)
+            for f, w in zip([*files, *[str(case.images[0])] * len(result.warnings)], result.warnings):
+                log.warning("case %s: %s: %s", case.case_id, f, w)  # on the console too: a blank scan is no "ok"
             result.nonfinite_replaced = int(checked.stats.get("nonfinite", 0)) if options.replace_nonfinite else 0
             _predict_one(
                 case, data, transform, lut, predictor, out, options, protected, result, seg_writer, postprocess

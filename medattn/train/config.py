@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medattn.configdoc import check_int, config_fields, int_tuple, save_config
+from medattn.configdoc import check_float, check_int, config_fields, int_tuple, save_config
 from medattn.errors import ConfigError
 from medattn.typing import Triple
 
@@ -238,16 +238,7 @@ def _choice(value: Any, allowed: Sequence[str], what: str) -> None:
 
 
 def _float(cfg: TrainConfig, name: str, lo: float, hi: float | None, strict: bool = False) -> None:
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name}: expected a number, got {value!r}")
-    bad = value <= lo if strict else value < lo
-    if bad or (hi is not None and value > hi):
-        bound = f"> {lo}" if strict else f">= {lo}"
-        raise ConfigError(
-            f"{name}: expected a number {bound}" + (f" and <= {hi}" if hi is not None else "") + f", got {value!r}"
-        )
-    object.__setattr__(cfg, name, float(value))
+    object.__setattr__(cfg, name, check_float(getattr(cfg, name), name, lo, hi, strict=strict))
 
 
 def _parse_mapping(text: str, what: str) -> dict[str, Any]:

@@ -164,3 +164,38 @@ def test_resume_refuses_another_start_model_or_edited_cases(
     nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine, img.header), str(path))
     with pytest.raises(DataError, match=rf"files of 1 case\(s\) differ .*{case.id}"):
         _check_same_inputs(out, start_model, manifest, None, resume=True)
+
+
+def test_the_strategy_the_command_line_gives_wins_over_the_config_files(tmp_path: Path) -> None:
+    """``--strategy lwf`` with a config file listing ``strategies: naive,replay`` ran naive and replay."""
+    from medattn.cli import _apply_config, build_parser
+    from medattn.commands.adapt import adapt_config
+
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text("strategies: naive,replay\nepochs: 1\n")
+    parser = build_parser()
+    for given, want in ((["--strategy", "lwf"], ("lwf",)), ([], ("naive", "replay"))):
+        argv = ["adapt", "m.pt", "data.json", "--out", str(tmp_path / "o"), "--config", str(cfg), *given]
+        args = parser.parse_args(argv)
+        _apply_config(parser, argv, args)
+        assert adapt_config(args).strategies == want
+
+
+def test_a_loss_that_is_not_finite_stops_adapt_before_a_nan_model_is_written(
+    shift_manifest: Path, start_model: Path, tmp_path: Path
+) -> None:
+    """``lr: 1e30`` wrote all-NaN models and an all-zero Dice matrix with exit 0; a NaN method weight (or any
+    non-finite number) is refused when the config is read."""
+    from medattn.continual.adapt import adapt
+    from medattn.data.importers import load_dataset
+    from medattn.errors import ConfigError, MedattnError
+
+    with pytest.raises(ConfigError, match="method ewc: ewc_lambda: expected a finite number, got nan"):
+        tiny_config(methods={"ewc": {"ewc_lambda": float("nan")}})
+    with pytest.raises(ConfigError, match="grad_clip: expected a finite number"):
+        tiny_config(grad_clip=float("nan"))
+    out = tmp_path / "run"
+    with warnings.catch_warnings(), pytest.raises(MedattnError, match=r"the training loss became (nan|inf)"):
+        warnings.simplefilter("ignore")
+        adapt(start_model, load_dataset(f"{shift_manifest}:B"), out, tiny_config(lr=1e30, epochs=3), quiet=True)
+    assert not list(out.rglob("model.pt"))

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -78,6 +79,20 @@ def test_finite_values_too_large_for_any_scan_are_refused(tmp_path: Path) -> Non
     assert "values up to 3e+38" in result.errors[0].message and "overflows" in result.errors[0].message
     ct = (image / np.abs(image).max() * 3000 - 1000).astype(np.float32)  # Hounsfield units pass
     assert check_image_case("ct", [write_nifti(tmp_path / "ct.nii.gz", ct)], ["CT"]).ok
+
+
+def test_complex_and_rgb_voxels_are_refused_not_read_as_their_real_part(tmp_path: Path) -> None:
+    """A complex64 NIfTI was segmented on its real part with status "ok" (its magnitude's mask agreed on 76% of
+    the voxels); RGB voxels are no intensity either."""
+    image, _ = blob_case((16, 18, 20), seed=0)
+    cplx = tmp_path / "c.nii.gz"
+    nib.save(nib.Nifti1Image((image * np.exp(1j * image)).astype(np.complex64), np.eye(4)), str(cplx))
+    rgb = tmp_path / "rgb.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 18, 20), [("R", "u1"), ("G", "u1"), ("B", "u1")]), np.eye(4)), str(rgb))
+    for path, stored in ((cplx, "complex64"), (rgb, "[('R', 'u1')")):
+        result = check_image_case(path.name, [path], ["MRI"])
+        assert not result.ok and [p.check for p in result.errors] == ["voxels"], result.errors
+        assert f"voxels stored as {stored}" in result.errors[0].message
 
 
 def test_gate_manifest_names_every_bad_case(make_msd) -> None:

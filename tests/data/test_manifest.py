@@ -148,6 +148,34 @@ def test_config_file_fills_options_and_flags_win(make_msd, tmp_path: Path) -> No
     assert main(["plan", str(root), "--config", str(bad), "--quiet"]) == 2
 
 
+def test_config_file_cannot_win_over_the_command_line_or_drop_its_own_keys(make_msd, tmp_path: Path, capsys) -> None:
+    """An abbreviated flag (``--memory 32`` for ``--memory-mb``) lost to the file's value; a key named after a
+    positional argument (``data``) replaced the dataset given; a section named after the command made the file's
+    other keys silently ignored; a repeated key let the last one win; an empty file meant every default."""
+    from medattn.cli import main
+
+    root, other = make_msd(n=2), tmp_path / "other"
+    out = tmp_path / "p.json"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"memory_mb: 64\nout: {out}\n")
+    assert main(["plan", str(root), "--config", str(cfg), "--memory", "32", "--quiet"]) == 0
+    assert json.loads(out.read_text())["memory_budget_mb"] == 32  # the command line's abbreviation wins
+    cfg.write_text(f"max_cases: 1\nplan:\n  memory_mb: 48\n  out: {out}\n")  # shared key + the command's section
+    assert main(["plan", str(root), "--config", str(cfg), "--quiet"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["memory_budget_mb"] == 48 and doc["fingerprint"]["cases_used"] == 1
+    for text, said in (
+        (f"data: {other}\n", "'data' is an argument of the command line"),
+        ("memory_mb: 64\nmemory_mb: 32\n", "option 'memory_mb' is given twice (line 2)"),
+        ("# nothing here\n", "the config holds no options (an empty file)"),
+        ("- memory_mb\n", "expected a mapping of option names to values, got a list"),
+    ):
+        cfg.write_text(text)
+        capsys.readouterr()
+        assert main(["plan", str(root), "--config", str(cfg), "-o", str(out), "--quiet"]) == 2, text
+        assert said in capsys.readouterr().err, text
+
+
 @pytest.mark.parametrize(
     ("entry", "path", "message"),
     [

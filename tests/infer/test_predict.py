@@ -281,3 +281,50 @@ def test_tta_of_a_model_trained_without_flips_says_so(tmp_path: Path, caplog) ->
         with caplog.at_level("WARNING"):
             assert main(["predict", str(model), str(src), str(tmp_path / f"out_{name}"), "--tta", "--quiet"]) == 0
         assert ("trained without flips" in caplog.text) == (p_flip == 0.0)
+
+
+def test_a_window_the_network_would_pad_is_refused_and_a_small_one_warned(
+    tmp_path: Path, model_file, caplog, capsys
+) -> None:
+    """``--window 7`` (not a multiple of the strides) changed half the mask, ``--window 1`` 59% of it, both with
+    exit 0; duplicated mirror axes were taken as given."""
+    src = write_nifti(tmp_path / "in" / "scan.nii.gz", blob_case(SHAPE, seed=0)[0], _affine("lps"))
+    model = model_file()
+    for bad in ("7,8,8", "1,1,1"):
+        assert main(["predict", str(model), str(src), str(tmp_path / "o"), "--window", bad, "--quiet"]) == 2
+        assert "must be a multiple of the network's 4,4,4" in capsys.readouterr().err
+    with caplog.at_level("WARNING"):
+        assert main(["predict", str(model), str(src), str(tmp_path / "o"), "--window", "4,4,4", "--quiet"]) == 0
+    assert "under half the patch the model was trained on" in caplog.text
+    assert main(["predict", str(model), str(src), str(tmp_path / "o"), "--mirror-axes", "0,0", "--quiet"]) == 2
+
+
+def test_a_warning_of_a_two_channel_case_names_the_channel_file_it_is_about(tmp_path: Path, model_file) -> None:
+    """A FLAIR+T1 case whose T1 is constant was logged as FLAIR's warning (the case's first file)."""
+    from tests.infer.conftest import small_plan
+
+    image, _ = blob_case(SHAPE, seed=0)
+    write_nifti(tmp_path / "in" / "c_0000.nii.gz", image, _affine("ras"))
+    write_nifti(tmp_path / "in" / "c_0001.nii.gz", np.full(SHAPE, 3.0, np.float32), _affine("ras"))
+    model = model_file(small_plan(channels=("FLAIR", "T1")))
+    assert main(["predict", str(model), str(tmp_path / "in"), str(tmp_path / "out"), "--quiet"]) == 0
+    (case,) = json.loads((tmp_path / "out" / "predictions.json").read_text())["cases"]
+    (warning,) = case["warnings"]
+    assert "is constant" in warning and warning.endswith("(c_0001.nii.gz)")
+
+
+def test_a_ct_without_a_negative_value_is_warned_as_stored_with_an_offset(tmp_path: Path, model_file) -> None:
+    """A CT stored as unsigned HU + 1024 (no rescale intercept) was predicted without a word, its probabilities
+    up to 0.45 away from the true-HU image's; a CT with air (-1000) passes without a warning."""
+    from tests.infer.conftest import small_plan
+
+    image, _ = blob_case(SHAPE, seed=0)
+    hu = (image / np.abs(image).max() * 1000).astype(np.float32) - 200  # -1200 .. 800 HU
+    write_nifti(tmp_path / "in" / "hu.nii.gz", hu, _affine("ras"))
+    write_nifti(tmp_path / "in" / "offset.nii.gz", (hu + 1200).astype(np.uint16), _affine("ras"))
+    model = model_file(small_plan(modality="CT"))
+    assert main(["predict", str(model), str(tmp_path / "in"), str(tmp_path / "out"), "--quiet"]) == 0
+    cases = {c["case"]: c for c in json.loads((tmp_path / "out" / "predictions.json").read_text())["cases"]}
+    assert not cases["hu"]["warnings"]
+    (warning,) = cases["offset"]["warnings"]
+    assert "(CT) has no negative value (lowest " in warning and "-1024 offset" in warning

@@ -202,6 +202,9 @@ def resolve_params(name: str, given: Mapping[str, Any] | None) -> dict[str, Any]
     unknown = sorted(set(given or {}) - set(params))
     if unknown:
         raise ConfigError(f"method {name}: unknown option(s) {unknown}; known: {sorted(params)}")
+    for key, value in (given or {}).items():  # NaN passes every bound the methods check: refused here
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"method {name}: {key}: expected a finite number, got {value!r}")
     params.update(given or {})
     return params
 
