@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,15 +67,20 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def config_section(doc: Mapping[str, Any], command: str, commands: Sequence[str]) -> dict[str, Any]:
+def config_section(
+    doc: Mapping[str, Any], command: str, commands: Sequence[str], options: Collection[str] = ()
+) -> dict[str, Any]:
     """The options of ``command`` in a config file: its top-level keys, with a section named after the command
     (``train: {...}``) over them; the sections of other ``commands`` are theirs. (A section used to make the file's
-    other keys silently ignored.)"""
-    shared = {k: v for k, v in doc.items() if k not in commands}
+    other keys silently ignored.) A key that is one of the command's ``options`` (``train``'s ``plan:``) is that
+    option, never another command's section; a section is a mapping."""
+
+    def is_section(key: str, value: Any) -> bool:
+        return key in commands and isinstance(value, Mapping) and str(key).replace("-", "_") not in options
+
+    shared = {k: v for k, v in doc.items() if not is_section(k, v)}
     own = doc.get(command)
-    if own is not None and not isinstance(own, Mapping):
-        raise ConfigError(f"section {command!r}: expected a mapping of option names to values, got {own!r}")
-    return {**shared, **dict(own or {})}
+    return {**shared, **(dict(own) if own is not None and is_section(command, own) else {})}
 
 
 class _RepeatedKey(Exception):
@@ -89,10 +94,15 @@ def _unique_key_loader() -> Any:
         pass
 
     def mapping(loader: Any, node: Any, deep: bool = False) -> Any:
+        loader.flatten_mapping(node)  # YAML merge keys (<<: *anchor) first, as SafeLoader does
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = loader.construct_object(key_node, deep=deep)
-            if key in seen:
+            try:
+                repeated = key in seen
+            except TypeError:  # an unhashable key: SafeLoader's own error names it
+                break
+            if repeated:
                 raise _RepeatedKey(f"option {key!r} is given twice (line {key_node.start_mark.line + 1})")
             seen.add(key)
         return loader.construct_mapping(node, deep)
@@ -114,7 +124,11 @@ def check_float(value: Any, what: str, lo: float, hi: float | None = None, *, st
     """``value`` as a finite float of at least ``lo`` (above it when ``strict``) and at most ``hi``, else a
     :class:`ConfigError` naming ``what``. NaN passes every comparison, so it is refused by name (a NaN learning
     rate crashed the optimiser; a NaN clip or sampling ratio silently turned the feature off)."""
-    if isinstance(value, str):
+    if (
+        isinstance(value, str)
+        and "e" in value.lower()
+        and value.strip().lower().lstrip("+-") not in ("inf", "infinity")
+    ):
         try:
             float(value)
         except ValueError:

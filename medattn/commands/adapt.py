@@ -206,6 +206,8 @@ def adapt_config(args: argparse.Namespace) -> AdaptConfig:
     # --strategy and --strategies exclude each other on the command line; the one given there wins over the other
     # one from --config
     given: set[str] = getattr(args, "_given", set())
+    if not given & {"strategy", "strategies"} and getattr(args, "strategy", None) and getattr(args, "strategies", None):
+        raise ConfigError("the config file gives both strategy and strategies; keep one")
     first, second = ("strategy", "strategies") if "strategy" in given else ("strategies", "strategy")
     strategies = getattr(args, first, None) or getattr(args, second, None)
     if strategies:
@@ -230,7 +232,7 @@ def _yaml_methods(path: str | Path) -> dict[str, Any]:
     from medattn.cli import _COMMANDS
     from medattn.configdoc import config_section, read_config_file
 
-    methods = config_section(read_config_file(path), NAME, list(_COMMANDS)).get("methods")
+    methods = config_section(read_config_file(path), NAME, list(_COMMANDS), CONFIG_OPTIONS).get("methods")
     return dict(methods) if isinstance(methods, dict) else {}
 
 

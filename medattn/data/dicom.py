@@ -108,7 +108,6 @@ _NOT_DICOM_SUFFIXES = (
     ".pt", ".pth", ".ckpt", ".onnx", ".ts", ".npy", ".npz", ".pkl", ".h5", ".hdf5", ".mat", ".tar", ".bz2", ".xz",
     ".7z", ".yaml", ".yml", ".py", ".sh", ".tif", ".tiff", ".svg", ".mp4", ".avi",
 )  # fmt: skip
-_BACKSLASH = "\\"  # DICOM's separator of multiple values, as a header dump shows them
 
 
 class NotDicomError(ValueError):
@@ -119,7 +118,7 @@ class NotDicomError(ValueError):
 #: garbled data sets, and :class:`NotDicomError`.
 _NOT_READABLE = (OSError, ValueError, EOFError, AttributeError, KeyError, TypeError, IndexError, struct.error,
                  NotImplementedError, OverflowError)  # fmt: skip
-#: How many files without a DICOM marker or ``.dcm`` name :func:`is_series_folder` parses before it gives up.
+#: How many files without a DICOM marker or ``.dcm`` name :func:`is_series_folder` looks at before it gives up.
 _PARSED_AT_MOST = 16
 #: Positions closer than this along the normal (mm) are the same slice position.
 SAME_POSITION_MM = 1e-3
@@ -152,6 +151,7 @@ class SeriesInfo:
         slope_varies: the slices have different rescale slopes or intercepts (voxels are read as float).
         stored_dtype: the stored pixel type, for the header (``uint16``, ``int16``...).
         photometric: PhotometricInterpretation (``MONOCHROME2``; ``MONOCHROME1`` is read by pydicom).
+        instance_uids: the slices' SOPInstanceUIDs (a copy of a series in another folder shares them).
     """
 
     folder: Path
@@ -163,6 +163,7 @@ class SeriesInfo:
     slope_varies: bool = False
     stored_dtype: str = "uint16"
     photometric: str = "MONOCHROME2"
+    instance_uids: frozenset[str] = frozenset()
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -171,9 +172,9 @@ class SeriesInfo:
 
 def is_series_folder(path: str | Path) -> bool:
     """Whether ``path`` is a folder that holds DICOM files: one with the 128-byte preamble and ``DICM`` marker or a
-    ``.dcm`` name, or a bare data set (no preamble) that a forced header read finds a SOP class or an image size in
-    (at most :data:`_PARSED_AT_MOST` such reads). Files with a suffix of :data:`_NOT_DICOM_SUFFIXES` are passed over,
-    so notes or thumbnails beside the slices do not hide the series. A dataset folder (``manifest.json``,
+    ``.dcm`` name, or a bare data set (no preamble) in which a forced header read finds a DICOM SOP class (among the
+    first :data:`_PARSED_AT_MOST` files of other names). Files with a suffix of :data:`_NOT_DICOM_SUFFIXES` are
+    passed over, so notes or thumbnails beside the slices do not hide the series. A dataset folder (``manifest.json``,
     ``dataset.json``) is not a series folder."""
     p = Path(path)
     if not p.is_dir() or (p / "manifest.json").is_file() or (p / "dataset.json").is_file():
@@ -184,13 +185,15 @@ def is_series_folder(path: str | Path) -> bool:
             continue
         if entry.suffix.lower() == ".dcm" or _has_dicm_marker(entry):
             return True
-        if parsed < _PARSED_AT_MOST:
-            parsed += 1
-            try:
-                read_header(entry, defer_size=1024)  # large values (of a file that is not DICOM) are not read
-                return True
-            except _NOT_READABLE:
-                continue
+        parsed += 1
+        if parsed > _PARSED_AT_MOST:
+            break
+        try:  # large values (of a file that is not DICOM) are not read
+            ds = read_header(entry, ["SOPClassUID"], defer_size=1024)
+        except _NOT_READABLE:
+            continue
+        if str(ds.get("SOPClassUID", "")).startswith("1.2.840.10008."):  # a DICOM SOP class, not parsed noise
+            return True
     return False
 
 
@@ -322,7 +325,7 @@ def _scan_series(folder: Path) -> SeriesInfo:
     headers: list[tuple[Path, Any]] = []
     unreadable: list[str] = []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.name.upper() in _IGNORED_NAMES or path.is_dir():
+        if _passed_over(path):
             continue
         try:
             headers.append((path, read_header(path)))
@@ -391,16 +394,26 @@ def _scan_series(folder: Path) -> SeriesInfo:
             folder,
         )
     first = headers[0][1]
-    image_kinds: Counter[tuple[str, ...]] = Counter(_image_kind(ds) for _, ds in headers)
-    if len(image_kinds) > 1:
-        rare = min(image_kinds, key=lambda k: image_kinds[k])
-        odd = next(p for p, ds in headers if _image_kind(ds) == rare)
+    lut = [p for p, ds in headers if "ModalityLUTSequence" in ds]
+    if lut:  # GDCM reads the stored values without it: the voxels would not be the real values
         raise DataError(
-            "slices of different kinds in one series (ImageType "
-            + "; ".join(f"{_BACKSLASH.join(k) or 'none'}: {n} file(s)" for k, n in image_kinds.most_common())
-            + f", e.g. {odd.name}): a derived or secondary image among the acquired slices; remove it",
+            f"{len(lut)} slice(s) map their values through a Modality LUT Sequence (e.g. {lut[0].name}), which the"
+            " voxel reader does not apply; convert the series with dcm2niix",
             folder,
         )
+    # ORIGINAL or DERIVED (value 1) on every slice that says; PRIMARY or SECONDARY (value 2) where two slices say
+    # both (anonymisers strip or shorten ImageType: a slice without it is not another kind)
+    for position, word in ((0, "ORIGINAL or DERIVED"), (1, "PRIMARY or SECONDARY")):
+        image_kinds = Counter(k[position] for k in map(_image_kind, (ds for _, ds in headers)) if len(k) > position)
+        if len(image_kinds) > 1:
+            rare = min(image_kinds, key=lambda k: image_kinds[k])
+            odd = next(p for p, ds in headers if _image_kind(ds)[position : position + 1] == (rare,))
+            raise DataError(
+                f"slices of different kinds in one series (ImageType {word}: "
+                + "; ".join(f"{k}: {n} file(s)" for k, n in image_kinds.most_common())
+                + f", e.g. {odd.name}): a derived or secondary image among the acquired slices; remove it",
+                folder,
+            )
     for key in ("Rows", "Columns"):
         values = Counter(int(ds.get(key, 0)) for _, ds in headers)
         if len(values) > 1:
@@ -478,7 +491,7 @@ def _scan_series(folder: Path) -> SeriesInfo:
     lps[:3, 1] = col * row_spacing
     lps[:3, 2] = stack / (len(headers) - 1)
     lps[:3, 3] = positions[0]
-    slopes = {(float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)) for _, ds in headers}
+    slopes = {_rescale(ds) for _, ds in headers}
     bits = int(first.get("BitsAllocated", 16) or 16)
     signed = int(first.get("PixelRepresentation", 0) or 0) == 1
     return SeriesInfo(
@@ -491,6 +504,7 @@ def _scan_series(folder: Path) -> SeriesInfo:
         slope_varies=len(slopes) > 1,
         stored_dtype=f"{'int' if signed else 'uint'}{bits}",
         photometric=str(first.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip(),
+        instance_uids=frozenset(str(ds.get("SOPInstanceUID", "")) for _, ds in headers) - {""},
     )
 
 
@@ -603,14 +617,20 @@ def _pydicom_slice(path: Path) -> np.ndarray | None:
     as float64, decoded by pydicom; None where pydicom cannot decode it (a compressed transfer syntax without its
     codec package)."""
     import pydicom
-    from pydicom.pixels import apply_modality_lut
 
     try:
         ds = pydicom.dcmread(path, force=True)
-        pixels = ds.pixel_array
+        pixels = np.asarray(ds.pixel_array, dtype=np.float64)
     except (*_NOT_READABLE, RuntimeError):  # no handler for the transfer syntax (or a bare data set without one)
         return None
-    return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64).T
+    # the rescale as the headers are read here (each of slope and intercept on its own, an empty one as absent)
+    slope, intercept = _rescale(ds)
+    return (pixels * slope + intercept).T
+
+
+def _rescale(ds: Any) -> tuple[float, float]:
+    """RescaleSlope and RescaleIntercept of a header: 1 and 0 where absent or empty."""
+    return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
 
 
 def _checked_against_pydicom(info: SeriesInfo, arr: np.ndarray) -> np.ndarray:

@@ -401,12 +401,14 @@ def _check_window(window: tuple[int, ...], model: torch.nn.Module, patch: tuple[
     axis (the network sees less context than it learnt from: a 1-voxel window changed 59% of the mask)."""
     nets = list(getattr(model, "members", [model]))
     multiples = {tuple(m) for m in (getattr(n, "required_multiple", None) for n in nets) if m is not None}
+    from medattn.models.padding import needs_padding, padded_size
+
     for multiple in multiples:
-        if any(w % m for w, m in zip(window, multiple)):
-            near = [max(m, round(w / m) * m) for w, m in zip(window, multiple)]
+        if needs_padding(window, multiple):  # not a multiple, or one multiple on every axis (a one-voxel bottleneck)
             raise ConfigError(
                 f"--window {','.join(map(str, window))}: each size must be a multiple of the network's"
-                f" {','.join(map(str, multiple))} (the product of its strides); e.g. {','.join(map(str, near))}"
+                f" {','.join(map(str, multiple))} (the product of its strides), twice it on some axis; e.g."
+                f" {','.join(map(str, padded_size(window, multiple)))}"
             )
     if any(w < p / 2 for w, p in zip(window, patch)):
         log.warning(

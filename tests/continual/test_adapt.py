@@ -170,6 +170,7 @@ def test_the_strategy_the_command_line_gives_wins_over_the_config_files(tmp_path
     """``--strategy lwf`` with a config file listing ``strategies: naive,replay`` ran naive and replay."""
     from medattn.cli import _apply_config, build_parser
     from medattn.commands.adapt import adapt_config
+    from medattn.errors import ConfigError
 
     cfg = tmp_path / "a.yaml"
     cfg.write_text("strategies: naive,replay\nepochs: 1\n")
@@ -179,6 +180,12 @@ def test_the_strategy_the_command_line_gives_wins_over_the_config_files(tmp_path
         args = parser.parse_args(argv)
         _apply_config(parser, argv, args)
         assert adapt_config(args).strategies == want
+    cfg.write_text("strategies: naive,replay\nstrategy: lwf\n")  # both in the file: which was meant?
+    argv = ["adapt", "m.pt", "data.json", "--out", str(tmp_path / "o"), "--config", str(cfg)]
+    args = parser.parse_args(argv)
+    _apply_config(parser, argv, args)
+    with pytest.raises(ConfigError, match="gives both strategy and strategies"):
+        adapt_config(args)
 
 
 def test_a_loss_that_is_not_finite_stops_adapt_before_a_nan_model_is_written(

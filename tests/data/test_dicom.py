@@ -128,6 +128,15 @@ def _write_case(tmp_path: Path, problem: str) -> Path:
             ds = dcmread(p)
             ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.4"
             ds.save_as(p)
+    elif problem == "modality_lut":
+        from pydicom.dataset import Dataset
+
+        ds = dcmread(paths[2])
+        item = Dataset()
+        item.LUTDescriptor = [4, 0, 16]
+        item.add_new(0x00283006, "US", [0, 10, 20, 30])  # LUTData
+        ds.ModalityLUTSequence = [item]
+        ds.save_as(paths[2])
     elif problem == "derived_slice":  # a secondary capture of the series' UID, one gap past the last slice
         lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff
         extra = folder / "extra"
@@ -167,8 +176,9 @@ REFUSALS = {
     "enhanced": r"multi-frame \(enhanced\) DICOM is not supported yet \(slice000\.dcm: 2 frames\)",
     "enhanced_one_frame": r"enhanced DICOM objects are not supported yet \(7 file\(s\), e\.g\. slice000\.dcm: "
     r"Legacy Converted Enhanced MR Image Storage",
-    "derived_slice": r"slices of different kinds in one series \(ImageType ORIGINAL\\PRIMARY: 7 file\(s\); "
-    r"DERIVED\\SECONDARY: 1 file\(s\), e\.g\. zz_derived\.dcm\)",
+    "modality_lut": r"1 slice\(s\) map their values through a Modality LUT Sequence \(e\.g\. slice002\.dcm\)",
+    "derived_slice": r"slices of different kinds in one series \(ImageType ORIGINAL or DERIVED: ORIGINAL: 7 file\(s\); "
+    r"DERIVED: 1 file\(s\), e\.g\. zz_derived\.dcm\)",
 }
 
 
@@ -510,17 +520,23 @@ def test_a_truncated_slice_is_named(tmp_path: Path) -> None:
         read_volume(tmp_path / "s")
 
 
-def test_the_same_series_in_two_folders_is_refused(tmp_path: Path) -> None:
+def test_a_copy_of_a_series_in_another_folder_is_left_out_and_named(tmp_path: Path, caplog) -> None:
     """A copy of a series (a DICOMDIR export beside the originals) was a second case, free to land in another
-    split than the first."""
+    split than the first; it is left out, named. Folders of one series split by echo (the refusal's own advice)
+    share only the SeriesInstanceUID and stay cases of their own."""
     from medattn.data.importers import load_dataset
-    from medattn.errors import ManifestError
 
     write_dicom_series(tmp_path / "pacs" / "a", _volume(7), np.eye(4))
     shutil.copytree(tmp_path / "pacs" / "a", tmp_path / "pacs" / "b_copy")
-    write_dicom_series(tmp_path / "pacs" / "c", _volume(8), np.eye(4))
-    with pytest.raises(ManifestError, match=r"the series in b_copy is the one in a \(the same SeriesInstanceUID"):
-        load_dataset(tmp_path / "pacs")
+    uid = "1.2.826.0.1.3680043.8.498.1"
+    for echo in (1, 2):
+        write_dicom_series(
+            tmp_path / "pacs" / f"e{echo}", _volume(8), np.eye(4), series_uid=uid, extra={"EchoNumbers": echo}
+        )
+    with caplog.at_level("WARNING"):
+        manifest = load_dataset(tmp_path / "pacs")
+    assert sorted(c.id for _, c in manifest.iter_cases()) == ["a", "e1", "e2"]
+    assert "b_copy: left out, it holds slices of the series in a" in caplog.text
 
 
 def test_series_below_a_series_folder_given_to_predict_are_named_as_not_predicted(tmp_path: Path, caplog) -> None:
@@ -534,3 +550,37 @@ def test_series_below_a_series_folder_given_to_predict_are_named_as_not_predicte
         cases = collect_inputs(tmp_path / "S1")
     assert [c.case_id for c in cases] == ["S1"]
     assert "only the series in this folder is predicted, not what its sub-folder(s) copy hold" in caplog.text
+
+
+def test_headers_anonymisers_leave_read_as_they_are(tmp_path: Path) -> None:
+    """An empty RescaleSlope (intercept alone) and a slice whose ImageType was stripped: read, not refused (the
+    reader check applies the rescale as the headers are read; a missing ImageType is no other kind of image)."""
+    from pydicom import dcmread
+
+    from medattn.data.io import read_volume
+
+    vol = _volume(10)
+    paths = write_dicom_series(tmp_path / "s", vol, np.eye(4), extra={"RescaleIntercept": "-1024", "RescaleSlope": ""})
+    for p in paths:
+        ds = dcmread(p)
+        ds.ImageType = ["ORIGINAL", "PRIMARY"]
+        ds.save_as(p)
+    ds = dcmread(paths[3])
+    del ds.ImageType
+    ds.save_as(paths[3])
+    got, _ = read_volume(tmp_path / "s", dtype=np.float64)
+    np.testing.assert_array_equal(got, vol.astype(np.float64) - 1024)
+
+
+def test_folders_of_other_files_are_not_series(tmp_path: Path) -> None:
+    """README, CHANGES and Analyze .hdr/.img files in a NIfTI or BIDS folder are no DICOM series."""
+    from medattn.data.dicom import is_series_folder
+
+    folder = tmp_path / "bids"
+    folder.mkdir()
+    (folder / "README").write_text("A dataset.\n")
+    (folder / "CHANGES").write_text("1.0 2020-01-01\n  - first\n")
+    (folder / "scan.hdr").write_bytes(bytes(348))
+    (folder / "scan.img").write_bytes(np.arange(1000, dtype=np.int16).tobytes())
+    write_nifti(folder / "scan.nii.gz", np.zeros((4, 4, 4), np.float32))
+    assert not is_series_folder(folder)

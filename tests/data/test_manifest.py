@@ -164,6 +164,16 @@ def test_config_file_cannot_win_over_the_command_line_or_drop_its_own_keys(make_
     assert main(["plan", str(root), "--config", str(cfg), "--quiet"]) == 0
     doc = json.loads(out.read_text())
     assert doc["memory_budget_mb"] == 48 and doc["fingerprint"]["cases_used"] == 1
+    cfg.write_text(f"plan:\n  <<: {{memory_mb: 40}}\n  out: {out}\n")  # a YAML merge key, read as PyYAML does
+    assert main(["plan", str(root), "--config", str(cfg), "--quiet"]) == 0
+    assert json.loads(out.read_text())["memory_budget_mb"] == 40
+    # train's option `plan:` is that option, not the plan command's section
+    from medattn.configdoc import config_section
+
+    assert config_section({"plan": "p.json", "epochs": 3}, "train", ["train", "plan"], {"plan", "epochs"}) == {
+        "plan": "p.json",
+        "epochs": 3,
+    }
     for text, said in (
         (f"data: {other}\n", "'data' is an argument of the command line"),
         ("memory_mb: 64\nmemory_mb: 32\n", "option 'memory_mb' is given twice (line 2)"),

@@ -293,8 +293,10 @@ def test_a_window_the_network_would_pad_is_refused_and_a_small_one_warned(
     for bad in ("7,8,8", "1,1,1"):
         assert main(["predict", str(model), str(src), str(tmp_path / "o"), "--window", bad, "--quiet"]) == 2
         assert "must be a multiple of the network's 4,4,4" in capsys.readouterr().err
+    assert main(["predict", str(model), str(src), str(tmp_path / "o"), "--window", "4,4,4", "--quiet"]) == 2
+    assert "twice it on some axis; e.g. 4,4,8" in capsys.readouterr().err  # one multiple on every axis is padded
     with caplog.at_level("WARNING"):
-        assert main(["predict", str(model), str(src), str(tmp_path / "o"), "--window", "4,4,4", "--quiet"]) == 0
+        assert main(["predict", str(model), str(src), str(tmp_path / "o"), "--window", "8,8,4", "--quiet"]) == 0
     assert "under half the patch the model was trained on" in caplog.text
     assert main(["predict", str(model), str(src), str(tmp_path / "o"), "--mirror-axes", "0,0", "--quiet"]) == 2
 

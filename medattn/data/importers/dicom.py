@@ -61,8 +61,9 @@ def import_dicom(root: Path, *, domain_from: str | None = None, modality: str | 
     folder layout), so that every command's case check refuses it by name and the other cases still run.
 
     Raises:
-        ManifestError: no series folder, ``domain_from`` names a key that a series' headers lack (naming it), or one
-            series (its SeriesInstanceUID) is in two folders.
+        ManifestError: no series folder, or ``domain_from`` names a key that a series' headers lack (naming it).
+
+    A folder whose slices (SOPInstanceUIDs) are those of an earlier folder, a copy, is left out with a warning.
     """
     root = Path(root)
     folders = find_series_folders(root)
@@ -70,7 +71,7 @@ def import_dicom(root: Path, *, domain_from: str | None = None, modality: str | 
         raise ManifestError("no folder holding DICOM files under the root", root)
     by_domain: dict[str, list[Case]] = defaultdict(list)
     modalities: set[str] = set()
-    where: dict[str, Path] = {}  # SeriesInstanceUID -> the first folder holding it
+    where: dict[str, Path] = {}  # SOPInstanceUID -> the first folder holding that slice
     for folder in folders:
         under = folder.relative_to(root).parts if folder != root else ()
         try:
@@ -80,14 +81,18 @@ def import_dicom(root: Path, *, domain_from: str | None = None, modality: str | 
             log.warning("%s", e)
             meta = {}
         else:
-            if info.series_uid and info.series_uid in where:  # a copy (a DICOMDIR export beside the series...)
-                raise ManifestError(
-                    f"the series in {rel(folder, root)} is the one in {rel(where[info.series_uid], root)} (the"
-                    f" same SeriesInstanceUID {info.series_uid}): one scan would be two cases, and could land in"
-                    " both training and test; remove the copy",
-                    root,
+            # a copy (a DICOMDIR export beside the series) shares its slices' SOPInstanceUIDs; the folders of one
+            # series split by echo or phase share only the SeriesInstanceUID, and are cases of their own
+            first = next((where[u] for u in info.instance_uids if u in where), None)
+            if first is not None:
+                log.warning(
+                    "%s: left out, it holds slices of the series in %s (the same SOPInstanceUIDs): one scan would"
+                    " be two cases, free to land in training and test; remove the copy",
+                    folder,
+                    rel(first, root),
                 )
-            where.setdefault(info.series_uid, folder)
+                continue
+            where.update(dict.fromkeys(info.instance_uids, folder))
         if "Modality" in meta:
             modalities.add(str(meta["Modality"]))
         if domain_from == "folder" or (domain_from and not meta):
