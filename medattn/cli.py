@@ -89,6 +89,7 @@ def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str], args: ar
     sub = _subparser(parser, args.command)
     options = {a.dest for a in sub._actions if a.option_strings and a.dest not in ("help", "config")}
     section = config_section(read_config_file(path), args.command, list(_COMMANDS), options)
+    args._config = section  # what the file set, for a command that merges a mapping option (adapt's --methods)
     positionals = {a.dest for a in sub._actions if not a.option_strings}
     for key, value in section.items():
         k = str(key).replace("-", "_")

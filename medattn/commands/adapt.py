@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medattn.commands.common import EXIT_OK, EXIT_PROBLEMS, load_data, print_excluded
@@ -222,18 +221,11 @@ def adapt_config(args: argparse.Namespace) -> AdaptConfig:
                 values[name] = yaml.safe_load(values[name])
             except yaml.YAMLError as e:
                 raise ConfigError(f"--{name}: not valid YAML: {e}") from e
-    if isinstance(values.get("methods"), dict) and getattr(args, "config", None):
-        values["methods"] = _merge_methods(_yaml_methods(args.config), values["methods"])
+    # the config file's options as the command line read them (medattn.cli._apply_config), not the file again
+    from_file = getattr(args, "_config", {}).get("methods")
+    if isinstance(values.get("methods"), dict) and isinstance(from_file, dict):
+        values["methods"] = _merge_methods(dict(from_file), values["methods"])
     return AdaptConfig(**values)
-
-
-def _yaml_methods(path: str | Path) -> dict[str, Any]:
-    """The ``methods`` section of a ``--config`` file ({} when absent)."""
-    from medattn.cli import _COMMANDS
-    from medattn.configdoc import config_section, read_config_file
-
-    methods = config_section(read_config_file(path), NAME, list(_COMMANDS), CONFIG_OPTIONS).get("methods")
-    return dict(methods) if isinstance(methods, dict) else {}
 
 
 def _merge_methods(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

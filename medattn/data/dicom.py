@@ -23,15 +23,15 @@ before any voxel is read:
 * one kind of image: a derived or secondary slice (ImageType) among the acquired ones is refused, even where it
   fits the spacing.
 
-After reading, the middle slice is compared with pydicom's own decoding and modality LUT (an independent reader),
-where pydicom can decode its transfer syntax: GDCM inverts MONOCHROME1 pixels (a display convention: the stored
-values times the rescale slope plus the intercept are still the real values), and any other disagreement between
-the two readers is refused rather than trained on. A MONOCHROME1 series is read by pydicom slice by slice, and a
-warning says so; one pydicom cannot decode is refused.
+After reading, the middle slice is compared with pydicom's own decoding, rescaled as the headers say (an
+independent reader), where pydicom can decode its transfer syntax: GDCM inverts MONOCHROME1 pixels (a display
+convention: the stored values times the rescale slope plus the intercept are still the real values), and any other
+disagreement between the two readers is refused rather than trained on. A MONOCHROME1 series is read by pydicom
+slice by slice, and a warning says so; one pydicom cannot decode is refused.
 
 Files are found by their DICOM marker, a ``.dcm`` name, or, for the bare data sets some scanners and PACS exports
-write (no 128-byte preamble, no ``DICM``, names like ``IM0001``), by a forced header read that finds a SOP class or
-an image size.
+write (no 128-byte preamble, no ``DICM``, names like ``IM0001``), by a forced header read that finds a DICOM SOP
+class. A Modality LUT Sequence, which GDCM does not apply, is refused.
 
 Geometry follows DICOM (and dcm2niix): index i runs along the row direction (the first three values of
 ImageOrientationPatient) by the column spacing (PixelSpacing[1]), j along the column direction by PixelSpacing[0],

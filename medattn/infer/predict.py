@@ -399,10 +399,10 @@ def _check_window(window: tuple[int, ...], model: torch.nn.Module, patch: tuple[
     """Refuse a ``--window`` that is not a multiple of the network's strides (each window would be zero-padded
     inside the network: a 7-voxel window changed half the mask); warn for one under half the trained patch on an
     axis (the network sees less context than it learnt from: a 1-voxel window changed 59% of the mask)."""
-    nets = list(getattr(model, "members", [model]))
-    multiples = {tuple(m) for m in (getattr(n, "required_multiple", None) for n in nets) if m is not None}
     from medattn.models.padding import needs_padding, padded_size
 
+    nets = list(getattr(model, "members", [model]))
+    multiples = {tuple(m) for m in (getattr(n, "required_multiple", None) for n in nets) if m is not None}
     for multiple in multiples:
         if needs_padding(window, multiple):  # not a multiple, or one multiple on every axis (a one-voxel bottleneck)
             raise ConfigError(
@@ -466,8 +466,9 @@ def predict_cases(
                     "ITK-based viewers, not necessarily in nibabel-based ones (NIfTI output keeps the header "
                     "itself and overlays it in both)"
                 )
-            for f, w in zip([*files, *[str(case.images[0])] * len(result.warnings)], result.warnings):
-                log.warning("case %s: %s: %s", case.case_id, f, w)  # on the console too: a blank scan is no "ok"
+            files += [str(case.images[0])] * (len(result.warnings) - len(files))  # the geometry note above
+            for f, w in zip(files, result.warnings):  # on the console too: a blank scan's mask is no plain "ok"
+                log.warning("case %s: %s: %s", case.case_id, f, w)
             result.nonfinite_replaced = int(checked.stats.get("nonfinite", 0)) if options.replace_nonfinite else 0
             _predict_one(
                 case, data, transform, lut, predictor, out, options, protected, result, seg_writer, postprocess
